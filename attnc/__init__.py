@@ -1,0 +1,1 @@
+"""attnc: an attention compiler."""
