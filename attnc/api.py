@@ -1,0 +1,246 @@
+"""The public API: `attnc.compile` (native) and `attnc.flex_attention` (FlexAttention-compatible).
+
+The pipeline, in order (each step's name is also its label in `Attention.explain()`):
+
+    trace      Python mods -> IR                      attnc.dsl.trace
+    optimize   fold, simplify, canonicalise, hoist    attnc.ir.passes.PIPELINE
+    generate   IR -> Triton source (forward)          attnc.codegen.forward
+    cache      source -> file -> imported kernel      attnc.runtime.cache
+    launch     validated arguments -> kernel          attnc.runtime.launch
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from attnc.codegen.forward import KernelSource, generate_forward
+from attnc.dsl.trace import StaleTrace, Traced, trace
+from attnc.ir import DType, Op, Program, TensorSpec, const, load, node, var
+from attnc.ir.interpret import Env, evaluate
+from attnc.ir.passes import optimize
+from attnc.ir.printer import format_program
+from attnc.ir.reference import reference_attention
+from attnc.runtime import aot, launch
+from attnc.runtime.block_mask import BlockMask, build_block_mask
+from attnc.runtime.cache import KernelCache
+from attnc.runtime.config import KernelConfig, Settings, default_config
+from attnc.runtime.interpreter import INTERPRETER_UNAVAILABLE, interpreter_active
+
+BACKENDS = ("auto", "triton", "reference")
+MaskMod = Callable[..., Any]
+ScoreMod = Callable[..., Any]
+
+
+@functools.cache
+def kernel_cache() -> KernelCache:
+    """The process-wide kernel cache, in the directory `Settings` names."""
+    return KernelCache(Settings.from_environment().cache_dir)
+
+
+class Attention:
+    """A compiled attention variant. Kernels are generated lazily on first use and cached; changing a
+    captured Python scalar between calls changes a runtime argument, never the kernel."""
+
+    def __init__(self, mask_mod: MaskMod | None = None, score_mod: ScoreMod | None = None) -> None:
+        self.mask_mod = mask_mod
+        self.score_mod = score_mod
+        self._retrace()
+
+    def _retrace(self) -> None:
+        self.traced: Traced = trace(self.mask_mod, self.score_mod)
+        self.program: Program = optimize(self.traced.program)
+        self._source: KernelSource | None = None
+
+    @property
+    def source(self) -> KernelSource:
+        if self._source is None:
+            self._source = generate_forward(self.program)
+        return self._source
+
+    def kernel(self) -> Any:
+        return getattr(kernel_cache().module(self.source.source), self.source.kernel_name)
+
+    def _bind(self) -> Any:
+        try:
+            return self.traced.bind(self.mask_mod, self.score_mod)
+        except StaleTrace:
+            self._retrace()
+            return self.traced.bind(self.mask_mod, self.score_mod)
+
+    def __call__(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None,
+                 return_lse: bool = False, *, block_mask: Any = None, enable_gqa: bool = True,
+                 backend: str = "auto", kernel_options: dict[str, int] | None = None) -> Any:
+        shapes = launch.check_inputs(query, key, value, enable_gqa=enable_gqa)
+        bindings = self._bind()
+        chosen = choose_backend(backend, query)
+        if chosen == "reference":
+            out, lse = self._reference(query, key, value, scale, bindings, block_mask, shapes)
+        else:
+            out, lse = self._triton(query, key, value, scale, bindings, block_mask, shapes, kernel_options)
+        return (out, lse) if return_lse else out
+
+    def _triton(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None,
+                bindings: Any, block_mask: Any, shapes: launch.Shapes,
+                kernel_options: dict[str, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        interpret = query.device.type != "cuda"
+        if interpret and not interpreter_active():
+            raise RuntimeError(INTERPRETER_UNAVAILABLE)
+        _refuse_grad(query, key, value, *bindings.tensors)
+        launch.check_captures(bindings.tensors, query.device)
+        config = _config(shapes, interpret, kernel_options)
+        return launch.launch_forward(
+            self.kernel(), query, key, value, shapes=shapes, scale=scale, tensors=bindings.tensors,
+            params=bindings.params, block_mask=block_mask, config=config,
+            has_mask=self.program.mask is not None, interpret=interpret)
+
+    def _reference(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None,
+                   bindings: Any, block_mask: Any, shapes: launch.Shapes) -> tuple[torch.Tensor, torch.Tensor]:
+        program, tensors = self.traced.program, list(bindings.tensors)
+        if block_mask is not None:
+            launch.check_block_mask(block_mask, shapes, query.device)
+            program, tensors = _with_block_sparsity(program, tensors, block_mask)
+        return reference_attention(program, query, key, value, tensors=tensors, params=bindings.params,
+                                   scale=scale)
+
+    def explain(self) -> str:
+        """The traced IR, the IR after each optimisation step, and the generated Triton source."""
+        sections = [("traced", format_program(self.traced.program))]
+        optimize(self.traced.program, on_step=lambda name, p: sections.append((name, format_program(p))))
+        sections.append(("triton source", self.source.source))
+        return "\n\n".join(f"== {title} ==\n{body.rstrip()}" for title, body in sections)
+
+    def resources(self, arch: str = "sm_90", dtype: torch.dtype = torch.bfloat16, head_dim: int = 128,
+                  head_dim_v: int | None = None) -> dict[str, dict[str, Any]]:
+        """Compile the forward kernel for `arch` ahead of time (no GPU needed); return registers, spills
+        and shared memory, for the dense loop ("forward") and the BlockMask loop ("forward_block_mask")."""
+        capability = aot.parse_arch(arch)
+        head_dim_v = head_dim if head_dim_v is None else head_dim_v
+        config = default_config(head_dim, head_dim_v, interpret=False)
+        path = kernel_cache().ensure_file(self.source.source)
+        jobs = {name: aot.forward_job(path, self.program, dtype, head_dim, head_dim_v, config, use_block_mask,
+                                      capability)
+                for name, use_block_mask in (("forward", False), ("forward_block_mask", True))}
+        results = aot.compile_kernels(list(jobs.values()))
+        return {name: {**result, "config": config} for name, result in zip(jobs, results, strict=True)}
+
+
+def _refuse_grad(*tensors: torch.Tensor) -> None:
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise NotImplementedError(
+            "attnc: the Triton backend computes the forward pass only; for gradients use backend='reference' "
+            "or run under torch.no_grad()")
+
+
+def _config(shapes: launch.Shapes, interpret: bool, options: dict[str, int] | None) -> KernelConfig:
+    config = default_config(shapes.D, shapes.Dv, interpret=interpret)
+    if not options:
+        return config
+    names = {"BLOCK_M": "block_m", "BLOCK_N": "block_n", "num_warps": "num_warps", "num_stages": "num_stages"}
+    unknown = set(options) - set(names)
+    if unknown:
+        raise ValueError(f"attnc: unknown kernel_options {sorted(unknown)}; known: {sorted(names)}")
+    return KernelConfig(**{**config.__dict__, **{names[k]: int(v) for k, v in options.items()}})
+
+
+_WARNED: set[str] = set()
+
+
+def choose_backend(backend: str, query: torch.Tensor) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"attnc: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    if query.device.type == "cuda":
+        return "triton"
+    message = (f"attnc: backend='auto' on {query.device.type} tensors runs the reference interpreter; pass "
+               "backend='triton' to run the generated kernel in the Triton interpreter")
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=3)
+    return "reference"
+
+
+def _with_block_sparsity(program: Program, tensors: list[torch.Tensor],
+                         block_mask: Any) -> tuple[Program, list[torch.Tensor]]:
+    """The program whose mask also requires the (q, kv) block to be listed in `block_mask`: the
+    reference then means exactly what the kernel computes, which visits listed blocks only."""
+    q_block, kv_block = launch._pair(block_mask.BLOCK_SIZE)
+    slot = len(tensors)
+    index = (var("b"), var("h"), _div(var("q"), q_block), _div(var("kv"), kv_block))
+    listed = node(Op.NE, DType.bool, load(slot, DType.int32, *index), _const_int(0))
+    mask = listed if program.mask is None else node(Op.AND, DType.bool, program.mask, listed)
+    spec = TensorSpec(DType.int32, 4)
+    return program.replace(mask=mask, tensors=(*program.tensors, spec)), [*tensors, block_mask.to_dense()]
+
+
+def _div(index: Any, block: int) -> Any:
+    return node(Op.FLOORDIV, DType.int32, index, _const_int(block))
+
+
+def _const_int(value: int) -> Any:
+    return const(value, DType.int32)
+
+
+# -- the module-level API ------------------------------------------------------------------------
+
+_COMPILED: collections.OrderedDict[tuple[Any, Any], Attention] = collections.OrderedDict()
+_COMPILED_LIMIT = 256
+
+
+def compile(mask_mod: MaskMod | None = None, score_mod: ScoreMod | None = None) -> Attention:  # noqa: A001
+    """Compile a variant once; call the result like `attn(query, key, value)` many times."""
+    if isinstance(mask_mod, str):
+        raise TypeError("attnc.compile: the text syntax is not available in this version; pass Python mods")
+    return Attention(mask_mod, score_mod)
+
+
+def _compiled(mask_mod: MaskMod | None, score_mod: ScoreMod | None) -> Attention:
+    key = (mask_mod, score_mod)
+    found = _COMPILED.get(key)
+    if found is None:
+        found = _COMPILED[key] = Attention(mask_mod, score_mod)
+        if len(_COMPILED) > _COMPILED_LIMIT:
+            _COMPILED.popitem(last=False)
+    _COMPILED.move_to_end(key)
+    return found
+
+
+def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, score_mod: ScoreMod | None = None,
+                   block_mask: Any = None, scale: float | None = None, enable_gqa: bool = False,
+                   return_lse: bool = False, *, mask_mod: MaskMod | None = None, backend: str = "auto",
+                   kernel_options: dict[str, int] | None = None) -> Any:
+    """FlexAttention-compatible entry point: the kernel visits only the blocks `block_mask` lists and
+    evaluates its `mask_mod` only on partial blocks."""
+    if mask_mod is None and block_mask is not None:
+        mask_mod = block_mask.mask_mod
+    attn = _compiled(mask_mod, score_mod)
+    return attn(query, key, value, scale, return_lse, block_mask=block_mask, enable_gqa=enable_gqa,
+                backend=backend, kernel_options=kernel_options)
+
+
+def create_block_mask(mask_mod: MaskMod, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int,
+                      device: Any = None, BLOCK_SIZE: int | tuple[int, int] = 128) -> BlockMask:
+    """A BlockMask (FlexAttention layout) for `mask_mod`, evaluated through attnc's IR."""
+    attn = _compiled(mask_mod, None)
+    bindings = attn._bind()
+    tensors = [t.to(device) if device is not None else t for t in bindings.tensors]
+
+    def mask_fn(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return evaluate_mask(attn.program, b, h, q, kv, tensors, bindings.params)
+
+    return build_block_mask(mask_fn, B, H, Q_LEN, KV_LEN, device=device, BLOCK_SIZE=BLOCK_SIZE,
+                            mask_mod=mask_mod)
+
+
+def evaluate_mask(program: Program, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor,
+                  tensors: list[torch.Tensor], params: Any) -> torch.Tensor:
+    if program.mask is None:
+        return torch.ones((), dtype=torch.bool, device=q.device)
+    env = Env(b=b, h=h, q=q, kv=kv, score=None, tensors=tensors, params=params)
+    return evaluate(program.mask, env)

@@ -1,0 +1,163 @@
+"""Render IR nodes as Triton expressions, one small function per op in one table.
+
+Each renderer gets the node and the already-rendered operand expressions and returns an expression.
+16-bit float arithmetic is computed in float32 and rounded back, matching PyTorch on CPU and avoiding
+the Triton interpreter's inexact bf16 arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from attnc.ir.dtypes import DType
+from attnc.ir.node import Node
+from attnc.ir.ops import Op
+
+
+class CodegenError(Exception):
+    """A construct the kernel generator cannot express (raised at compile time, never at launch)."""
+
+
+TL_DTYPE = {
+    DType.bool: "tl.int1", DType.int32: "tl.int32", DType.int64: "tl.int64", DType.float16: "tl.float16",
+    DType.bfloat16: "tl.bfloat16", DType.float32: "tl.float32", DType.float64: "tl.float64",
+}
+# the pointer element types triton.compile's signature names
+POINTER_TYPE = {
+    DType.bool: "*i1", DType.int32: "*i32", DType.int64: "*i64", DType.float16: "*fp16",
+    DType.bfloat16: "*bf16", DType.float32: "*fp32", DType.float64: "*fp64",
+}
+
+Renderer = Callable[[Node, Sequence[str]], str]
+
+
+def literal(value: bool | int | float, dtype: DType) -> str:
+    """A Triton literal of exactly `dtype` (bare literals are int32 / float32 / int1)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        text = f'float("{value}")'
+    else:
+        text = repr(value)
+    if dtype in (DType.bool, DType.float32) or (dtype is DType.int32 and -(2**31) <= value < 2**31):
+        return text
+    return f"tl.full([], {text}, {TL_DTYPE[dtype]})"
+
+
+def _in_f32(dtype: DType, expr: Callable[..., str]) -> Renderer:
+    """Wrap an arithmetic renderer so half-precision results are computed in float32 and rounded."""
+
+    def render(n: Node, a: Sequence[str]) -> str:
+        if not n.dtype.is_half:
+            return expr(*a)
+        widened = [f"{x}.to(tl.float32)" for x in a]
+        return f"({expr(*widened)}).to({TL_DTYPE[n.dtype]})"
+
+    return render
+
+
+def _arith(fmt: str) -> Renderer:
+    return lambda n, a: _in_f32(n.dtype, lambda *x: fmt.format(*x))(n, a)
+
+
+def _by_kind(int_fmt: str, float_fmt: str) -> Renderer:
+    """Ops whose Triton spelling differs between integer and float operands."""
+
+    def render(n: Node, a: Sequence[str]) -> str:
+        fmt = float_fmt if n.dtype.is_float else int_fmt
+        return _in_f32(n.dtype, lambda *x: fmt.format(*x))(n, a)
+
+    return render
+
+
+def _compare(symbol: str) -> Renderer:
+    def render(n: Node, a: Sequence[str]) -> str:
+        if n.src[0].dtype.is_half:
+            a = [f"{x}.to(tl.float32)" for x in a]
+        return f"({a[0]} {symbol} {a[1]})"
+
+    return render
+
+
+def _minmax(fn: str) -> Renderer:
+    def render(n: Node, a: Sequence[str]) -> str:
+        if n.dtype.is_float:  # torch.minimum/maximum propagate NaN
+            return _in_f32(n.dtype, lambda x, y: f"{fn}({x}, {y}, propagate_nan=tl.PropagateNan.ALL)")(n, a)
+        return f"{fn}({a[0]}, {a[1]})"
+
+    return render
+
+
+def _cast(n: Node, a: Sequence[str]) -> str:
+    if n.dtype.is_bool:
+        return f"({a[0]} != 0)"
+    if n.src[0].dtype.is_bool:
+        return f"{a[0]}.to(tl.int32).to({TL_DTYPE[n.dtype]})"
+    return f"{a[0]}.to({TL_DTYPE[n.dtype]})"
+
+
+def _sign(n: Node, a: Sequence[str]) -> str:
+    t = TL_DTYPE[n.dtype]
+    return f"(({a[0]} > 0).to({t}) - ({a[0]} < 0).to({t}))"
+
+
+def _pow(n: Node, a: Sequence[str]) -> str:
+    exponent = n.src[1]
+    if exponent.op is Op.CONST and float(exponent.arg).is_integer() and abs(exponent.arg) <= 8:
+        return _in_f32(n.dtype, lambda x, _: _integer_power(x, int(exponent.arg)))(n, a)
+    if exponent.op is Op.CONST and exponent.arg == 0.5 and n.dtype.is_float:
+        return _in_f32(n.dtype, lambda x, _: f"tl.sqrt({x})")(n, a)
+    if not n.dtype.is_float:
+        raise CodegenError("integer ** with a non-constant exponent is not supported; use a float base")
+    return _in_f32(n.dtype, lambda x, y: f"_powf({x}, {y})")(n, a)
+
+
+def _integer_power(base: str, k: int) -> str:
+    if k == 0:
+        return f"(tl.zeros_like({base}) + 1)"
+    product = " * ".join([base] * abs(k))
+    return f"(1.0 / ({product}))" if k < 0 else f"({product})"
+
+
+def _unary(fn: str) -> Renderer:
+    return lambda n, a: _in_f32(n.dtype, lambda x: f"{fn}({x})")(n, a)
+
+
+RENDER: dict[Op, Renderer] = {
+    Op.EXP: _unary("tl.exp"),
+    Op.EXP2: _unary("tl.exp2"),
+    Op.LOG: _unary("tl.log"),
+    Op.LOG2: _unary("tl.log2"),
+    Op.LOG1P: _unary("_log1p"),
+    Op.SQRT: _unary("tl.sqrt"),
+    Op.RSQRT: _unary("tl.rsqrt"),
+    Op.TANH: _unary("_tanh"),
+    Op.SIGMOID: _unary("tl.sigmoid"),
+    Op.SIN: _unary("tl.sin"),
+    Op.COS: _unary("tl.cos"),
+    Op.FLOOR: _unary("tl.floor"),
+    Op.CEIL: _unary("tl.ceil"),
+    Op.NEG: _arith("(-{0})"),
+    Op.ABS: _unary("tl.abs"),
+    Op.SIGN: _sign,
+    Op.NOT: lambda n, a: f"({a[0]} == 0)",
+    Op.CAST: _cast,
+    Op.ADD: _arith("({0} + {1})"),
+    Op.SUB: _arith("({0} - {1})"),
+    Op.MUL: _arith("({0} * {1})"),
+    Op.TRUEDIV: _arith("({0} / {1})"),
+    Op.FLOORDIV: _by_kind("_floordiv({0}, {1})", "tl.floor({0} / {1})"),
+    Op.MOD: _by_kind("_mod({0}, {1})", "_fmod_floor({0}, {1})"),
+    Op.POW: _pow,
+    Op.MIN: _minmax("tl.minimum"),
+    Op.MAX: _minmax("tl.maximum"),
+    Op.AND: lambda n, a: f"({a[0]} & {a[1]})",
+    Op.OR: lambda n, a: f"({a[0]} | {a[1]})",
+    Op.XOR: lambda n, a: f"({a[0]} ^ {a[1]})",
+    Op.LT: _compare("<"),
+    Op.LE: _compare("<="),
+    Op.GT: _compare(">"),
+    Op.GE: _compare(">="),
+    Op.EQ: _compare("=="),
+    Op.NE: _compare("!="),
+    Op.WHERE: lambda n, a: f"tl.where({a[0]}, {a[1]}, {a[2]})",
+}

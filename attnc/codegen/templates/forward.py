@@ -1,0 +1,170 @@
+# attnc forward kernel skeleton.
+#
+# This file is real Triton: codegen fills the lines `# HOLE: <name>` with generated code at the same
+# indentation, and leaves everything else byte for byte. One program computes BLOCK_M query rows of one
+# (batch, query head) with an online softmax in base 2, never materialising the score matrix.
+#
+# Holes:
+#   helpers        @triton.jit helpers the variant's expressions call (floor division, tanh, ...)
+#   constants      module constants (DO_NOT_SPECIALIZE: runtime parameters never trigger a recompile)
+#   capture_args   kernel arguments for captured tensors (pointer, strides, sizes) and runtime parameters
+#   capture_pass   the same names, passed on to the tile function
+#   hoist_program  expressions that depend only on b and h (computed once per program)
+#   hoist_q        expressions that depend on the query index but not the key index (once per program)
+#   hoisted_params the hoisted values the tile function reads (its parameter names)
+#   hoisted_pass   the same names, passed at each call
+#   score_mod      computes `score` from `score` (the scaled q.k) and the indices
+#   mask_mod       computes `mask` (bool); evaluated only on partial tiles
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+# HOLE: constants
+
+
+# HOLE: helpers
+
+
+@triton.jit
+def _attend_tile(
+    acc, l_i, m_i, q, K_head, V_head,
+    stride_kn, stride_kd, stride_vn, stride_vd,
+    start_n, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
+    # HOLE: capture_args
+    # HOLE: hoisted_params
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, APPLY_MASK: tl.constexpr, CHECK_KV: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    kv_idx = offs_n[None, :]
+    kv_in = offs_n < KV_LEN
+    kt = tl.load(K_head + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                 mask=kv_in[None, :] & (offs_d[:, None] < HEAD_D), other=0.0)
+    if UPCAST:
+        kt = kt.to(tl.float32)
+    qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
+    score = qk * sm_scale
+    # HOLE: score_mod
+    if APPLY_MASK:
+        # HOLE: mask_mod
+        score = tl.where(mask, score, float("-inf"))
+    if CHECK_KV:
+        score = tl.where(kv_in[None, :], score, float("-inf"))
+    # Online softmax in base 2. A row that has seen no allowed key keeps m = -inf; m_safe keeps the
+    # exponents finite so such rows accumulate exact zeros instead of NaN.
+    score = score * LOG2E
+    m_new = tl.maximum(m_i, tl.max(score, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(score - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(V_head + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                mask=kv_in[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
+    if UPCAST:
+        v = v.to(tl.float32)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.jit(do_not_specialize=DO_NOT_SPECIALIZE)
+def attnc_forward(
+    Q, K, V, OUT, LSE,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_lb, stride_lh, stride_lm,
+    KV_NUM_BLOCKS, KV_INDICES, FULL_KV_NUM_BLOCKS, FULL_KV_INDICES,
+    stride_nb, stride_nh, stride_nm,
+    stride_ib, stride_ih, stride_im, stride_in,
+    stride_fnb, stride_fnh, stride_fnm,
+    stride_fib, stride_fih, stride_fim, stride_fin,
+    sm_scale, H_Q, GQA_GROUP, Q_LEN, KV_LEN,
+    # HOLE: capture_args
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPARSE_Q_BLOCK: tl.constexpr, SPARSE_KV_BLOCK: tl.constexpr,
+    USE_BLOCK_MASK: tl.constexpr, HAS_FULL_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
+    KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    start_m = tl.program_id(0)
+    off_bh = tl.program_id(1)
+    off_b = off_bh // H_Q
+    off_h = off_bh % H_Q
+    off_hkv = off_h // GQA_GROUP
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    m_in = offs_m < Q_LEN
+
+    q = tl.load(Q + off_b.to(tl.int64) * stride_qb + off_h.to(tl.int64) * stride_qh
+                + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=m_in[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    K_head = K + off_b.to(tl.int64) * stride_kb + off_hkv.to(tl.int64) * stride_kh
+    V_head = V + off_b.to(tl.int64) * stride_vb + off_hkv.to(tl.int64) * stride_vh
+
+    b_idx = off_b
+    h_idx = off_h
+    q_idx = offs_m[:, None]
+    # HOLE: hoist_program
+    # HOLE: hoist_q
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
+
+    if USE_BLOCK_MASK:
+        # FlexAttention's BlockMask layout: partial blocks evaluate the mask, full blocks never do.
+        sparse_row = (start_m * BLOCK_M) // SPARSE_Q_BLOCK
+        n_partial = tl.load(KV_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_row * stride_nm)
+        partial_list = KV_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_row * stride_im
+        for i in range(n_partial):
+            block = tl.load(partial_list + i * stride_in)
+            for j in range(SPARSE_KV_BLOCK // BLOCK_N):
+                acc, l_i, m_i = _attend_tile(
+                    acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
+                    block * SPARSE_KV_BLOCK + j * BLOCK_N, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
+                    # HOLE: capture_pass
+                    # HOLE: hoisted_pass
+                    HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, True, UPCAST, DOT_PRECISION,
+                )
+        if HAS_FULL_BLOCKS:
+            n_full = tl.load(FULL_KV_NUM_BLOCKS + off_b * stride_fnb + off_h * stride_fnh
+                             + sparse_row * stride_fnm)
+            full_list = FULL_KV_INDICES + off_b * stride_fib + off_h * stride_fih + sparse_row * stride_fim
+            for i in range(n_full):
+                block = tl.load(full_list + i * stride_fin)
+                for j in range(SPARSE_KV_BLOCK // BLOCK_N):
+                    acc, l_i, m_i = _attend_tile(
+                        acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
+                        block * SPARSE_KV_BLOCK + j * BLOCK_N, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
+                        # HOLE: capture_pass
+                        # HOLE: hoisted_pass
+                        HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION,
+                    )
+    else:
+        for start_n in range(0, KV_LEN, BLOCK_N):
+            acc, l_i, m_i = _attend_tile(
+                acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
+                start_n, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
+                # HOLE: capture_pass
+                # HOLE: hoisted_pass
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, not KV_EVEN, UPCAST, DOT_PRECISION,
+            )
+
+    # Rows with no allowed key: l = 0, so the output is 0 and the lse is -inf (never NaN).
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    tl.store(OUT + off_b.to(tl.int64) * stride_ob + off_h.to(tl.int64) * stride_oh
+             + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od,
+             out.to(OUT.dtype.element_ty), mask=m_in[:, None] & (offs_dv[None, :] < HEAD_DV))
+    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.log2(l_safe)) * LN2)
+    tl.store(LSE + off_b * stride_lb + off_h * stride_lh + offs_m * stride_lm, lse, mask=m_in)

@@ -1,0 +1,46 @@
+# Scalar helpers the generated expressions call. Python semantics where Triton's differ: Triton's
+# integer `//` and `%` truncate toward zero, Python's (and PyTorch's floor modes) round toward -inf.
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _floordiv(a, b):
+    q = a // b
+    return tl.where(((a % b) != 0) & ((a < 0) != (b < 0)), q - 1, q)
+
+
+@triton.jit
+def _mod(a, b):
+    r = a % b
+    return tl.where((r != 0) & ((r < 0) != (b < 0)), r + b, r)
+
+
+@triton.jit
+def _fmod_floor(a, b):
+    return a - b * tl.floor(a / b)
+
+
+@triton.jit
+def _tanh(x):
+    # tanh(x) = sign(x) * (1 - e^(-2|x|)) / (1 + e^(-2|x|)): no overflow for large |x|.
+    t = tl.exp(-2.0 * tl.abs(x))
+    y = (1.0 - t) / (1.0 + t)
+    return tl.where(x < 0, -y, y)
+
+
+@triton.jit
+def _log1p(x):
+    # log(u) * x / (u - 1) with u = 1 + x cancels the rounding error of forming 1 + x.
+    u = 1.0 + x
+    return tl.where(u == 1.0, x, tl.log(u) * (x / (u - 1.0)))
+
+
+@triton.jit
+def _powf(a, b):
+    # a ** b for float a, b, including negative bases with integral exponents.
+    magnitude = tl.exp2(b * tl.log2(tl.abs(a)))
+    integral = tl.floor(b) == b
+    odd = integral & (_fmod_floor(b, 2.0) == 1.0)
+    signed = tl.where((a < 0) & odd, -magnitude, magnitude)
+    return tl.where((a < 0) & (~integral), float("nan"), signed)

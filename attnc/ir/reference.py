@@ -1,0 +1,109 @@
+"""Reference attention: the dense definition of what a variant computes.
+
+    scores = (q @ k^T) * scale                    (float32, or float64 for the golden reference)
+    logits = score_mod(scores, b, h, q, kv)       (the FlexAttention convention: mods see scaled scores)
+    logits[~mask_mod(b, h, q, kv)] = -inf
+    out = softmax(logits) @ v,   lse = logsumexp(logits)
+
+A row with no allowed key (or only -inf logits) gives out 0 and lse -inf, and finite gradients.
+Query rows are processed in chunks so the score matrix of a long sequence never exists at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from attnc.ir.interpret import Env, evaluate, index_grids
+from attnc.ir.program import Program
+
+_CHUNK_ELEMENTS = 1 << 26  # scores held at once: 256 MiB in float32
+
+
+def reference_attention(
+    program: Program,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    tensors: Sequence[Tensor] = (),
+    params: Sequence[int | float] = (),
+    scale: float | None = None,
+    float64: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """`(out [B, Hq, Q, Dv] in query.dtype (float64 with float64=True), lse [B, Hq, Q] float32/64)`.
+
+    query `[B, Hq, Q, D]`, key `[B, Hkv, KV, D]`, value `[B, Hkv, KV, Dv]`; query head h reads kv head
+    `h // (Hq // Hkv)`. Differentiable w.r.t. query, key, value and captured float tensors."""
+    _check_shapes(query, key, value)
+    work = torch.float64 if float64 else torch.float32
+    B, Hq, Q, D = query.shape
+    group = Hq // key.shape[1]
+    k = key.to(work).repeat_interleave(group, dim=1)
+    v = value.to(work).repeat_interleave(group, dim=1)
+    b, h, q_idx, kv_idx = index_grids(B, Hq, Q, key.shape[2], query.device)
+    env = Env(b, h, q_idx, kv_idx, tensors=tensors, params=params, float64=float64)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    rows = max(1, _CHUNK_ELEMENTS // max(1, B * Hq * key.shape[2]))
+    chunks = [
+        _attend(program, query[:, :, start : start + rows].to(work), k, v, scale,
+                dataclasses.replace(env, q=q_idx[:, :, start : start + rows]))
+        for start in range(0, max(Q, 1), rows)
+    ]
+    out = torch.cat([o for o, _ in chunks], dim=2)
+    lse = torch.cat([lse for _, lse in chunks], dim=2)
+    return out.to(work if float64 else query.dtype), lse
+
+
+def _check_shapes(query: Tensor, key: Tensor, value: Tensor) -> None:
+    if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
+        raise ValueError("query, key and value must be 4-D: [B, H, LEN, D]")
+    if not (query.shape[0] == key.shape[0] == value.shape[0]):
+        raise ValueError(f"batch sizes differ: {query.shape[0]}, {key.shape[0]}, {value.shape[0]}")
+    if key.shape[1] != value.shape[1] or key.shape[2] != value.shape[2]:
+        raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} disagree on heads or length")
+    if query.shape[3] != key.shape[3]:
+        raise ValueError(f"query head dim {query.shape[3]} != key head dim {key.shape[3]}")
+    if query.shape[1] % key.shape[1] != 0:
+        raise ValueError(f"query heads ({query.shape[1]}) must be a multiple of kv heads ({key.shape[1]})")
+
+
+def _attend(program: Program, q: Tensor, k: Tensor, v: Tensor, scale: float, env: Env) -> tuple[Tensor, Tensor]:
+    logits = _logits(program, q, k, scale, env)
+    return _safe_softmax(logits, v)
+
+
+def _logits(program: Program, q: Tensor, k: Tensor, scale: float, env: Env) -> Tensor:
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if program.score is not None:
+        modded = evaluate(program.score, dataclasses.replace(env, score=scores))
+        scores = torch.broadcast_to(modded.to(scores.dtype), scores.shape)
+    if program.mask is not None:
+        scores = torch.where(evaluate(program.mask, env), scores, -math.inf)
+    return scores
+
+
+def _safe_softmax(logits: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """softmax(logits) @ v and logsumexp(logits); 0 and -inf on rows without a finite logit.
+
+    The row max only stabilises (the result does not depend on it), so it is detached; empty rows use
+    max 0 and divide by 1, which keeps every value and every gradient finite."""
+    row_max = _row_max(logits).detach()
+    row_max = torch.where(row_max == -math.inf, 0.0, row_max)
+    weights = torch.exp(logits - row_max)
+    total = weights.sum(dim=-1, keepdim=True)
+    empty = total == 0
+    safe_total = torch.where(empty, 1.0, total)
+    out = torch.matmul(weights, v) / safe_total
+    lse = torch.where(empty, -math.inf, torch.log(safe_total) + row_max)
+    return out, lse.squeeze(-1)
+
+
+def _row_max(logits: Tensor) -> Tensor:
+    if logits.shape[-1] == 0:  # no keys at all
+        return logits.new_full((*logits.shape[:-1], 1), -math.inf)
+    return logits.amax(dim=-1, keepdim=True)

@@ -1,0 +1,71 @@
+"""Ahead-of-time compilation of generated kernels for a CUDA architecture, without a GPU.
+
+Triton's standard library is either interpreted or compiled for a whole process (see interpreter.py),
+so compilation runs in a child process with the interpreter off. It calls `triton.compile` with a CUDA
+`GPUTarget` and reads registers and spills from the bundled ptxas (`-v`), shared memory from Triton's
+metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from typing import Any
+
+WORKER = "attnc.runtime.aot_worker"
+
+
+class AOTError(Exception):
+    """Compiling a generated kernel ahead of time failed."""
+
+
+def parse_arch(arch: str) -> int:
+    match = re.fullmatch(r"sm_?(\d+)a?", arch)
+    if not match:
+        raise ValueError(f"attnc: arch must look like 'sm_90', got {arch!r}")
+    return int(match[1])
+
+
+def compile_kernels(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Compile each job ({path, kernel, signature, constexprs, num_warps, num_stages, capability}) in one
+    child process; return {registers, spills, shared_memory} per job."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", WORKER], input=json.dumps(jobs), capture_output=True,
+                          text=True, env=env, check=False)
+    if proc.returncode != 0:
+        # Triton's own message (e.g. "NameError(...)") precedes the echoed source; keep both.
+        lines = proc.stderr.strip().splitlines()
+        tail = "\n".join([line for line in lines if "Error" in line][-4:] + lines[-3:])
+        raise AOTError(f"attnc: ahead-of-time compilation failed:\n{tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def forward_job(path: Any, program: Any, dtype: Any, head_dim: int, head_dim_v: int, config: Any,
+                use_block_mask: bool, capability: int) -> dict[str, Any]:
+    """A compile job for the forward kernel at these shapes, with contiguous inputs (unit last strides,
+    as the runtime specialises them)."""
+    from attnc.codegen.emit import POINTER_TYPE
+    from attnc.codegen.forward import KERNEL_NAME
+    from attnc.ir.dtypes import DType
+    from attnc.runtime.launch import Shapes, constexprs
+
+    element = POINTER_TYPE[DType.from_torch(dtype)]
+    types = {name: element for name in ("Q", "K", "V", "OUT")}
+    types |= {"LSE": "*fp32", "sm_scale": "fp32"}
+    types |= {name: "*i32" for name in ("KV_NUM_BLOCKS", "KV_INDICES", "FULL_KV_NUM_BLOCKS", "FULL_KV_INDICES")}
+    for slot, spec in enumerate(program.tensors):
+        types[f"buf{slot}"] = POINTER_TYPE[spec.dtype]
+    for slot, spec in enumerate(program.params):
+        types[f"param{slot}"] = "fp32" if spec.dtype.is_float else "i32"
+    shapes = Shapes(B=1, Hq=1, Hkv=1, Q_LEN=4096, KV_LEN=4096, D=head_dim, Dv=head_dim_v)
+    block_sizes = (128, 128) if use_block_mask else None
+    fitted = config.fit_to_blocks(128, 128) if use_block_mask else config
+    consts = constexprs(shapes, fitted, dtype, block_sizes=block_sizes, has_full=use_block_mask,
+                        has_mask=program.mask is not None, interpret=False)
+    consts |= {name: 1 for name in ("stride_qd", "stride_kd", "stride_vd", "stride_od", "stride_lm", "stride_in",
+                                    "stride_fin")}
+    return {"path": str(path), "kernel": KERNEL_NAME, "types": types, "constexprs": consts,
+            "num_warps": fitted.num_warps, "num_stages": fitted.num_stages, "capability": capability}

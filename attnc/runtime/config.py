@@ -1,0 +1,67 @@
+"""Settings read in one place, and the default tile configuration per head dim.
+
+`Settings` is the only reader of the environment; `KernelConfig` is the tile shape and launch
+parameters of one kernel (autotuning, which picks among them per GPU, comes later).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    cache_dir: Path
+
+    @staticmethod
+    def from_environment() -> Settings:
+        override = os.environ.get("ATTNC_CACHE_DIR")
+        if override:
+            return Settings(Path(override).expanduser())
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Settings(Path(base) / "attnc")
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+    def fit_to_blocks(self, q_block: int, kv_block: int) -> KernelConfig:
+        """Shrink the tiles so they divide a BlockMask's block sizes."""
+        block_m = _largest_dividing_power_of_two(q_block, self.block_m)
+        block_n = _largest_dividing_power_of_two(kv_block, self.block_n)
+        if block_m < 16 or block_n < 16:
+            raise ValueError(
+                f"attnc: BlockMask BLOCK_SIZE {(q_block, kv_block)} is too small for the kernel's tiles: "
+                "each block size must be a multiple of 16"
+            )
+        return dataclasses.replace(self, block_m=block_m, block_n=block_n)
+
+
+def _largest_dividing_power_of_two(n: int, cap: int) -> int:
+    size = cap
+    while size > 1 and n % size:
+        size //= 2
+    return size
+
+
+def next_power_of_two(n: int) -> int:
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def default_config(head_dim: int, head_dim_v: int, *, interpret: bool) -> KernelConfig:
+    """Tiles that keep the accumulator in registers on a Hopper-class GPU; large tiles in the interpreter,
+    whose cost is per operation, not per element."""
+    if interpret:
+        return KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=1)
+    # BLOCK_N = 32 keeps score mods that gather per (q, kv) element (bias tables) free of spills at
+    # head dims up to 128 (checked by `Attention.resources` in the tests).
+    widest = max(next_power_of_two(head_dim), next_power_of_two(head_dim_v))
+    if widest <= 128:
+        return KernelConfig(block_m=128, block_n=32, num_warps=8, num_stages=3)
+    return KernelConfig(block_m=64, block_n=32, num_warps=8, num_stages=2)

@@ -1,0 +1,177 @@
+"""Argument preparation and launch of the generated forward kernel.
+
+Validation happens here, before anything reaches Triton, so bad input gets an error that names the
+problem instead of a Triton traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import triton
+
+from attnc.runtime.config import KernelConfig, next_power_of_two
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    B: int
+    Hq: int
+    Hkv: int
+    Q_LEN: int
+    KV_LEN: int
+    D: int
+    Dv: int
+
+    @property
+    def gqa_group(self) -> int:
+        return self.Hq // self.Hkv
+
+
+def check_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, enable_gqa: bool) -> Shapes:
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"attnc: {name} must be a 4-D tensor [B, H, L, D], got {_describe(t)}")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"attnc: {name} has dtype {t.dtype}; supported: float16, bfloat16, float32")
+    if not (query.dtype == key.dtype == value.dtype):
+        raise TypeError(f"attnc: query, key and value must share a dtype, got {query.dtype}, {key.dtype}, "
+                        f"{value.dtype}")
+    if not (query.device == key.device == value.device):
+        raise ValueError(f"attnc: query, key and value are on different devices: {query.device}, "
+                         f"{key.device}, {value.device}")
+    B, Hq, Q_LEN, D = query.shape
+    Bk, Hkv, KV_LEN, Dk = key.shape
+    if value.shape[:3] != key.shape[:3]:
+        raise ValueError(f"attnc: value {tuple(value.shape)} must match key {tuple(key.shape)} in B, H and L")
+    if Bk != B:
+        raise ValueError(f"attnc: query batch {B} != key batch {Bk}")
+    if Dk != D:
+        raise ValueError(f"attnc: query head dim {D} != key head dim {Dk}")
+    _check_heads(Hq, Hkv, enable_gqa)
+    Dv = value.shape[-1]
+    if max(D, Dv) > MAX_HEAD_DIM:
+        raise ValueError(f"attnc: head dims up to {MAX_HEAD_DIM} are supported, got D={D}, Dv={Dv}")
+    return Shapes(B, Hq, Hkv, Q_LEN, KV_LEN, D, Dv)
+
+
+def _check_heads(Hq: int, Hkv: int, enable_gqa: bool) -> None:
+    if Hq == Hkv:
+        return
+    if Hkv == 0 or Hq % Hkv:
+        raise ValueError(f"attnc: query heads ({Hq}) must be a multiple of key/value heads ({Hkv})")
+    if not enable_gqa:
+        raise ValueError(f"attnc: query has {Hq} heads but key/value have {Hkv}; pass enable_gqa=True "
+                         "for grouped-query attention")
+
+
+def _describe(t: object) -> str:
+    return f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def check_captures(tensors: Sequence[torch.Tensor], device: torch.device) -> None:
+    for slot, t in enumerate(tensors):
+        if t.device != device:
+            raise ValueError(f"attnc: captured tensor #{slot} (shape {tuple(t.shape)}) is on {t.device} but the "
+                             f"inputs are on {device}; move it to {device}")
+        if t.numel() == 0:
+            raise ValueError(f"attnc: captured tensor #{slot} is empty; a mod cannot read from it")
+
+
+def constexprs(shapes: Shapes, config: KernelConfig, dtype: torch.dtype, *, block_sizes: tuple[int, int] | None,
+               has_full: bool, has_mask: bool, interpret: bool) -> dict[str, Any]:
+    q_block, kv_block = block_sizes or (config.block_m, config.block_n)
+    return {
+        "HEAD_D": shapes.D, "HEAD_DV": shapes.Dv,
+        "D_PAD": next_power_of_two(shapes.D), "DV_PAD": next_power_of_two(shapes.Dv),
+        "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
+        "SPARSE_Q_BLOCK": q_block, "SPARSE_KV_BLOCK": kv_block,
+        "USE_BLOCK_MASK": block_sizes is not None, "HAS_FULL_BLOCKS": has_full, "HAS_MASK": has_mask,
+        "KV_EVEN": shapes.KV_LEN % config.block_n == 0,
+        # The interpreter's bf16 arithmetic is inexact: it computes on float32 copies.
+        "UPCAST": interpret,
+        # float32 inputs get exact float32 products, not TF32.
+        "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",
+    }
+
+
+def block_mask_args(block_mask: Any, shapes: Shapes, dummy: torch.Tensor) -> tuple[list[Any], bool]:
+    """The BlockMask tensors and strides the kernel reads, broadcast to [B, Hq, ...]; dummies without one."""
+    if block_mask is None:
+        return [dummy, dummy, dummy, dummy] + [0] * 14, False
+    B, H = shapes.B, shapes.Hq
+    num = block_mask.kv_num_blocks.expand(B, H, -1)
+    idx = block_mask.kv_indices.expand(B, H, -1, -1)
+    has_full = block_mask.full_kv_num_blocks is not None
+    full_num = block_mask.full_kv_num_blocks.expand(B, H, -1) if has_full else num
+    full_idx = block_mask.full_kv_indices.expand(B, H, -1, -1) if has_full else idx
+    tensors = [num, idx, full_num, full_idx]
+    strides = [*num.stride(), *idx.stride(), *full_num.stride(), *full_idx.stride()]
+    return [*tensors, *strides], has_full
+
+
+def check_block_mask(block_mask: Any, shapes: Shapes, device: torch.device) -> tuple[int, int]:
+    q_block, kv_block = _pair(block_mask.BLOCK_SIZE)
+    seq = tuple(block_mask.seq_lengths)
+    if seq != (shapes.Q_LEN, shapes.KV_LEN):
+        raise ValueError(f"attnc: the BlockMask was built for (Q_LEN, KV_LEN) = {seq} but the inputs have "
+                         f"{(shapes.Q_LEN, shapes.KV_LEN)}; build it with the inputs' lengths")
+    mb, mh = block_mask.kv_num_blocks.shape[:2]
+    if mb not in (1, shapes.B) or mh not in (1, shapes.Hq):
+        raise ValueError(f"attnc: the BlockMask has B={mb}, H={mh}; the inputs need B in (1, {shapes.B}) and "
+                         f"H in (1, {shapes.Hq})")
+    if block_mask.kv_num_blocks.shape[2] < triton.cdiv(shapes.Q_LEN, q_block):
+        raise ValueError("attnc: the BlockMask has fewer query blocks than the inputs need")
+    if block_mask.kv_num_blocks.device != device:
+        raise ValueError(f"attnc: the BlockMask is on {block_mask.kv_num_blocks.device} but the inputs are on "
+                         f"{device}; call block_mask.to({str(device)!r})")
+    return q_block, kv_block
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def capture_args(tensors: Sequence[torch.Tensor], params: Sequence[int | float]) -> list[Any]:
+    args: list[Any] = []
+    for t in tensors:
+        args += [t, *t.stride(), *t.shape]
+    return args + list(params)
+
+
+def launch_forward(kernel: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
+                   shapes: Shapes, scale: float | None, tensors: Sequence[torch.Tensor],
+                   params: Sequence[int | float], block_mask: Any, config: KernelConfig, has_mask: bool,
+                   interpret: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    out = query.new_empty(shapes.B, shapes.Hq, shapes.Q_LEN, shapes.Dv)
+    lse = torch.empty(shapes.B, shapes.Hq, shapes.Q_LEN, device=query.device, dtype=torch.float32)
+    if shapes.Q_LEN == 0:
+        return out, lse
+    block_sizes = check_block_mask(block_mask, shapes, query.device) if block_mask is not None else None
+    if block_sizes is not None:
+        config = config.fit_to_blocks(*block_sizes)
+    bm_args, has_full = block_mask_args(block_mask, shapes, lse)
+    sm_scale = scale if scale is not None else 1.0 / math.sqrt(shapes.D)
+    grid = (triton.cdiv(shapes.Q_LEN, config.block_m), shapes.B * shapes.Hq)
+    _run(kernel, grid, config, query, key, value, out, lse, bm_args, sm_scale, shapes,
+         capture_args(tensors, params),
+         constexprs(shapes, config, query.dtype, block_sizes=block_sizes, has_full=has_full,
+                    has_mask=has_mask, interpret=interpret))
+    return out, lse
+
+
+def _run(kernel: Any, grid: tuple[int, int], config: KernelConfig, query: torch.Tensor, key: torch.Tensor,
+         value: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, bm_args: list[Any], sm_scale: float,
+         shapes: Shapes, captured: list[Any], consts: dict[str, Any]) -> None:
+    kernel[grid](
+        query, key, value, out, lse, *query.stride(), *key.stride(), *value.stride(), *out.stride(),
+        *lse.stride(), *bm_args, float(sm_scale), shapes.Hq, shapes.gqa_group, shapes.Q_LEN, shapes.KV_LEN,
+        *captured, **consts, num_warps=config.num_warps, num_stages=config.num_stages,
+    )

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The project's test command: set up (idempotent), lint, run the test suite. Fails if either fails.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/test_block_mask.py -x`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
+export PYTHON
+
+bash scripts/setup.sh
+
+lint=0
+"$PYTHON" -m ruff check . || lint=$?
+
+# attnc decides per call whether a kernel runs in the Triton interpreter; a global switch would turn
+# every GPU run into an interpreter run.
+unset TRITON_INTERPRET
+
+workers=()
+if "$PYTHON" -c "import xdist" >/dev/null 2>&1; then
+  workers=(-n 2)
+fi
+tests=0
+"$PYTHON" -m pytest -q ${workers[@]+"${workers[@]}"} "$@" || tests=$?
+
+if [[ $tests -eq 5 ]]; then
+  echo "test: pytest collected no tests; that is a failure" >&2
+fi
+if [[ $lint -ne 0 ]]; then
+  echo "test: ruff check failed (exit $lint)" >&2
+fi
+if [[ $tests -ne 0 ]]; then
+  exit "$tests"
+fi
+exit "$lint"
