@@ -1,1 +1,22 @@
-"""attnc: an attention compiler."""
+"""attnc: an attention compiler.
+
+Write an attention variant as FlexAttention-style `mask_mod` / `score_mod` functions; attnc traces them
+to an IR, optimises it, generates a fused Triton kernel and checks it against a reference interpreter.
+"""
+
+from attnc.runtime.interpreter import enable_if_no_gpu
+
+# Must run before triton is first imported (see attnc/runtime/interpreter.py).
+enable_if_no_gpu()
+
+from attnc.api import Attention, compile, create_block_mask, flex_attention  # noqa: E402
+from attnc.dsl.trace import TraceError  # noqa: E402
+from attnc.runtime.block_mask import BlockMask  # noqa: E402
+from attnc.variants.combinators import and_masks, noop_mask, or_masks  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attention", "BlockMask", "TraceError", "and_masks", "compile", "create_block_mask", "flex_attention",
+    "noop_mask", "or_masks",
+]
