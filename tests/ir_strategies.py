@@ -24,6 +24,7 @@ INT_TABLE, FLOAT_TABLE, BOOL_TABLE = 0, 1, 2
 TENSORS = (TensorSpec(I32, 1), TensorSpec(F32, 2), TensorSpec(BOOL, 1))
 PARAMS = (ParamSpec(I32, "n"), ParamSpec(F32, "temperature"))
 TABLE_SHAPES = ((7,), (3, 5), (4,))
+GRID_SHAPES = ([-1, 1, 1, 1], [1, -1, 1, 1], [1, 1, -1, 1], [1, 1, 1, -1])  # b, h, q, kv
 
 Strategy = st.SearchStrategy[Node]
 Sub = Callable[[DType], Strategy]
