@@ -193,7 +193,7 @@ _COMPILED: collections.OrderedDict[tuple[Any, Any], Attention] = collections.Ord
 _COMPILED_LIMIT = 256
 
 
-def compile(mask_mod: MaskMod | None = None, score_mod: ScoreMod | None = None) -> Attention:  # noqa: A001
+def compile(mask_mod: MaskMod | None = None, score_mod: ScoreMod | None = None) -> Attention:
     """Compile a variant once; call the result like `attn(query, key, value)` many times."""
     if isinstance(mask_mod, str):
         raise TypeError("attnc.compile: the text syntax is not available in this version; pass Python mods")

@@ -10,10 +10,11 @@ fail() { echo "setup: $*" >&2; exit 1; }
 
 PYTHON="${PYTHON:-$(command -v python || command -v python3 || true)}"
 [[ -n "$PYTHON" ]] || fail "no python on PATH (set PYTHON=/path/to/python)"
-# The install is current when it was made by this interpreter from this exact pyproject.toml.
-stamp=".cache/setup.stamp"
-want="$("$PYTHON" -c 'import hashlib, sys
-print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest(), sys.executable)')"
+# The install is current when this interpreter's stamp names this exact pyproject.toml.
+read -r stamp want < <("$PYTHON" -c 'import hashlib, sys
+digest = lambda data: hashlib.sha256(data).hexdigest()[:16]
+print(f".cache/setup-{digest(sys.executable.encode())}.stamp", digest(open("pyproject.toml", "rb").read()))') \
+  || fail "$PYTHON does not run"
 
 # Run from / so that the checkout itself (the current directory) cannot stand in for an install.
 installed() {

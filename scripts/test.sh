@@ -11,8 +11,8 @@ bash scripts/setup.sh
 lint=0
 "$PYTHON" -m ruff check . || lint=$?
 
-# attnc decides per call whether a kernel runs in the Triton interpreter; a global switch would turn
-# every GPU run into an interpreter run.
+# attnc turns the Triton interpreter on by itself when no GPU is present; a switch inherited from the
+# environment would turn every GPU run into an interpreter run.
 unset TRITON_INTERPRET
 
 workers=()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -29,6 +30,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # xdist worker) starts from an empty kernel cache and never reads or pollutes the user's one.
     _saved_cache_env.append(os.environ.get(_CACHE_ENV))
     os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="attnc-test-cache-")
+    # attnc must be imported before triton to switch the Triton interpreter on where there is no GPU;
+    # a test module that imports triton first (isort puts it above attnc) would otherwise disable it.
+    # A broken package is not hidden: it is reported, with its traceback, when the tests import it.
+    with contextlib.suppress(Exception):
+        import attnc  # noqa: F401
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

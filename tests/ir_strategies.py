@@ -8,7 +8,6 @@ evaluation never raises; everything else (overflow, NaN, inf, -0.0) is fair game
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 
@@ -33,32 +32,34 @@ _SPECIAL_FLOATS = (0.0, -0.0, 1.0, -1.0, 0.5, 2.0, math.inf, -math.inf, math.nan
 int32_values = st.one_of(st.integers(-8, 8), st.integers(-(2**31), 2**31 - 1))
 
 
-def exprs(dtype: DType, depth: int = 3, *, with_score: bool = False) -> Strategy:
+def exprs(dtype: DType, depth: int = 4, *, with_score: bool = False) -> Strategy:
     """Random expressions of type `dtype`, at most `depth` operations deep."""
     return _exprs(dtype, depth, with_score)
 
 
-def masks(depth: int = 3) -> Strategy:
+def masks(depth: int = 4) -> Strategy:
     return exprs(BOOL, depth)
 
 
-def score_mods(depth: int = 3) -> Strategy:
+def score_mods(depth: int = 4) -> Strategy:
     return exprs(F32, depth, with_score=True)
 
 
 @st.composite
-def programs(draw: st.DrawFn, depth: int = 3) -> Program:
+def programs(draw: st.DrawFn, depth: int = 4) -> Program:
     mask = draw(st.none() | masks(depth))
     score_mod = draw(st.none() | score_mods(depth))
     return Program(mask=mask, score=score_mod, tensors=TENSORS, params=PARAMS)
 
 
-@functools.cache
-def _exprs(dtype: DType, depth: int, with_score: bool) -> Strategy:
-    leaves = _LEAVES[dtype](with_score)
-    if depth == 0:
-        return leaves
-    return st.one_of(leaves, *_COMPOUNDS[dtype](lambda d: _exprs(d, depth - 1, with_score)))
+# An explicit draw picks the operation (rather than `st.one_of` over operation strategies, which
+# flattens mapped sub-strategies into its branches and so favours unary chains); shrinking goes to leaves.
+@st.composite
+def _exprs(draw: st.DrawFn, dtype: DType, depth: int, with_score: bool) -> Node:
+    if depth == 0 or draw(st.integers(0, 4)) == 0:
+        return draw(_LEAVES[dtype](with_score))
+    build = draw(st.sampled_from(_OPERATIONS[dtype]))
+    return build(draw, lambda d: _exprs(d, depth - 1, with_score))
 
 
 # -- leaves ---------------------------------------------------------------------------------------
@@ -108,95 +109,82 @@ _LEAVES: dict[DType, Callable[[bool], Strategy]] = {
 }
 
 
-# -- operations -----------------------------------------------------------------------------------
+# -- operations: each builder draws an op and its operands ----------------------------------------
+
+Builder = Callable[[st.DrawFn, Sub], Node]
 
 
 def _cast(dtype: DType, x: Node) -> Node:
     return node(Op.CAST, dtype, x)
 
 
-def _binary(ops: list[Op], dtype: DType, a: Strategy, b: Strategy) -> Strategy:
-    return st.builds(lambda o, x, y: node(o, dtype, x, y), st.sampled_from(ops), a, b)
+def _ops(ops: list[Op], dtype: DType, *operands: DType) -> Builder:
+    """`op(x1, x2, ...)` of type `dtype` with operands of types `operands`."""
+    def build(draw: st.DrawFn, sub: Sub) -> Node:
+        return node(draw(st.sampled_from(ops)), dtype, *(draw(sub(d)) for d in operands))
+
+    return build
 
 
-def _unary(ops: list[Op], dtype: DType, a: Strategy) -> Strategy:
-    return st.builds(lambda o, x: node(o, dtype, x), st.sampled_from(ops), a)
+def _by_const(ops: list[Op], dtype: DType, values: list[int]) -> Builder:
+    """`op(x, c)` for a constant `c` from `values` (division by nonzero, small non-negative powers)."""
+    def build(draw: st.DrawFn, sub: Sub) -> Node:
+        return node(draw(st.sampled_from(ops)), dtype, draw(sub(dtype)), const(draw(st.sampled_from(values)), dtype))
+
+    return build
 
 
-def _by_const(ops: list[Op], dtype: DType, a: Strategy, values: list[int]) -> Strategy:
-    return st.builds(lambda o, x, c: node(o, dtype, x, const(c, dtype)), st.sampled_from(ops), a,
-                     st.sampled_from(values))
-
-
-def _where(dtype: DType, sub: Sub) -> Strategy:
-    return st.builds(lambda c, x, y: node(Op.WHERE, dtype, c, x, y), sub(BOOL), sub(dtype), sub(dtype))
+def _wrap(fn: Callable[[Node], Node], operand: DType) -> Builder:
+    return lambda draw, sub: fn(draw(sub(operand)))
 
 
 _RING = [Op.ADD, Op.SUB, Op.MUL]
 _DIVISORS = [-5, -3, -1, 1, 2, 3, 7]
+_COMPARES = sorted(COMPARE, key=lambda o: o.value)
+_FLOAT_UNARY = [Op.NEG, Op.ABS, Op.SIGN, *sorted(FLOAT_UNARY, key=lambda o: o.value)]
 
-
-def _int32_ops(sub: Sub) -> list[Strategy]:
-    x = sub(I32)
-    return [
-        _binary([*_RING, Op.MIN, Op.MAX, Op.AND, Op.OR, Op.XOR], I32, x, x),
-        _unary([Op.NEG, Op.ABS, Op.SIGN], I32, x),
-        _by_const([Op.FLOORDIV, Op.MOD], I32, x, _DIVISORS),
-        _by_const([Op.POW], I32, x, [0, 1, 2, 3]),
-        _where(I32, sub),
-        x.map(lambda i: load(INT_TABLE, I32, i)),
-        sub(BOOL).map(lambda b: _cast(I32, b)),
-        sub(I64).map(lambda w: _cast(I32, w)),
-    ]
-
-
-def _int64_ops(sub: Sub) -> list[Strategy]:
-    x = sub(I64)
-    return [
-        _binary([*_RING, Op.MAX], I64, x, x),
-        _unary([Op.NEG], I64, x),
-        _by_const([Op.FLOORDIV], I64, x, _DIVISORS),
-        sub(I32).map(lambda i: _cast(I64, i)),
-    ]
-
-
-def _bool_ops(sub: Sub) -> list[Strategy]:
-    b = sub(BOOL)
-    compares = sorted(COMPARE, key=lambda o: o.value)
-    return [
-        _binary(compares, BOOL, sub(I32), sub(I32)),
-        _binary(compares, BOOL, sub(I64), sub(I64)),
-        _binary(compares, BOOL, sub(F32), sub(F32)),
-        _binary([*compares, Op.AND, Op.OR, Op.XOR], BOOL, b, b),
-        _unary([Op.NOT], BOOL, b),
-        _where(BOOL, sub),
-        sub(I32).map(lambda i: _cast(BOOL, i)),
-    ]
-
-
-def _float32_ops(sub: Sub) -> list[Strategy]:
-    f = sub(F32)
-    arith = [*_RING, Op.TRUEDIV, Op.FLOORDIV, Op.MOD, Op.POW, Op.MIN, Op.MAX]
-    return [
-        _binary(arith, F32, f, f),
-        _unary([Op.NEG, Op.ABS, Op.SIGN, *sorted(FLOAT_UNARY, key=lambda o: o.value)], F32, f),
-        _where(F32, sub),
-        sub(F16).map(lambda h: _cast(F32, h)),
-        sub(I32).map(lambda i: _cast(F32, i)),
-    ]
-
-
-def _float16_ops(sub: Sub) -> list[Strategy]:
-    h = sub(F16)
-    return [
-        _binary([*_RING, Op.TRUEDIV, Op.MAX], F16, h, h),
-        _unary([Op.NEG, Op.EXP, Op.TANH, Op.SQRT], F16, h),
-        sub(F32).map(lambda f: _cast(F16, f)),
-    ]
-
-
-_COMPOUNDS: dict[DType, Callable[[Sub], list[Strategy]]] = {
-    I32: _int32_ops, I64: _int64_ops, BOOL: _bool_ops, F32: _float32_ops, F16: _float16_ops,
+_OPERATIONS: dict[DType, list[Builder]] = {
+    I32: [
+        _ops(_RING, I32, I32, I32),
+        _ops(_RING, I32, I32, I32),
+        _ops([Op.MIN, Op.MAX, Op.AND, Op.OR, Op.XOR], I32, I32, I32),
+        _ops([Op.NEG, Op.ABS, Op.SIGN], I32, I32),
+        _by_const([Op.FLOORDIV, Op.MOD], I32, _DIVISORS),
+        _by_const([Op.POW], I32, [0, 1, 2, 3]),
+        _ops([Op.WHERE], I32, BOOL, I32, I32),
+        _wrap(lambda i: load(INT_TABLE, I32, i), I32),
+        _wrap(lambda b: _cast(I32, b), BOOL),
+        _wrap(lambda w: _cast(I32, w), I64),
+    ],
+    I64: [
+        _ops([*_RING, Op.MAX], I64, I64, I64),
+        _ops([Op.NEG], I64, I64),
+        _by_const([Op.FLOORDIV], I64, _DIVISORS),
+        _wrap(lambda i: _cast(I64, i), I32),
+    ],
+    BOOL: [
+        _ops(_COMPARES, BOOL, I32, I32),
+        _ops(_COMPARES, BOOL, I32, I32),
+        _ops(_COMPARES, BOOL, I64, I64),
+        _ops(_COMPARES, BOOL, F32, F32),
+        _ops([*_COMPARES, Op.AND, Op.OR, Op.XOR], BOOL, BOOL, BOOL),
+        _ops([Op.NOT], BOOL, BOOL),
+        _ops([Op.WHERE], BOOL, BOOL, BOOL, BOOL),
+        _wrap(lambda i: _cast(BOOL, i), I32),
+    ],
+    F32: [
+        _ops([*_RING, Op.TRUEDIV], F32, F32, F32),
+        _ops([Op.FLOORDIV, Op.MOD, Op.POW, Op.MIN, Op.MAX], F32, F32, F32),
+        _ops(_FLOAT_UNARY, F32, F32),
+        _ops([Op.WHERE], F32, BOOL, F32, F32),
+        _wrap(lambda h: _cast(F32, h), F16),
+        _wrap(lambda i: _cast(F32, i), I32),
+    ],
+    F16: [
+        _ops([*_RING, Op.TRUEDIV, Op.MAX], F16, F16, F16),
+        _ops([Op.NEG, Op.EXP, Op.TANH, Op.SQRT], F16, F16),
+        _wrap(lambda f: _cast(F16, f), F32),
+    ],
 }
 
 

@@ -362,3 +362,25 @@ def test_combinators_only_use_overloadable_operators():
     assert and_masks(causal, window)(*args).text == "((q >= kv) & (((q - kv) <= 50) & ((kv - q) <= 50)))"
     assert or_masks(causal, noop_mask)(*args).text == "((q >= kv) | (q == q))"
     assert or_masks()(*args).text == "(q != q)"
+
+
+# -- combinators under attnc's tracer ----------------------------------------------------------------------
+
+
+def test_traced_combinators_fold_the_noop_away():
+    import attnc
+
+    plain = attnc.compile(mask_mod=causal).program.mask
+    assert attnc.compile(mask_mod=and_masks(causal, noop_mask)).program.mask is plain
+    assert attnc.compile(mask_mod=noop_mask).program.mask.arg is True
+    assert attnc.compile(mask_mod=or_masks()).program.mask.arg is False
+
+
+def test_traced_block_mask_equals_the_dense_one():
+    import attnc
+
+    combined = or_masks(and_masks(causal, window), document_mask([30, 90, 80]))
+    traced = attnc.create_block_mask(combined, None, 2, 200, 200, device="cpu", BLOCK_SIZE=32)
+    dense = build_block_mask(combined, None, 2, 200, 200, device="cpu", BLOCK_SIZE=32)
+    assert all(torch.equal(a, b) for a, b in zip(traced.as_tuple()[2:10], dense.as_tuple()[2:10], strict=True))
+    assert traced.mask_mod is combined

@@ -34,10 +34,8 @@ Renderer = Callable[[Node, Sequence[str]], str]
 
 def literal(value: bool | int | float, dtype: DType) -> str:
     """A Triton literal of exactly `dtype` (bare literals are int32 / float32 / int1)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        text = f'float("{value}")'
-    else:
-        text = repr(value)
+    finite = not isinstance(value, float) or math.isfinite(value)
+    text = repr(value) if finite else f'float("{value}")'
     if dtype in (DType.bool, DType.float32) or (dtype is DType.int32 and -(2**31) <= value < 2**31):
         return text
     return f"tl.full([], {text}, {TL_DTYPE[dtype]})"

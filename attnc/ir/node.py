@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from attnc.ir.dtypes import INDEX, SCORE, DType
 from attnc.ir.ops import INDEX_VARS, Op
@@ -26,7 +26,7 @@ def _arg_key(arg: Arg) -> tuple:
 
 
 class Node:
-    __slots__ = ("op", "dtype", "src", "arg", "deps", "_hash", "_key")
+    __slots__ = ("_hash", "_key", "arg", "deps", "dtype", "op", "src")
 
     op: Op
     dtype: DType
@@ -34,7 +34,7 @@ class Node:
     arg: Arg
     deps: frozenset[str]
 
-    _table: dict[tuple, Node] = {}
+    _table: ClassVar[dict[tuple, Node]] = {}
 
     @classmethod
     def make(cls, op: Op, dtype: DType, src: tuple[Node, ...] = (), arg: Arg = None) -> Node:
@@ -165,4 +165,4 @@ REPR_NAMESPACE: dict[str, object] = {
 
 def from_repr(text: str) -> Node:
     """Rebuild a node from its `repr`."""
-    return eval(text, {"__builtins__": {}}, dict(REPR_NAMESPACE))  # noqa: S307 - our own printer's output
+    return eval(text, {"__builtins__": {}}, dict(REPR_NAMESPACE))  # our own printer's output, builders only

@@ -88,6 +88,7 @@ class BlockMask:
     )
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "BLOCK_SIZE", _block_pair(self.BLOCK_SIZE))  # accept an int, as torch does
         self.check_invariants()
 
     @classmethod
@@ -102,7 +103,7 @@ class BlockMask:
         full_q = _ordered(full.transpose(-2, -1)) if full is not None else (None, None)
         return cls(
             (int(seq_lengths[0]), int(seq_lengths[1])), kv_num, kv_idx, *full_kv, q_num, q_idx, *full_q,
-            _block_pair(BLOCK_SIZE), mask_mod,
+            BLOCK_SIZE, mask_mod,  # type: ignore[arg-type]  # __post_init__ makes it a pair
         )
 
     # -- invariants ----------------------------------------------------------------------------------

@@ -1,0 +1,237 @@
+"""What a mod captures from Python closures, found by walking the functions it is built from.
+
+A mod is often a closure over other closures: `and_masks(causal, sliding_window(64))` closes over a
+tuple of mods, one of which closes over `window = 64`. `Walk` visits that tree (closure cells,
+default arguments, `functools.partial` parts, tuples and lists) and names every value by its *path*
+from the root mod. When tracing, it rebuilds the functions with each captured Python int or float
+replaced (so the scalar becomes a runtime parameter); when binding, it only reads the current values.
+
+`Walk.shape` describes the tree (function code, container lengths, value kinds, aliasing): when it
+changes, a trace made from the old tree no longer describes the mods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+Step = tuple[str, Any]  # ("cell", i) | ("default", i) | ("kwdefault", name) | ("func", None) | ...
+Path = tuple[Any, ...]  # the root ("mask" or "score") followed by steps
+ShapeEntry = tuple[Path, str, tuple]  # path, display name, descriptor
+_MAX_ITEMS = 64  # longer tuples and lists are data, not mods: not walked
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    """A captured Python scalar or tensor and where it was found."""
+
+    path: Path
+    names: tuple[str, ...]
+    value: Any
+
+    @property
+    def name(self) -> str:
+        """The variable's own name: `window`, or `sizes[0]` for an element of a captured tuple."""
+        own = ""
+        for part in reversed(self.names):
+            own = part + own
+            if not part.startswith(("[", ".")):
+                break
+        return own
+
+    @property
+    def display(self) -> str:
+        return display(self.names)
+
+
+def display(names: tuple[str, ...]) -> str:
+    """`mask_mod.mask_mods[1].window`."""
+    return "".join(n if n.startswith(("[", ".")) or i == 0 else "." + n for i, n in enumerate(names))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Child:
+    step: Step
+    name: str
+    value: Any
+    is_cell: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class _Parts:
+    """How to look inside a container and how to put a copy back together."""
+
+    descriptor: tuple
+    children: list[_Child]
+    rebuild: Callable[[list[Any]], Any]
+
+
+class Walk:
+    """One pass over the closure trees of a mask mod and a score mod.
+
+    `replace(leaf)` gives the value to put in place of each captured Python int/float while rebuilding;
+    without it the walk only records `shape` and `leaves`.
+    """
+
+    def __init__(self, replace: Callable[[Leaf], Any] | None = None) -> None:
+        self.shape: list[ShapeEntry] = []
+        self.leaves: dict[Path, Leaf] = {}
+        self._replace = replace
+        self._memo: dict[int, list[Any]] = {}  # id -> [first path, original, replacement]
+        self._tensor_paths: dict[int, Path] = {}
+
+    def roots(self, mask_mod: Any, score_mod: Any) -> tuple[Any, Any]:
+        return (self.visit(mask_mod, ("mask",), ("mask_mod",)),
+                self.visit(score_mod, ("score",), ("score_mod",)))
+
+    def visit(self, obj: Any, path: Path, names: tuple[str, ...]) -> Any:
+        if isinstance(obj, int | float) and not isinstance(obj, bool):
+            return self._scalar(obj, path, names)
+        if isinstance(obj, torch.Tensor):
+            return self._tensor(obj, path, names)
+        if obj is None or isinstance(obj, bool | str | bytes):
+            # not runtime parameters: Python code may branch on them, so a change means a new trace
+            self._record(path, names, ("value", type(obj), obj))
+            return obj
+        parts = _parts(obj)
+        if parts is None:
+            self._record(path, names, ("object", type(obj)))
+            return obj
+        return self._container(obj, path, names, parts)
+
+    def _record(self, path: Path, names: tuple[str, ...], descriptor: tuple) -> None:
+        self.shape.append((path, display(names), descriptor))
+
+    def _scalar(self, value: int | float, path: Path, names: tuple[str, ...]) -> Any:
+        leaf = Leaf(path, names, value)
+        self.leaves[path] = leaf
+        self._record(path, names, (type(value).__name__,))
+        return value if self._replace is None else self._replace(leaf)
+
+    def _tensor(self, tensor: torch.Tensor, path: Path, names: tuple[str, ...]) -> torch.Tensor:
+        self.leaves[path] = Leaf(path, names, tensor)
+        first = self._tensor_paths.setdefault(id(tensor), path)
+        self._record(path, names, ("tensor", None if first == path else first))
+        return tensor
+
+    def _seen(self, obj: Any, path: Path, names: tuple[str, ...]) -> list[Any] | None:
+        """The memo entry of an object reached before (by another path, or a cycle)."""
+        seen = self._memo.get(id(obj))
+        if seen is not None:
+            self._record(path, names, ("alias", seen[0]))
+        return seen
+
+    def _container(self, obj: Any, path: Path, names: tuple[str, ...], parts: _Parts) -> Any:
+        seen = self._seen(obj, path, names)
+        if seen is not None:
+            return seen[2]
+        entry = self._memo[id(obj)] = [path, obj, obj]  # a cycle back to obj sees the original
+        self._record(path, names, parts.descriptor)
+        values = [self._child(child, path, names) for child in parts.children]
+        if any(new is not child.value for new, child in zip(values, parts.children, strict=True)):
+            entry[2] = parts.rebuild(values)
+        return entry[2]
+
+    def _child(self, child: _Child, path: Path, names: tuple[str, ...]) -> Any:
+        path, names = (*path, child.step), (*names, child.name)
+        if not child.is_cell:
+            return self.visit(child.value, path, names)
+        seen = self._seen(child.value, path, names)
+        if seen is not None:
+            return seen[2]
+        entry = self._memo[id(child.value)] = [path, child.value, child.value]
+        try:
+            contents = child.value.cell_contents
+        except ValueError:  # a cell whose variable is not assigned yet
+            self._record(path, names, ("empty",))
+            return child.value
+        new = self.visit(contents, path, names)
+        if new is not contents:
+            entry[2] = types.CellType(new)
+        return entry[2]
+
+
+# -- looking inside containers ------------------------------------------------------------------------
+
+
+def _parts(obj: Any) -> _Parts | None:
+    if isinstance(obj, types.FunctionType):
+        return _function_parts(obj)
+    if isinstance(obj, functools.partial):
+        return _partial_parts(obj)
+    is_sequence = type(obj) in (tuple, list) or (isinstance(obj, tuple) and hasattr(type(obj), "_fields"))
+    if is_sequence and len(obj) <= _MAX_ITEMS:
+        return _sequence_parts(obj)
+    return None
+
+
+def _function_parts(fn: types.FunctionType) -> _Parts:
+    code, cells = fn.__code__, fn.__closure__ or ()
+    defaults, kwdefaults = fn.__defaults__ or (), fn.__kwdefaults__ or {}
+    first_default = code.co_argcount - len(defaults)
+    children = [_Child(("cell", i), code.co_freevars[i], c, True) for i, c in enumerate(cells)]
+    children += [_Child(("default", i), code.co_varnames[first_default + i], v) for i, v in enumerate(defaults)]
+    children += [_Child(("kwdefault", k), k, v) for k, v in kwdefaults.items()]
+
+    def rebuild(values: list[Any]) -> types.FunctionType:
+        n, d = len(cells), len(defaults)
+        new = types.FunctionType(code, fn.__globals__, fn.__name__, tuple(values[n:n + d]) or None,
+                                 tuple(values[:n]) or None)
+        new.__kwdefaults__ = dict(zip(kwdefaults, values[n + d:], strict=True)) or None
+        new.__qualname__ = fn.__qualname__
+        return new
+
+    return _Parts(("function", code), children, rebuild)
+
+
+def _partial_parts(p: functools.partial) -> _Parts:
+    children = [_Child(("func", None), "func", p.func)]
+    children += [_Child(("arg", i), f"args[{i}]", v) for i, v in enumerate(p.args)]
+    children += [_Child(("kw", k), k, v) for k, v in p.keywords.items()]
+
+    def rebuild(values: list[Any]) -> functools.partial:
+        args, kwargs = values[1:1 + len(p.args)], values[1 + len(p.args):]
+        return functools.partial(values[0], *args, **dict(zip(p.keywords, kwargs, strict=True)))
+
+    return _Parts(("partial", len(p.args), tuple(p.keywords)), children, rebuild)
+
+
+def _sequence_parts(seq: tuple | list) -> _Parts:
+    fields = getattr(type(seq), "_fields", None)
+    names = [f".{f}" for f in fields] if fields else [f"[{i}]" for i in range(len(seq))]
+    children = [_Child(("item", i), names[i], v) for i, v in enumerate(seq)]
+
+    def rebuild(values: list[Any]) -> tuple | list:
+        return type(seq)._make(values) if fields else type(seq)(values)
+
+    return _Parts((type(seq), len(seq)), children, rebuild)
+
+
+def describe_change(old: tuple[ShapeEntry, ...], new: tuple[ShapeEntry, ...]) -> str:
+    """A sentence saying how the captured values differ from when the mods were traced."""
+    for (old_path, name, was), (new_path, _, now) in zip(old, new, strict=False):
+        if old_path != new_path or was != now:
+            return f"{name} was {_kind_text(was)} when traced and is now {_kind_text(now)}"
+    return "the mods capture a different number of values than when traced"
+
+
+def _kind_text(descriptor: tuple) -> str:
+    kind = descriptor[0]
+    if isinstance(kind, type):
+        return f"a {kind.__name__} of length {descriptor[1]}"
+    if kind in ("int", "float"):
+        return f"a Python {kind}"
+    if kind == "function":
+        code = descriptor[1]
+        return f"function {code.co_name} ({code.co_filename}:{code.co_firstlineno})"
+    if kind == "value":
+        return repr(descriptor[2])
+    if kind == "object":
+        return f"a {descriptor[1].__name__}"
+    return {"partial": "a functools.partial", "tensor": "a tensor", "empty": "unassigned",
+            "alias": "a second reference to an object captured elsewhere"}[kind]

@@ -1,0 +1,256 @@
+"""The torch functions and Tensor methods attention mods may call on traced values.
+
+`TABLE` maps each supported torch callable (as `__torch_function__` receives it) to a handler with the
+same signature plus a leading `tracer`, which turns arguments into IR operands (`tracer.lift`) and reads
+captured tensors (`tracer.load`). Anything else is rejected with the list of what is supported.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from attnc.dsl import semantics as sem
+from attnc.dsl.errors import TraceError
+from attnc.dsl.semantics import Operand, Typed
+from attnc.ir.dtypes import DType
+from attnc.ir.ops import Op
+
+Handler = Callable[..., Typed]
+_NARROW_INTS = (torch.int8, torch.int16, torch.uint8)
+
+
+def target_dtype(dtype: torch.dtype) -> DType:
+    """The IR dtype for a `.to(dtype)` target."""
+    if dtype in _NARROW_INTS:
+        raise TraceError.here(
+            f"converting to {dtype} is not supported: attention mods compute with 32- and 64-bit integers",
+            "use .to(torch.int32)",
+        )
+    try:
+        return DType.from_torch(dtype)
+    except TypeError as exc:
+        raise TraceError.here(str(exc)) from None
+
+
+# -- handler factories ------------------------------------------------------------------------------
+
+
+def _binary(build: Callable[..., Typed], op: Op, *, reflected: bool = False) -> Handler:
+    def handler(tracer: Any, input: object, other: object) -> Typed:
+        a, b = tracer.lift(input), tracer.lift(other)
+        return build(op, b, a) if reflected else build(op, a, b)
+
+    return handler
+
+
+def _unary(build: Callable[[Typed], Typed]) -> Handler:
+    return lambda tracer, input: build(sem.strong(tracer.lift(input)))
+
+
+def _math(op: Op) -> Handler:
+    return _unary(lambda x: sem.float_math(op, x))
+
+
+def _conversion(dtype: torch.dtype) -> Handler:
+    return lambda tracer, self: sem.convert(sem.strong(tracer.lift(self)), DType.from_torch(dtype))
+
+
+def _fill(value: sem.Scalar | None) -> Handler:
+    """zeros_like / ones_like (value given) or full_like (value passed by the caller)."""
+
+    def handler(tracer: Any, input: object, *fill: sem.Scalar, dtype: torch.dtype | None = None,
+                device: object = None) -> Typed:
+        like = sem.strong(tracer.lift(input))
+        out = target_dtype(dtype) if dtype is not None else like.node.dtype
+        return sem.full(value if value is not None else _one_scalar(fill), out)
+
+    return handler
+
+
+def _new_fill(value: sem.Scalar | None) -> Handler:
+    """Tensor.new_ones / new_zeros / new_full with size ()."""
+
+    def handler(tracer: Any, self: object, size: object, *fill: sem.Scalar,
+                dtype: torch.dtype | None = None, device: object = None) -> Typed:
+        if tuple(size) != ():
+            raise TraceError.here(
+                f"only zero-dim values exist in attention mods, not size {tuple(size)}", "use size=()"
+            )
+        return _fill(value)(tracer, self, *fill, dtype=dtype)
+
+    return handler
+
+
+def _one_scalar(fill: tuple[sem.Scalar, ...]) -> sem.Scalar:
+    if len(fill) != 1 or not isinstance(fill[0], bool | int | float):
+        raise TraceError.here("the fill value must be one Python number", "e.g. torch.full_like(x, 2.0)")
+    return fill[0]
+
+
+# -- handlers with their own signatures -----------------------------------------------------------------
+
+
+def _where(tracer: Any, condition: object, input: object, other: object) -> Typed:
+    return sem.where(tracer.lift(condition), tracer.lift(input), tracer.lift(other))
+
+
+def _tensor_where(tracer: Any, self: object, condition: object, other: object) -> Typed:
+    return _where(tracer, condition, self, other)
+
+
+def _div(tracer: Any, input: object, other: object, *, rounding_mode: str | None = None) -> Typed:
+    a, b = tracer.lift(input), tracer.lift(other)
+    if rounding_mode is None:
+        return sem.arith(Op.TRUEDIV, a, b)
+    if rounding_mode == "floor":
+        return sem.arith(Op.FLOORDIV, a, b)
+    if rounding_mode == "trunc":
+        return sem.div_trunc(a, b)
+    raise TraceError.here(f"unknown rounding_mode {rounding_mode!r}", 'use None, "floor" or "trunc"')
+
+
+def _min_max(op: Op) -> Handler:
+    """torch.min / torch.max with two values; with a dim they are reductions, which mods do not have."""
+
+    def handler(tracer: Any, input: object, other: object = None) -> Typed:
+        if not isinstance(other, torch.Tensor) and not hasattr(other, "__torch_function__"):
+            name = "minimum" if op is Op.MIN else "maximum"
+            raise TraceError.here(
+                f"torch.{name[:3]} over a dimension is not supported: traced values are scalars",
+                f"use torch.{name}(a, b) for the elementwise {name}",
+            )
+        return sem.arith(op, tracer.lift(input), tracer.lift(other))
+
+    return handler
+
+
+def _clamp(tracer: Any, input: object, min: object = None, max: object = None) -> Typed:
+    low = None if min is None else tracer.lift(min)
+    high = None if max is None else tracer.lift(max)
+    return sem.clamp(tracer.lift(input), low, high)
+
+
+def _clamp_min(tracer: Any, input: object, min: object) -> Typed:
+    return _clamp(tracer, input, min=min)
+
+
+def _clamp_max(tracer: Any, input: object, max: object) -> Typed:
+    return _clamp(tracer, input, max=max)
+
+
+def _logical(op: Op) -> Handler:
+    return lambda tracer, input, other: sem.logical(op, tracer.lift(input), tracer.lift(other))
+
+
+def _logical_not(tracer: Any, input: object) -> Typed:
+    return sem.logical_not(tracer.lift(input))
+
+
+def _to(tracer: Any, self: object, *args: object, dtype: torch.dtype | None = None, device: object = None,
+        non_blocking: bool = False, copy: bool = False) -> Typed:
+    """`.to(dtype)`, `.to(other)` and `.to(device, dtype)`; devices mean nothing for a traced scalar."""
+    for arg in args:
+        if isinstance(arg, torch.dtype):
+            dtype = arg
+        elif isinstance(arg, torch.Tensor) or hasattr(arg, "__torch_function__"):
+            dtype = arg.dtype
+    value = sem.strong(tracer.lift(self))
+    return value if dtype is None else sem.convert(value, target_dtype(dtype))
+
+
+def _getitem(tracer: Any, self: torch.Tensor, index: object) -> Typed:
+    return tracer.load(self, index)
+
+
+# -- the table ----------------------------------------------------------------------------------------
+
+_FLOAT_MATH = {
+    "exp": Op.EXP, "exp2": Op.EXP2, "log": Op.LOG, "log2": Op.LOG2, "log1p": Op.LOG1P, "sqrt": Op.SQRT,
+    "rsqrt": Op.RSQRT, "tanh": Op.TANH, "sigmoid": Op.SIGMOID, "sin": Op.SIN, "cos": Op.COS,
+    "floor": Op.FLOOR, "ceil": Op.CEIL,
+}
+_ARITH = {
+    "add": Op.ADD, "sub": Op.SUB, "subtract": Op.SUB, "mul": Op.MUL, "multiply": Op.MUL,
+    "true_divide": Op.TRUEDIV, "floor_divide": Op.FLOORDIV, "remainder": Op.MOD, "pow": Op.POW,
+    "minimum": Op.MIN, "maximum": Op.MAX,
+}
+_COMPARE = {"eq": Op.EQ, "ne": Op.NE, "lt": Op.LT, "le": Op.LE, "gt": Op.GT, "ge": Op.GE}
+_BITWISE = {"bitwise_and": Op.AND, "bitwise_or": Op.OR, "bitwise_xor": Op.XOR}
+_CONVERSIONS = {
+    "float": torch.float32, "double": torch.float64, "half": torch.float16, "bfloat16": torch.bfloat16,
+    "int": torch.int32, "long": torch.int64, "bool": torch.bool,
+}
+
+
+def _by_name() -> dict[str, Handler]:
+    """Handlers for names that exist both as torch.<name> and as Tensor.<name>."""
+    out: dict[str, Handler] = {name: _math(op) for name, op in _FLOAT_MATH.items()}
+    out |= {name: _binary(sem.arith, op) for name, op in _ARITH.items()}
+    out |= {name: _binary(sem.compare, op) for name, op in _COMPARE.items()}
+    out |= {name: _binary(sem.logic, op) for name, op in _BITWISE.items()}
+    out |= {"logical_and": _logical(Op.AND), "logical_or": _logical(Op.OR), "logical_xor": _logical(Op.XOR)}
+    out |= {"logical_not": _logical_not, "bitwise_not": _unary(sem.invert), "div": _div, "divide": _div}
+    out |= {"abs": _unary(sem.absolute), "absolute": _unary(sem.absolute), "neg": _unary(sem.negate),
+            "negative": _unary(sem.negate), "sign": _unary(sem.sign)}
+    out |= {"clamp": _clamp, "clip": _clamp, "clamp_min": _clamp_min, "clamp_max": _clamp_max}
+    out |= {"min": _min_max(Op.MIN), "max": _min_max(Op.MAX)}
+    return out
+
+
+def _build_table() -> dict[Callable, Handler]:
+    table: dict[Callable, Handler] = {}
+    for name, handler in _by_name().items():
+        for owner in (torch, torch.Tensor):
+            if hasattr(owner, name):
+                table[getattr(owner, name)] = handler
+    table |= {torch.where: _where, torch.Tensor.where: _tensor_where, torch.Tensor.__getitem__: _getitem}
+    table |= {torch.special.expit: _math(Op.SIGMOID), torch.special.exp2: _math(Op.EXP2)}
+    table |= {torch.zeros_like: _fill(0), torch.ones_like: _fill(1), torch.full_like: _fill(None)}
+    table |= {torch.Tensor.new_zeros: _new_fill(0), torch.Tensor.new_ones: _new_fill(1),
+              torch.Tensor.new_full: _new_fill(None), torch.Tensor.to: _to}
+    table |= {getattr(torch.Tensor, name): _conversion(dtype) for name, dtype in _CONVERSIONS.items()}
+    table |= _dunders()
+    return table
+
+
+def _dunders() -> dict[Callable, Handler]:
+    """Operators with a real tensor on the left reach us as these Tensor methods."""
+    return {
+        torch.Tensor.__floordiv__: _binary(sem.arith, Op.FLOORDIV),
+        torch.Tensor.__rfloordiv__: _binary(sem.arith, Op.FLOORDIV, reflected=True),
+        torch.Tensor.__pow__: _binary(sem.arith, Op.POW),
+        torch.Tensor.__rpow__: _binary(sem.arith, Op.POW, reflected=True),
+        torch.Tensor.__mod__: _binary(sem.arith, Op.MOD),
+        torch.Tensor.__and__: _binary(sem.logic, Op.AND),
+        torch.Tensor.__or__: _binary(sem.logic, Op.OR),
+        torch.Tensor.__xor__: _binary(sem.logic, Op.XOR),
+        torch.rsub: _binary(sem.arith, Op.SUB, reflected=True),
+    }
+
+
+TABLE: types.MappingProxyType[Callable, Handler] = types.MappingProxyType(_build_table())
+
+
+def _public_name(func: Callable) -> str:
+    return torch.overrides.resolve_name(func) or getattr(func, "__name__", repr(func))
+
+
+SUPPORTED = ", ".join(sorted({n for n in map(_public_name, TABLE) if not n.startswith("torch.Tensor.")}))
+
+
+def dispatch(tracer: Any, func: Callable, args: tuple, kwargs: dict) -> Typed:
+    """Apply the handler for `func`, or explain that it is not supported."""
+    handler = TABLE.get(func)
+    if handler is None:
+        raise TraceError.here(
+            f"{_public_name(func)} is not supported in attention mods",
+            f"supported: {SUPPORTED}, the matching Tensor methods, and .to(dtype), .float(), .int(), ...",
+        )
+    return handler(tracer, *args, **kwargs)
+
+
+__all__ = ["SUPPORTED", "TABLE", "Operand", "dispatch", "target_dtype"]
