@@ -10,9 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnc.ir import DType, Node, Op, ParamSpec, Program, TensorSpec, const, from_repr, load, node, param
+from attnc.ir import DType, Node, Op, ParamSpec, Program, TensorSpec, const, from_repr, load, node, param, var
 from attnc.ir import score as score_node
-from attnc.ir import var
 from attnc.ir.fold import fold_constants
 from attnc.ir.interpret import Env, evaluate
 from attnc.ir.passes import PIPELINE, optimize
@@ -235,6 +234,11 @@ RULE_CASES = [
     (cmp(Op.EQ, x_bool, FALSE), not_(x_bool)),
     (cmp(Op.NE, x_bool, FALSE), x_bool),
     (cmp(Op.NE, TRUE, x_bool), not_(x_bool)),
+    (cmp(Op.GT, cast(I64, x_bool), const(0, I64)), x_bool),
+    (cmp(Op.EQ, cast(I32, x_bool), i(0)), not_(x_bool)),
+    (cmp(Op.GE, i(0), cast(I32, x_bool)), not_(x_bool)),
+    (cmp(Op.LT, cast(F32, x_bool), f(2.0)), TRUE),
+    (cmp(Op.EQ, cast(F32, x_bool), f(math.nan)), FALSE),
     # casts
     (cast(I32, q), q),
     (cast(I32, cast(I64, q)), q),
@@ -304,6 +308,16 @@ def test_index_algebra_wraps_coefficients_like_the_hardware() -> None:
     assert index_algebra(e) is i(0)
     wide = mul(mul(cast(I64, q), const(65536, I64)), const(65536, I64))
     assert index_algebra(wide) is mul(cast(I64, q), const(2**32, I64))
+
+
+def test_index_algebra_leaves_polynomials_that_would_blow_up() -> None:
+    power = add(q, kv)
+    for _ in range(10):  # (q + kv) ** 1024: expanding stops before the 1025 terms
+        power = mul(power, power)
+    optimized = index_algebra(power)
+    assert len(list(optimized.walk())) < 1000
+    env = small_env()
+    assert_same_values(evaluate(optimized, env), evaluate(power, env))
 
 
 def test_pipeline_on_a_sliding_window_mask() -> None:

@@ -396,14 +396,15 @@ def test_stale_when_a_captured_tensor_changes_kind(change):
 
 
 def test_stale_when_the_closure_holds_another_function():
-    inner = lambda b, h, q_idx, kv_idx: q_idx >= kv_idx  # noqa: E731
+    inner = lambda b, h, q_idx, kv_idx: q_idx >= kv_idx
 
     def outer(b, h, q_idx, kv_idx):
         return inner(b, h, q_idx, kv_idx)
 
     result = traced(outer)
-    inner = lambda b, h, q_idx, kv_idx: q_idx <= kv_idx  # noqa: E731
-    with pytest.raises(StaleTrace, match="outer|inner|function"):
+    inner = lambda b, h, q_idx, kv_idx: q_idx <= kv_idx
+    changed = r"mask_mod\.inner was function <lambda> \(.*\) when traced and is now function <lambda>"
+    with pytest.raises(StaleTrace, match=changed):
         result.bind(outer, None)
 
 
@@ -434,6 +435,30 @@ def test_python_branch_on_a_closure_scalar_specialises():
         result.bind(make(4, True), None)
     with pytest.raises(StaleTrace, match="strict was True"):
         result.bind(make(3, False), None)
+
+
+def test_int_power_with_a_closure_exponent_specialises():
+    # Python's 2 ** n is an int for n >= 0 and a float for n < 0: the dtype needs the value
+    def make(n: int) -> Any:
+        return lambda score, b, h, q_idx, kv_idx: score * 2 ** n
+
+    result = traced(score_mod=make(3))
+    assert result.program.score is node(Op.MUL, DType.float32, score(), const(8.0, DType.float32))
+    assert result.program.params == ()
+    assert traced(score_mod=make(-1)).program.score is not result.program.score
+    with pytest.raises(StaleTrace, match="n was 3 when traced and is now -1"):
+        result.bind(None, make(-1))
+
+
+def test_fill_from_a_closure_parameter():
+    window = 5
+
+    def banded(b, h, q_idx, kv_idx):
+        return q_idx - kv_idx < torch.full_like(q_idx, window)
+
+    result = traced(banded)
+    assert result.program.mask is node(Op.LT, DType.bool, node(Op.SUB, I32, Q, KV), param(0, I32))
+    assert_matches_eager(banded)
 
 
 def test_list_indexed_by_a_specialised_int_gives_a_parameter():
@@ -504,17 +529,38 @@ def test_partial_defaults_and_kwdefaults_are_parameters():
     assert_matches_eager(functools.partial(banded, low=2))
 
 
-def test_global_tensor_is_pinned():
-    result = traced(score_mod=_score_with_global_bias)
-    assert result.captures.tensors[0].pinned is _GLOBAL_BIAS
-    assert result.bind(None, _score_with_global_bias).tensors == (_GLOBAL_BIAS,)
+def _module(source: str, **names: Any) -> dict[str, Any]:
+    """The namespace of a small module holding `source`, with `names` as its globals."""
+    namespace = {"torch": torch, **names}
+    exec(source, namespace)
+    return namespace
 
 
-_GLOBAL_BIAS = torch.randn(3)
+def test_module_global_tensor_is_found_again_at_every_bind():
+    module = _module("def biased(score, b, h, q_idx, kv_idx):\n    return score + BIAS[h]\n", BIAS=torch.randn(3))
+    result = traced(score_mod=module["biased"])
+    module["BIAS"] = torch.randn(3)
+    assert result.bind(None, module["biased"]).tensors[0] is module["BIAS"]
 
 
-def _score_with_global_bias(score, b, h, q_idx, kv_idx):
-    return score + _GLOBAL_BIAS[h]
+def test_module_global_scalar_is_a_constant_that_bind_checks():
+    module = _module("def near(b, h, q_idx, kv_idx):\n    return q_idx - kv_idx < WINDOW\n", WINDOW=4)
+    result = traced(module["near"])
+    assert result.program.mask is node(Op.LT, DType.bool, node(Op.SUB, I32, Q, KV), const(4, I32))
+    module["WINDOW"] = 8
+    with pytest.raises(StaleTrace, match=r"mask_mod\.WINDOW was 4 when traced and is now 8"):
+        result.bind(module["near"], None)
+
+
+def test_tensor_reached_through_an_attribute_is_pinned():
+    holder = types.SimpleNamespace(bias=torch.randn(3))
+
+    def biased(score, b, h, q_idx, kv_idx):
+        return score + holder.bias[h]
+
+    result = traced(score_mod=biased)
+    assert result.captures.tensors[0].pinned is holder.bias
+    assert result.bind(None, biased).tensors[0] is holder.bias
 
 
 def test_tracing_twice_gives_the_identical_root():

@@ -2,8 +2,8 @@
 
 While tracing, a `Recorder` hands out PARAM slots (closure scalars) and LOAD slots (captured tensors),
 in order of first use; mask and score mod share one slot space. The result, `Captures`, remembers where
-each slot's value lives (a closure path, or the tensor object itself when it was not found in a closure:
-a module global, an attribute, a tensor built inside the mod). `Captures.bind` re-reads those values from
+each slot's value lives (a path through closures and globals, or the tensor object itself when no path
+leads to it: an object's attribute, a tensor built inside the mod). `Captures.bind` re-reads those values from
 the mods of a later call, so rebinding `window = 128` needs no new trace.
 """
 
@@ -51,12 +51,6 @@ class TensorSource:
     path: Path | None  # where the tensor lives in the closures
     pinned: torch.Tensor | None = None  # the tensor itself, when no closure holds it
     name: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class ParamSource:
-    path: Path
-    name: str
 
 
 def tensor_spec(tensor: torch.Tensor) -> TensorSpec:
@@ -162,15 +156,17 @@ class Recorder:
         if slot is None:
             spec = TensorSpec(_dtype_of(tensor), tensor.ndim, tensor.requires_grad)
             leaf = self._closure_tensors.get(id(tensor))
-            source = TensorSource(spec, None, tensor) if leaf is None else TensorSource(spec, leaf.path,
-                                                                                         None, leaf.display)
+            if leaf is None:
+                source = TensorSource(spec, None, pinned=tensor)
+            else:
+                source = TensorSource(spec, leaf.path, name=leaf.display)
             slot = self._tensor_slots[id(tensor)] = len(self.tensor_specs)
             self.tensor_specs.append(spec)
             self._tensors.append(source)
         return slot
 
     def captures(self, shape: list[ShapeEntry]) -> Captures:
-        params = tuple(ParamSource(leaf.path, leaf.display) for leaf in self._params)
+        params = tuple(leaf.path for leaf in self._params)
         return Captures(tuple(shape), params, tuple(self._tensors), tuple(self.frozen.items()))
 
 
@@ -194,7 +190,7 @@ class Captures:
     """Where each slot's value lives, and the closure shape the trace is valid for."""
 
     shape: tuple[ShapeEntry, ...]
-    params: tuple[ParamSource, ...]
+    params: tuple[Path, ...]  # where each PARAM slot's value lives
     tensors: tuple[TensorSource, ...]
     frozen: tuple[tuple[Path, Any], ...]  # closure scalars the trace specialised on, with their values
 
@@ -206,12 +202,13 @@ class Captures:
             raise StaleTrace(describe_change(self.shape, tuple(walk.shape)))
         for path, value in self.frozen:
             _check_frozen(walk.leaves[path], value)
-        params = tuple(_param_value(walk.leaves[p.path]) for p in self.params)
+        params = tuple(_param_value(walk.leaves[path]) for path in self.params)
         return Bindings(tuple(_tensor_value(t, walk.leaves) for t in self.tensors), params)
 
 
 def _check_frozen(leaf: Leaf, traced: Any) -> None:
-    if type(leaf.value) is not type(traced) or leaf.value != traced:
+    same = leaf.value == traced or (leaf.value != leaf.value and traced != traced)  # NaN is NaN here
+    if type(leaf.value) is not type(traced) or not same:
         raise StaleTrace(f"{leaf.display} was {traced!r} when traced and is now {leaf.value!r}; the mod's "
                          "Python code depends on its value, so it must be traced again")
 

@@ -2,9 +2,10 @@
 
 A mod is often a closure over other closures: `and_masks(causal, sliding_window(64))` closes over a
 tuple of mods, one of which closes over `window = 64`. `Walk` visits that tree (closure cells,
-default arguments, `functools.partial` parts, tuples and lists) and names every value by its *path*
-from the root mod. When tracing, it rebuilds the functions with each captured Python int or float
-replaced (so the scalar becomes a runtime parameter); when binding, it only reads the current values.
+default arguments, `functools.partial` parts, tuples and lists, and the module globals the code reads)
+and names every value by its *path* from the root mod. When tracing, it rebuilds the functions with each
+captured Python int or float replaced (so the scalar becomes a runtime parameter); when binding, it only
+reads the current values. Global scalars stay constants: a function's globals are its module's.
 
 `Walk.shape` describes the tree (function code, container lengths, value kinds, aliasing): when it
 changes, a trace made from the old tree no longer describes the mods.
@@ -22,7 +23,7 @@ import torch
 
 Step = tuple[str, Any]  # ("cell", i) | ("default", i) | ("kwdefault", name) | ("func", None) | ...
 Path = tuple[Any, ...]  # the root ("mask" or "score") followed by steps
-ShapeEntry = tuple[Path, str, tuple]  # path, display name, descriptor
+ShapeEntry = tuple[Path, tuple[str, ...], tuple]  # path, names along the path, descriptor
 _MAX_ITEMS = 64  # longer tuples and lists are data, not mods: not walked
 
 
@@ -59,7 +60,7 @@ class _Child:
     step: Step
     name: str
     value: Any
-    is_cell: bool = False
+    kind: str = "value"  # "cell": value is a closure cell; "global": a module global the code reads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +91,7 @@ class Walk:
                 self.visit(score_mod, ("score",), ("score_mod",)))
 
     def visit(self, obj: Any, path: Path, names: tuple[str, ...]) -> Any:
-        if isinstance(obj, int | float) and not isinstance(obj, bool):
+        if type(obj) in (int, float):  # not bool, not numpy scalars: those are not runtime parameters
             return self._scalar(obj, path, names)
         if isinstance(obj, torch.Tensor):
             return self._tensor(obj, path, names)
@@ -105,7 +106,7 @@ class Walk:
         return self._container(obj, path, names, parts)
 
     def _record(self, path: Path, names: tuple[str, ...], descriptor: tuple) -> None:
-        self.shape.append((path, display(names), descriptor))
+        self.shape.append((path, names, descriptor))
 
     def _scalar(self, value: int | float, path: Path, names: tuple[str, ...]) -> Any:
         leaf = Leaf(path, names, value)
@@ -139,7 +140,9 @@ class Walk:
 
     def _child(self, child: _Child, path: Path, names: tuple[str, ...]) -> Any:
         path, names = (*path, child.step), (*names, child.name)
-        if not child.is_cell:
+        if child.kind == "global":
+            return self._global(child.value, path, names)
+        if child.kind == "value":
             return self.visit(child.value, path, names)
         seen = self._seen(child.value, path, names)
         if seen is not None:
@@ -154,6 +157,15 @@ class Walk:
         if new is not contents:
             entry[2] = types.CellType(new)
         return entry[2]
+
+    def _global(self, value: Any, path: Path, names: tuple[str, ...]) -> Any:
+        """A module global a mod reads. A function cannot get new globals the way it gets new cells, so a
+        global scalar stays a constant that the trace depends on; a global tensor is found here each call."""
+        if isinstance(value, torch.Tensor):
+            return self._tensor(value, path, names)
+        if value is None or isinstance(value, bool | int | float | str):
+            self._record(path, names, ("value", type(value), value))
+        return value
 
 
 # -- looking inside containers ------------------------------------------------------------------------
@@ -174,19 +186,30 @@ def _function_parts(fn: types.FunctionType) -> _Parts:
     code, cells = fn.__code__, fn.__closure__ or ()
     defaults, kwdefaults = fn.__defaults__ or (), fn.__kwdefaults__ or {}
     first_default = code.co_argcount - len(defaults)
-    children = [_Child(("cell", i), code.co_freevars[i], c, True) for i, c in enumerate(cells)]
+    children = [_Child(("cell", i), code.co_freevars[i], c, "cell") for i, c in enumerate(cells)]
     children += [_Child(("default", i), code.co_varnames[first_default + i], v) for i, v in enumerate(defaults)]
     children += [_Child(("kwdefault", k), k, v) for k, v in kwdefaults.items()]
+    children += [_Child(("global", k), k, fn.__globals__[k], "global") for k in _global_names(code)
+                 if k in fn.__globals__]
 
     def rebuild(values: list[Any]) -> types.FunctionType:
         n, d = len(cells), len(defaults)
         new = types.FunctionType(code, fn.__globals__, fn.__name__, tuple(values[n:n + d]) or None,
                                  tuple(values[:n]) or None)
-        new.__kwdefaults__ = dict(zip(kwdefaults, values[n + d:], strict=True)) or None
+        new.__kwdefaults__ = dict(zip(kwdefaults, values[n + d:n + d + len(kwdefaults)], strict=True)) or None
         new.__qualname__ = fn.__qualname__
         return new
 
     return _Parts(("function", code), children, rebuild)
+
+
+def _global_names(code: types.CodeType) -> dict[str, None]:
+    """Names the code (and the functions defined in it) may read as globals, in order of appearance."""
+    names = dict.fromkeys(code.co_names)
+    for inner in code.co_consts:
+        if isinstance(inner, types.CodeType):
+            names |= _global_names(inner)
+    return names
 
 
 def _partial_parts(p: functools.partial) -> _Parts:
@@ -214,9 +237,9 @@ def _sequence_parts(seq: tuple | list) -> _Parts:
 
 def describe_change(old: tuple[ShapeEntry, ...], new: tuple[ShapeEntry, ...]) -> str:
     """A sentence saying how the captured values differ from when the mods were traced."""
-    for (old_path, name, was), (new_path, _, now) in zip(old, new, strict=False):
+    for (old_path, names, was), (new_path, _, now) in zip(old, new, strict=False):
         if old_path != new_path or was != now:
-            return f"{name} was {_kind_text(was)} when traced and is now {_kind_text(now)}"
+            return f"{display(names)} was {_kind_text(was)} when traced and is now {_kind_text(now)}"
     return "the mods capture a different number of values than when traced"
 
 

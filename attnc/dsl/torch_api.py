@@ -15,7 +15,7 @@ import torch
 
 from attnc.dsl import semantics as sem
 from attnc.dsl.errors import TraceError
-from attnc.dsl.semantics import Operand, Typed
+from attnc.dsl.semantics import Typed
 from attnc.ir.dtypes import DType
 from attnc.ir.ops import Op
 
@@ -59,36 +59,50 @@ def _conversion(dtype: torch.dtype) -> Handler:
     return lambda tracer, self: sem.convert(sem.strong(tracer.lift(self)), DType.from_torch(dtype))
 
 
-def _fill(value: sem.Scalar | None) -> Handler:
-    """zeros_like / ones_like (value given) or full_like (value passed by the caller)."""
+def _like(tracer: Any, input: object, fill_value: object, dtype: torch.dtype | None) -> Typed:
+    """A value shaped like `input` (a scalar, like everything here) filled with `fill_value`."""
+    target = target_dtype(dtype) if dtype is not None else sem.strong(tracer.lift(input)).node.dtype
+    fill = tracer.lift(fill_value)
+    if isinstance(fill, Typed):
+        return sem.convert(fill, target)
+    return sem.full(fill, target)
 
-    def handler(tracer: Any, input: object, *fill: sem.Scalar, dtype: torch.dtype | None = None,
+
+def _full_like(tracer: Any, input: object, fill_value: object, *, dtype: torch.dtype | None = None,
+               device: object = None) -> Typed:
+    return _like(tracer, input, fill_value, dtype)
+
+
+def _constant_like(value: int) -> Handler:
+    """zeros_like / ones_like."""
+
+    def handler(tracer: Any, input: object, *, dtype: torch.dtype | None = None, device: object = None) -> Typed:
+        return _like(tracer, input, value, dtype)
+
+    return handler
+
+
+def _scalar_size(size: object) -> None:
+    if tuple(size) != ():
+        raise TraceError.here(f"only zero-dim values exist in attention mods, not size {tuple(size)}",
+                              "use size=()")
+
+
+def _new_full(tracer: Any, self: object, size: object, fill_value: object, *,
+              dtype: torch.dtype | None = None, device: object = None) -> Typed:
+    _scalar_size(size)
+    return _like(tracer, self, fill_value, dtype)
+
+
+def _new_constant(value: int) -> Handler:
+    """Tensor.new_zeros / new_ones, as FlexAttention's noop_mask and and_masks use them."""
+
+    def handler(tracer: Any, self: object, size: object, *, dtype: torch.dtype | None = None,
                 device: object = None) -> Typed:
-        like = sem.strong(tracer.lift(input))
-        out = target_dtype(dtype) if dtype is not None else like.node.dtype
-        return sem.full(value if value is not None else _one_scalar(fill), out)
+        _scalar_size(size)
+        return _like(tracer, self, value, dtype)
 
     return handler
-
-
-def _new_fill(value: sem.Scalar | None) -> Handler:
-    """Tensor.new_ones / new_zeros / new_full with size ()."""
-
-    def handler(tracer: Any, self: object, size: object, *fill: sem.Scalar,
-                dtype: torch.dtype | None = None, device: object = None) -> Typed:
-        if tuple(size) != ():
-            raise TraceError.here(
-                f"only zero-dim values exist in attention mods, not size {tuple(size)}", "use size=()"
-            )
-        return _fill(value)(tracer, self, *fill, dtype=dtype)
-
-    return handler
-
-
-def _one_scalar(fill: tuple[sem.Scalar, ...]) -> sem.Scalar:
-    if len(fill) != 1 or not isinstance(fill[0], bool | int | float):
-        raise TraceError.here("the fill value must be one Python number", "e.g. torch.full_like(x, 2.0)")
-    return fill[0]
 
 
 # -- handlers with their own signatures -----------------------------------------------------------------
@@ -209,9 +223,9 @@ def _build_table() -> dict[Callable, Handler]:
                 table[getattr(owner, name)] = handler
     table |= {torch.where: _where, torch.Tensor.where: _tensor_where, torch.Tensor.__getitem__: _getitem}
     table |= {torch.special.expit: _math(Op.SIGMOID), torch.special.exp2: _math(Op.EXP2)}
-    table |= {torch.zeros_like: _fill(0), torch.ones_like: _fill(1), torch.full_like: _fill(None)}
-    table |= {torch.Tensor.new_zeros: _new_fill(0), torch.Tensor.new_ones: _new_fill(1),
-              torch.Tensor.new_full: _new_fill(None), torch.Tensor.to: _to}
+    table |= {torch.zeros_like: _constant_like(0), torch.ones_like: _constant_like(1), torch.full_like: _full_like}
+    table |= {torch.Tensor.new_zeros: _new_constant(0), torch.Tensor.new_ones: _new_constant(1),
+              torch.Tensor.new_full: _new_full, torch.Tensor.to: _to}
     table |= {getattr(torch.Tensor, name): _conversion(dtype) for name, dtype in _CONVERSIONS.items()}
     table |= _dunders()
     return table
@@ -253,4 +267,4 @@ def dispatch(tracer: Any, func: Callable, args: tuple, kwargs: dict) -> Typed:
     return handler(tracer, *args, **kwargs)
 
 
-__all__ = ["SUPPORTED", "TABLE", "Operand", "dispatch", "target_dtype"]
+__all__ = ["SUPPORTED", "TABLE", "dispatch", "target_dtype"]

@@ -50,7 +50,8 @@ def trace(mask_mod: Callable | None, score_mod: Callable | None) -> Traced:
             return _trace_once(mask_mod, score_mod, frozen)
         except Specialize as need:
             # each round turns at least one more parameter into a constant, so this ends
-            assert not need.values.keys() <= frozen.keys()
+            if need.values.keys() <= frozen.keys():
+                raise RuntimeError(f"attnc: tracing asked twice to specialise on {list(need.values)}") from None
             frozen.update(need.values)
 
 

@@ -90,7 +90,7 @@ def _param(n: Node, args: list[Tensor], env: Env) -> Tensor:
 def _load(n: Node, args: list[Tensor], env: Env) -> Tensor:
     # Every index is clamped into its dim, so reads at padded or masked-out positions stay in bounds.
     tensor = env.tensors[n.arg]
-    index = tuple(i.clamp(0, size - 1).long() for i, size in zip(args, tensor.shape))
+    index = tuple(i.clamp(0, size - 1).long() for i, size in zip(args, tensor.shape, strict=True))
     return tensor[index].to(env.dtype(n.dtype))
 
 

@@ -41,22 +41,24 @@ def reference_attention(
     `h // (Hq // Hkv)`. Differentiable w.r.t. query, key, value and captured float tensors."""
     _check_shapes(query, key, value)
     work = torch.float64 if float64 else torch.float32
-    B, Hq, Q, D = query.shape
+    (B, Hq, Q, D), KV = query.shape, key.shape[2]
     group = Hq // key.shape[1]
-    k = key.to(work).repeat_interleave(group, dim=1)
-    v = value.to(work).repeat_interleave(group, dim=1)
-    b, h, q_idx, kv_idx = index_grids(B, Hq, Q, key.shape[2], query.device)
-    env = Env(b, h, q_idx, kv_idx, tensors=tensors, params=params, float64=float64)
+    k, v = (t.to(work).repeat_interleave(group, dim=1) for t in (key, value))
+    env = Env(*index_grids(B, Hq, Q, KV, query.device), tensors=tensors, params=params, float64=float64)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    rows = max(1, _CHUNK_ELEMENTS // max(1, B * Hq * key.shape[2]))
     chunks = [
-        _attend(program, query[:, :, start : start + rows].to(work), k, v, scale,
-                dataclasses.replace(env, q=q_idx[:, :, start : start + rows]))
-        for start in range(0, max(Q, 1), rows)
+        _attend(program, query[:, :, rows].to(work), k, v, scale, dataclasses.replace(env, q=env.q[:, :, rows]))
+        for rows in _row_chunks(B * Hq * KV, Q)
     ]
     out = torch.cat([o for o, _ in chunks], dim=2)
     lse = torch.cat([lse for _, lse in chunks], dim=2)
     return out.to(work if float64 else query.dtype), lse
+
+
+def _row_chunks(row_elements: int, Q: int) -> list[slice]:
+    """Slices of query rows holding at most `_CHUNK_ELEMENTS` scores each (one empty slice if Q == 0)."""
+    rows = max(1, _CHUNK_ELEMENTS // max(1, row_elements))
+    return [slice(start, start + rows) for start in range(0, max(Q, 1), rows)]
 
 
 def _check_shapes(query: Tensor, key: Tensor, value: Tensor) -> None:

@@ -42,7 +42,8 @@ def op(ops: Op | Iterable[Op], *src: Pat, name: str | None = None,
 
 
 def cst(*values: object, name: str | None = None) -> Pat:
-    """A constant equal to one of `values`; 0 matches int zero only, -0.0 only negative float zero."""
+    """A constant equal to one of `values` (any constant if none are given); 0 matches int zero only,
+    -0.0 only negative float zero."""
     return Pat(frozenset({Op.CONST}), None, name, values)
 
 
@@ -81,7 +82,7 @@ def _match_operands(pats: tuple[Pat, ...], n: Node, bound: dict[str, Node]) -> b
     orders = [n.src, n.src[::-1]] if n.op in COMMUTATIVE else [n.src]
     for operands in orders:
         trial = dict(bound)
-        if all(_match(p, s, trial) for p, s in zip(pats, operands)):
+        if all(_match(p, s, trial) for p, s in zip(pats, operands, strict=True)):
             bound.update(trial)
             return True
     return False
@@ -114,39 +115,45 @@ def rewrite(root: Node, rules: RuleSet) -> Node:
 
     Iterative (an explicit stack), so long chains such as many and-ed masks do not hit Python's
     recursion limit."""
-    done: dict[Node, Node] = {}
-    waiting: set[Node] = set()  # nodes whose replacement is being rewritten: seeing one again is a cycle
-    stack = [root]
-    while stack:
-        n = stack[-1]
-        if n in done:
-            stack.pop()
-            continue
-        pending = [s for s in n.src if s not in done]
+    return _Rewrite(rules).run(root)
+
+
+class _Rewrite:
+    def __init__(self, rules: RuleSet) -> None:
+        self.rules = rules
+        self.done: dict[Node, Node] = {}  # node -> its fixpoint
+        self.waiting: set[Node] = set()  # nodes whose replacement is being rewritten: meeting one is a loop
+
+    def run(self, root: Node) -> Node:
+        stack = [root]
+        while stack:
+            todo = [] if stack[-1] in self.done else self._step(stack[-1])
+            for n in todo:
+                if n in self.waiting:
+                    raise RuntimeError(f"rewrite rules loop at {describe(n)}")
+            if todo:
+                stack.extend(todo)
+            else:
+                stack.pop()
+        return self.done[root]
+
+    def _step(self, n: Node) -> list[Node]:
+        """Finish `n`, or return the nodes to rewrite first: its operands, or its replacement."""
+        pending = [s for s in n.src if s not in self.done]
         if pending:
-            _push(stack, pending, waiting)
-            continue
-        rebuilt = _with_operands(n, tuple(done[s] for s in n.src))
-        out = rules.apply(rebuilt)
-        if out is rebuilt or out in done:
-            done[n] = done[rebuilt] = done.get(out, out)
-            waiting.discard(n)
-            stack.pop()
-        else:
-            waiting.add(n)
-            _push(stack, [out], waiting)
-    return done[root]
-
-
-def _push(stack: list[Node], nodes: list[Node], waiting: set[Node]) -> None:
-    for n in nodes:
-        if n in waiting:
-            raise RuntimeError(f"rewrite rules loop at {describe(n)}")
-    stack.extend(nodes)
+            return pending
+        rebuilt = _with_operands(n, tuple(self.done[s] for s in n.src))
+        out = self.rules.apply(rebuilt)
+        if out is not rebuilt and out not in self.done:
+            self.waiting.add(n)
+            return [out]
+        self.done[n] = self.done[rebuilt] = self.done.get(out, out)
+        self.waiting.discard(n)
+        return []
 
 
 def _with_operands(n: Node, src: tuple[Node, ...]) -> Node:
-    if all(a is b for a, b in zip(src, n.src)):
+    if all(a is b for a, b in zip(src, n.src, strict=True)):
         return n
     return Node.make(n.op, n.dtype, src, n.arg)
 
@@ -172,12 +179,22 @@ _DIGESTS: dict[Node, str] = {}  # memo: nodes are interned and immutable, so the
 
 def digest(n: Node) -> str:
     """A structural hash that, unlike `hash(node)`, is the same in every process."""
-    if n not in _DIGESTS:
-        for s in n.walk():  # operands first, so each digest below only looks one level down
-            if s not in _DIGESTS:
-                text = "|".join((s.op.name, s.dtype.value, repr(s.arg), *(_DIGESTS[c] for c in s.src)))
-                _DIGESTS[s] = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    stack = [n]
+    while stack:  # iterative and stopping at known digests: deep chains cost linear time, no recursion
+        top = stack[-1]
+        missing = [s for s in top.src if s not in _DIGESTS]
+        if missing:
+            stack.extend(missing)
+            continue
+        if top not in _DIGESTS:
+            _DIGESTS[top] = _digest_of(top)
+        stack.pop()
     return _DIGESTS[n]
+
+
+def _digest_of(n: Node) -> str:
+    text = "|".join((n.op.name, n.dtype.value, repr(n.arg), *(_DIGESTS[s] for s in n.src)))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def swappable(o: Op, dtype: DType) -> bool:

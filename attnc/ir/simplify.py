@@ -9,12 +9,13 @@ and `x + 0.0 -> x` (which turns -0.0 into 0.0).
 from __future__ import annotations
 
 import functools
+import math
 import operator
 
 import sympy
 
 from attnc.ir.dtypes import DType
-from attnc.ir.fold import FOLD_RULES
+from attnc.ir.fold import FOLD_RULES, fold_node
 from attnc.ir.node import Node, const, node
 from attnc.ir.ops import COMMUTATIVE, COMPARE, NEGATE, Op
 from attnc.ir.rewrite import RuleSet, any_, cst, level, op, order_key, ordered, rewrite
@@ -56,6 +57,20 @@ def _skip_widening(n: Node, m: Node, x: Node) -> Node | None:
     return node(Op.CAST, n.dtype, x)
 
 
+def _is_bool(n: Node) -> bool:
+    return n.dtype.is_bool
+
+
+def _compare_bool_cast(n: Node, m: Node, x: Node, c: Node) -> Node | None:
+    # cmp(cast(b), c) depends on one bool b, so it is False, True, b or ~b: try both values of b
+    outcomes = [fold_node(node(n.op, DType.bool, node(Op.CAST, m.dtype, const(v, DType.bool)), c))
+                for v in (False, True)]
+    if None in outcomes:
+        return None
+    return {(False, False): FALSE, (True, True): TRUE, (False, True): x, (True, False): _not(x)}[
+        (outcomes[0].arg, outcomes[1].arg)]
+
+
 ALGEBRA_RULES = RuleSet(
     # -- arithmetic ---------------------------------------------------------------------------------
     (op(Op.ADD, X, cst(0, -0.0)), lambda x: x),                         # x + 0 -> x  (floats: x + -0.0)
@@ -92,7 +107,7 @@ ALGEBRA_RULES = RuleSet(
     (op(Op.WHERE, op(Op.NOT, C), X, Y),                                 # where(~c, x, y) -> where(c, y, x)
      lambda c, x, y: node(Op.WHERE, x.dtype, c, y, x)),
     (op(Op.WHERE, C, cst(True), cst(False)), lambda c: c),              # where(c, True, False) -> c
-    (op(Op.WHERE, C, cst(False), cst(True)), lambda c: _not(c)),                    # where(c, False, True) -> ~c
+    (op(Op.WHERE, C, cst(False), cst(True)), lambda c: _not(c)),        # where(c, False, True) -> ~c
     (op(Op.WHERE, C, op(Op.WHERE, C, X, any_()), Y),                    # where(c, where(c, x, _), y)
      lambda c, x, y: node(Op.WHERE, x.dtype, c, x, y)),                 #   -> where(c, x, y)
     (op(Op.WHERE, C, X, op(Op.WHERE, C, any_(), Y)),                    # where(c, x, where(c, _, y))
@@ -107,6 +122,8 @@ ALGEBRA_RULES = RuleSet(
     # -- casts --------------------------------------------------------------------------------------
     (op(Op.CAST, X, where=_same_dtype_cast), lambda x: x),              # cast_T(x: T) -> x
     (op(Op.CAST, op(Op.CAST, X, name="m"), name="n"), _skip_widening),  # cast_T(cast_U(x)) -> cast_T(x)
+    (op(COMPARE, op(Op.CAST, any_("x", where=_is_bool), name="m"), cst(name="c"), name="n"),
+     _compare_bool_cast),                                                # int(b) > 0 -> b, int(b) == 0 -> ~b
 )
 
 
@@ -119,22 +136,34 @@ ORDER_RULES = RuleSet(
 # -- integer index algebra ------------------------------------------------------------------------
 
 _RING = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.NEG})
+_MAX_TERMS = 256  # larger expansions are left as written
 
 
 @functools.lru_cache(maxsize=1 << 14)
-def normal_ring(n: Node) -> Node:
+def normal_ring(n: Node) -> Node | None:
     """An integer +, -, * tree as its expanded polynomial over its other subterms ("atoms"), rebuilt
     grouped by loop level: ((b/h terms) + (q terms)) + (kv terms), the constant in the outermost group.
-    `(q - kv) + kv -> q`; `q + 3 - kv - 1 -> (q + 2) - kv`."""
+    `(q - kv) + kv -> q`; `q + 3 - kv - 1 -> (q + 2) - kv`. None (left as written) where expanding
+    could produce more than `_MAX_TERMS` terms, as repeated squaring would."""
+    if _term_bound(n, {}) > _MAX_TERMS:
+        return None
     atoms: dict[Node, sympy.Symbol] = {}
     expr = _to_sympy(n, atoms, {})
     terms = sympy.Poly(expr, *atoms.values()).terms() if atoms else [((), expr)]
     bits = 32 if n.dtype is DType.int32 else 64
     monomials: list[tuple[Node | None, int]] = []
     for powers, coefficient in terms:
-        factors = [a for a, k in zip(atoms, powers) for _ in range(k)]
+        factors = [a for a, k in zip(atoms, powers, strict=True) for _ in range(k)]
         monomials.append((_product(factors, n.dtype), _wrap(int(coefficient), bits)))
     return _sum(monomials, n.dtype, bits)
+
+
+def _term_bound(n: Node, memo: dict[Node, int]) -> int:
+    """An upper bound on the number of terms of the expanded polynomial, without expanding it."""
+    if n not in memo:
+        bounds = [_term_bound(s, memo) for s in n.src] if n.op in _RING else []
+        memo[n] = math.prod(bounds) if n.op is Op.MUL else sum(bounds) or 1
+    return memo[n]
 
 
 _SYMPY_OPS = {Op.ADD: operator.add, Op.SUB: operator.sub, Op.MUL: operator.mul, Op.NEG: operator.neg}

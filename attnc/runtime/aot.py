@@ -32,7 +32,8 @@ def parse_arch(arch: str) -> int:
 def compile_kernels(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Compile each job ({path, kernel, signature, constexprs, num_warps, num_stages, capability}) in one
     child process; return {registers, spills, shared_memory} per job."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # "0", not unset: attnc's import would otherwise turn the interpreter on in a process without a GPU.
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
     proc = subprocess.run([sys.executable, "-m", WORKER], input=json.dumps(jobs), capture_output=True,
                           text=True, env=env, check=False)
     if proc.returncode != 0:
