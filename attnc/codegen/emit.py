@@ -95,7 +95,8 @@ def _cast(n: Node, a: Sequence[str]) -> str:
 
 def _sign(n: Node, a: Sequence[str]) -> str:
     t = TL_DTYPE[n.dtype]
-    return f"(({a[0]} > 0).to({t}) - ({a[0]} < 0).to({t}))"
+    sign = f"(({a[0]} > 0).to({t}) - ({a[0]} < 0).to({t}))"
+    return f"tl.where({a[0]} != {a[0]}, {a[0]}, {sign})" if n.dtype.is_float else sign  # sign(NaN) is NaN
 
 
 def _pow(n: Node, a: Sequence[str]) -> str:
@@ -143,8 +144,8 @@ RENDER: dict[Op, Renderer] = {
     Op.SUB: _arith("({0} - {1})"),
     Op.MUL: _arith("({0} * {1})"),
     Op.TRUEDIV: _arith("({0} / {1})"),
-    Op.FLOORDIV: _by_kind("_floordiv({0}, {1})", "tl.floor({0} / {1})"),
-    Op.MOD: _by_kind("_mod({0}, {1})", "_fmod_floor({0}, {1})"),
+    Op.FLOORDIV: _by_kind("_floordiv({0}, {1})", "_floordiv_float({0}, {1})"),
+    Op.MOD: _arith("_mod({0}, {1})"),  # Triton's `%` truncates for ints and floats alike
     Op.POW: _pow,
     Op.MIN: _minmax("tl.minimum"),
     Op.MAX: _minmax("tl.maximum"),

@@ -17,8 +17,14 @@ def _mod(a, b):
 
 
 @triton.jit
-def _fmod_floor(a, b):
-    return a - b * tl.floor(a / b)
+def _floordiv_float(a, b):
+    # As PyTorch's floor division of floats: exact quotient from fmod, then floor with a round-off fix.
+    m = a % b
+    div = (a - m) / b
+    div = tl.where((m != 0) & ((b < 0) != (m < 0)), div - 1.0, div)
+    floored = tl.floor(div)
+    floored = tl.where(div - floored > 0.5, floored + 1.0, floored)
+    return tl.where(b == 0, a / b, floored)
 
 
 @triton.jit
@@ -38,9 +44,10 @@ def _log1p(x):
 
 @triton.jit
 def _powf(a, b):
-    # a ** b for float a, b, including negative bases with integral exponents.
+    # a ** b for float a, b, including negative bases with integral exponents; x ** 0 == 1 ** y == 1.
     magnitude = tl.exp2(b * tl.log2(tl.abs(a)))
     integral = tl.floor(b) == b
-    odd = integral & (_fmod_floor(b, 2.0) == 1.0)
+    odd = integral & (tl.abs(b % 2.0) == 1.0)
     signed = tl.where((a < 0) & odd, -magnitude, magnitude)
-    return tl.where((a < 0) & (~integral), float("nan"), signed)
+    result = tl.where((a < 0) & (tl.floor(b) != b), float("nan"), signed)
+    return tl.where((b == 0) | (a == 1), 1.0, result)
