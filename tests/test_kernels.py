@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import attnc
-from tests.zoo import Case, dense_attention, make_cases
+from tests.zoo import DEVICE, Case, dense_attention, make_cases
 
 CASES = {c.name: c for c in make_cases()}
 TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float16: dict(atol=2e-3, rtol=2e-3),
@@ -16,9 +16,9 @@ TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float16: dict(atol=2e-3,
 def make_inputs(case: Case, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
     Dv = case.Dv or case.D
-    q = torch.randn(case.B, case.Hq, case.Q_LEN, case.D, generator=g).to(dtype)
-    k = torch.randn(case.B, case.Hkv, case.KV_LEN, case.D, generator=g).to(dtype)
-    v = torch.randn(case.B, case.Hkv, case.KV_LEN, Dv, generator=g).to(dtype)
+    q = torch.randn(case.B, case.Hq, case.Q_LEN, case.D, generator=g).to(DEVICE, dtype)
+    k = torch.randn(case.B, case.Hkv, case.KV_LEN, case.D, generator=g).to(DEVICE, dtype)
+    v = torch.randn(case.B, case.Hkv, case.KV_LEN, Dv, generator=g).to(DEVICE, dtype)
     return q, k, v
 
 
@@ -30,7 +30,10 @@ def assert_matches(out, lse, ref_out, ref_lse, dtype):
     torch.testing.assert_close(lse[~masked].double(), ref_lse[~masked].double(), **TOL[dtype])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=[str(d).removeprefix("torch.") for d in DTYPES])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_kernel_matches_reference_and_dense(name, dtype):
     case = CASES[name]
@@ -76,9 +79,9 @@ def causal_mask(b, h, q, kv):
 def test_strided_inputs_and_explicit_scale():
     case = Case("causal", causal_mask, Hq=4, Hkv=2, Q_LEN=65, KV_LEN=90, D=32)
     g = torch.Generator().manual_seed(1)
-    q = torch.randn(1, 65, 4, 32, generator=g).transpose(1, 2)  # [B, H, L, D] view of [B, L, H, D]
-    k = torch.randn(1, 2, 32, 90, generator=g).transpose(2, 3)
-    v = torch.randn(1, 90, 2, 64, generator=g).permute(0, 2, 1, 3)[..., ::2]
+    q = torch.randn(1, 65, 4, 32, generator=g).to(DEVICE).transpose(1, 2)  # [B, H, L, D] view of [B, L, H, D]
+    k = torch.randn(1, 2, 32, 90, generator=g).to(DEVICE).transpose(2, 3)
+    v = torch.randn(1, 90, 2, 64, generator=g).to(DEVICE).permute(0, 2, 1, 3)[..., ::2]
     assert not q.is_contiguous() and not k.is_contiguous() and not v.is_contiguous()
     out, lse = attnc.compile(causal_mask)(q, k, v, scale=0.3, return_lse=True, backend="triton")
     assert_matches(out, lse, *dense_attention(case, q, k, v, scale=0.3), torch.float32)
@@ -97,7 +100,7 @@ def test_small_tiles_cover_many_kv_iterations():
 def test_flex_attention_with_block_mask(name):
     case = CASES[name]
     q, k, v = make_inputs(case, torch.float32)
-    bm = attnc.create_block_mask(case.mask_mod, None, None, case.Q_LEN, case.KV_LEN, BLOCK_SIZE=32)
+    bm = attnc.create_block_mask(case.mask_mod, None, None, case.Q_LEN, case.KV_LEN, device=DEVICE, BLOCK_SIZE=32)
     out, lse = attnc.flex_attention(q, k, v, case.score_mod, block_mask=bm, enable_gqa=True, return_lse=True,
                                     backend="triton")
     ref = attnc.flex_attention(q, k, v, case.score_mod, block_mask=bm, enable_gqa=True, return_lse=True,
@@ -109,7 +112,7 @@ def test_flex_attention_with_block_mask(name):
 def test_block_mask_skips_unlisted_blocks():
     """A BlockMask listing fewer blocks than the mask allows: both backends attend only to listed blocks."""
     Q = KV = 96
-    bm = attnc.create_block_mask(causal_mask, 1, 1, Q, KV, BLOCK_SIZE=32)
+    bm = attnc.create_block_mask(causal_mask, 1, 1, Q, KV, device=DEVICE, BLOCK_SIZE=32)
     bm.kv_num_blocks[..., 2] = 0  # the last query block sees nothing
     if bm.full_kv_num_blocks is not None:
         bm.full_kv_num_blocks[..., 2] = 0

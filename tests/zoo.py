@@ -31,16 +31,19 @@ def causal(b, h, q, kv):
     return q >= kv
 
 
-def make_cases(seed: int = 0) -> list[Case]:
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # kernels run natively on a GPU, interpreted on CPU
+
+
+def make_cases(seed: int = 0, device: str = DEVICE) -> list[Case]:
     g = torch.Generator().manual_seed(seed)
     window, prefix, cap = 24, 17, 20.0
-    slopes = torch.exp2(-torch.arange(1, 5, dtype=torch.float32))
-    doc = torch.repeat_interleave(torch.arange(5, dtype=torch.int32), torch.tensor([30, 7, 50, 1, 62]))
-    rel_table = torch.randn(4, 2 * 160, generator=g)
+    slopes = torch.exp2(-torch.arange(1, 5, dtype=torch.float32)).to(device)
+    doc = torch.repeat_interleave(torch.arange(5, dtype=torch.int32), torch.tensor([30, 7, 50, 1, 62])).to(device)
+    rel_table = torch.randn(4, 2 * 160, generator=g).to(device)
     buckets, max_exact, max_distance = 16, 8, 128
-    t5_bias = torch.randn(buckets, 4, generator=g)
-    doc_bias = torch.randn(4, 5, generator=g).to(torch.bfloat16)
-    lengths = torch.tensor([90, 33], dtype=torch.int64)
+    t5_bias = torch.randn(buckets, 4, generator=g).to(device)
+    doc_bias = torch.randn(4, 5, generator=g).to(torch.bfloat16).to(device)
+    lengths = torch.tensor([90, 33], dtype=torch.int64).to(device)
     canvas_w, radius = 12, 2
 
     def sliding_window(b, h, q, kv):
@@ -115,9 +118,9 @@ def make_cases(seed: int = 0) -> list[Case]:
     ]
 
 
-def index_grids(B: int, H: int, Q: int, KV: int) -> tuple[torch.Tensor, ...]:
-    return (torch.arange(B).view(B, 1, 1, 1), torch.arange(H).view(1, H, 1, 1),
-            torch.arange(Q).view(1, 1, Q, 1), torch.arange(KV).view(1, 1, 1, KV))
+def index_grids(B: int, H: int, Q: int, KV: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.arange(n, device=device).view(shape)
+                 for n, shape in ((B, (B, 1, 1, 1)), (H, (1, H, 1, 1)), (Q, (1, 1, Q, 1)), (KV, (1, 1, 1, KV))))
 
 
 def dense_attention(case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -129,7 +132,7 @@ def dense_attention(case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     q, k, v = q.double(), k.repeat_interleave(group, 1).double(), v.repeat_interleave(group, 1).double()
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
     s = q @ k.transpose(-1, -2) * scale
-    b, h, qi, ki = index_grids(B, H, Q, KV)
+    b, h, qi, ki = index_grids(B, H, Q, KV, q.device)
     if case.score_mod is not None:
         s = case.score_mod(s, b, h, qi, ki).double().expand(B, H, Q, KV)
     if case.mask_mod is not None:

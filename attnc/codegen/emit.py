@@ -1,6 +1,7 @@
 """Render IR nodes as Triton expressions, one small function per op in one table.
 
 Each renderer gets the node and the already-rendered operand expressions and returns an expression.
+Operands may be bare Python literals, so conversions use `tl.cast(x, T)`, never `x.to(T)`.
 16-bit float arithmetic is computed in float32 and rounded back, matching PyTorch on CPU and avoiding
 the Triton interpreter's inexact bf16 arithmetic.
 """
@@ -47,8 +48,8 @@ def _in_f32(dtype: DType, expr: Callable[..., str]) -> Renderer:
     def render(n: Node, a: Sequence[str]) -> str:
         if not n.dtype.is_half:
             return expr(*a)
-        widened = [f"{x}.to(tl.float32)" for x in a]
-        return f"({expr(*widened)}).to({TL_DTYPE[n.dtype]})"
+        widened = [f"tl.cast({x}, tl.float32)" for x in a]
+        return f"tl.cast({expr(*widened)}, {TL_DTYPE[n.dtype]})"
 
     return render
 
@@ -70,7 +71,7 @@ def _by_kind(int_fmt: str, float_fmt: str) -> Renderer:
 def _compare(symbol: str) -> Renderer:
     def render(n: Node, a: Sequence[str]) -> str:
         if n.src[0].dtype.is_half:
-            a = [f"{x}.to(tl.float32)" for x in a]
+            a = [f"tl.cast({x}, tl.float32)" for x in a]
         return f"({a[0]} {symbol} {a[1]})"
 
     return render
@@ -89,13 +90,13 @@ def _cast(n: Node, a: Sequence[str]) -> str:
     if n.dtype.is_bool:
         return f"({a[0]} != 0)"
     if n.src[0].dtype.is_bool:
-        return f"{a[0]}.to(tl.int32).to({TL_DTYPE[n.dtype]})"
-    return f"{a[0]}.to({TL_DTYPE[n.dtype]})"
+        return f"tl.cast(tl.cast({a[0]}, tl.int32), {TL_DTYPE[n.dtype]})"
+    return f"tl.cast({a[0]}, {TL_DTYPE[n.dtype]})"
 
 
 def _sign(n: Node, a: Sequence[str]) -> str:
     t = TL_DTYPE[n.dtype]
-    sign = f"(({a[0]} > 0).to({t}) - ({a[0]} < 0).to({t}))"
+    sign = f"(tl.cast({a[0]} > 0, {t}) - tl.cast({a[0]} < 0, {t}))"
     return f"tl.where({a[0]} != {a[0]}, {a[0]}, {sign})" if n.dtype.is_float else sign  # sign(NaN) is NaN
 
 

@@ -99,12 +99,12 @@ class _Emitter:
 def _render_load(n: Node, index: list[str]) -> str:
     slot = n.arg
     offsets = " + ".join(
-        f"tl.minimum(tl.maximum({i}, 0), buf{slot}_size{d} - 1).to(tl.int64) * buf{slot}_stride{d}"
+        f"tl.cast(tl.minimum(tl.maximum({i}, 0), buf{slot}_size{d} - 1), tl.int64) * buf{slot}_stride{d}"
         for d, i in enumerate(index)
     )
     value = f"tl.load(buf{slot} + {offsets})"
     # narrow integer tensors (int8, int16, uint8) are read as int32
-    return f"{value}.to(tl.int32)" if n.dtype is DType.int32 else value
+    return f"tl.cast({value}, tl.int32)" if n.dtype is DType.int32 else value
 
 
 def _score_lines(emitter: _Emitter, root: Node | None) -> list[str]:

@@ -47,7 +47,7 @@ def _powf(a, b):
     # a ** b for float a, b, including negative bases with integral exponents; x ** 0 == 1 ** y == 1.
     magnitude = tl.exp2(b * tl.log2(tl.abs(a)))
     integral = tl.floor(b) == b
-    odd = integral & (tl.abs(b % 2.0) == 1.0)
-    signed = tl.where((a < 0) & odd, -magnitude, magnitude)
-    result = tl.where((a < 0) & (tl.floor(b) != b), float("nan"), signed)
-    return tl.where((b == 0) | (a == 1), 1.0, result)
+    odd = tl.where(integral, tl.abs(b % 2.0) == 1.0, False)
+    negative_base = tl.where(integral, tl.where(odd, -magnitude, magnitude), float("nan"))
+    result = tl.where(a < 0, negative_base, magnitude)
+    return tl.where(b == 0, 1.0, tl.where(a == 1, 1.0, result))
