@@ -27,7 +27,7 @@ from attnc.ir.passes import optimize
 from attnc.ir.printer import format_program
 from attnc.ir.reference import reference_attention
 from attnc.runtime import aot, launch
-from attnc.runtime.block_mask import BlockMask, build_block_mask
+from attnc.runtime.block_mask import BlockMask, block_size_pair, build_block_mask
 from attnc.runtime.cache import KernelCache
 from attnc.runtime.config import KernelConfig, Settings, default_config
 from attnc.runtime.interpreter import INTERPRETER_UNAVAILABLE, interpreter_active
@@ -56,6 +56,7 @@ class Attention:
         self.traced: Traced = trace(self.mask_mod, self.score_mod)
         self.program: Program = optimize(self.traced.program)
         self._source: KernelSource | None = None
+        self._kernel: Any = None
 
     @property
     def source(self) -> KernelSource:
@@ -64,7 +65,10 @@ class Attention:
         return self._source
 
     def kernel(self) -> Any:
-        return getattr(kernel_cache().module(self.source.source), self.source.kernel_name)
+        """The forward kernel, generated and imported on first use."""
+        if self._kernel is None:
+            self._kernel = getattr(kernel_cache().module(self.source.source), self.source.kernel_name)
+        return self._kernel
 
     def _bind(self) -> Any:
         try:
@@ -170,7 +174,7 @@ def _with_block_sparsity(program: Program, tensors: list[torch.Tensor],
                          block_mask: Any) -> tuple[Program, list[torch.Tensor]]:
     """The program whose mask also requires the (q, kv) block to be listed in `block_mask`: the
     reference then means exactly what the kernel computes, which visits listed blocks only."""
-    q_block, kv_block = launch._pair(block_mask.BLOCK_SIZE)
+    q_block, kv_block = block_size_pair(block_mask.BLOCK_SIZE)
     slot = len(tensors)
     index = (var("b"), var("h"), _div(var("q"), q_block), _div(var("kv"), kv_block))
     listed = node(Op.NE, DType.bool, load(slot, DType.int32, *index), _const_int(0))

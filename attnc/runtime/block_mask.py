@@ -34,7 +34,7 @@ MaskFn = Callable[[Tensor, Tensor, Tensor, Tensor], Any]
 CHUNK_ELEMENTS = 1 << 24
 
 
-def _block_pair(block_size: int | tuple[int, int]) -> tuple[int, int]:
+def block_size_pair(block_size: int | tuple[int, int]) -> tuple[int, int]:
     pair = tuple(block_size) if isinstance(block_size, (tuple, list)) else (block_size, block_size)
     if len(pair) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in pair):
         raise ValueError(f"BLOCK_SIZE must be a positive int or a (q, kv) pair of them, got {block_size!r}")
@@ -88,7 +88,7 @@ class BlockMask:
     )
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "BLOCK_SIZE", _block_pair(self.BLOCK_SIZE))  # accept an int, as torch does
+        object.__setattr__(self, "BLOCK_SIZE", block_size_pair(self.BLOCK_SIZE))  # accept an int, as torch does
         self.check_invariants()
 
     @classmethod
@@ -229,7 +229,7 @@ def build_block_mask(
     `device` None means CUDA when available, else CPU. `mask_mod` (default `mask_fn`) is kept on the
     result for kernels that trace it.
     """
-    q_block, kv_block = _block_pair(BLOCK_SIZE)
+    q_block, kv_block = block_size_pair(BLOCK_SIZE)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     grid = _Grid(B or 1, H or 1, Q_LEN, KV_LEN, q_block, kv_block, torch.device(device))

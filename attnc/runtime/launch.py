@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import triton
 
+from attnc.runtime.block_mask import block_size_pair
 from attnc.runtime.config import KernelConfig, next_power_of_two
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -118,7 +119,7 @@ def block_mask_args(block_mask: Any, shapes: Shapes, dummy: torch.Tensor) -> tup
 
 
 def check_block_mask(block_mask: Any, shapes: Shapes, device: torch.device) -> tuple[int, int]:
-    q_block, kv_block = _pair(block_mask.BLOCK_SIZE)
+    q_block, kv_block = block_size_pair(block_mask.BLOCK_SIZE)
     seq = tuple(block_mask.seq_lengths)
     if seq != (shapes.Q_LEN, shapes.KV_LEN):
         raise ValueError(f"attnc: the BlockMask was built for (Q_LEN, KV_LEN) = {seq} but the inputs have "
@@ -133,10 +134,6 @@ def check_block_mask(block_mask: Any, shapes: Shapes, device: torch.device) -> t
         raise ValueError(f"attnc: the BlockMask is on {block_mask.kv_num_blocks.device} but the inputs are on "
                          f"{device}; call block_mask.to({str(device)!r})")
     return q_block, kv_block
-
-
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def capture_args(tensors: Sequence[torch.Tensor], params: Sequence[int | float]) -> list[Any]:
