@@ -113,9 +113,11 @@ class Attention:
                                    scale=scale)
 
     def explain(self) -> str:
-        """The traced IR, the IR after each optimisation step, and the generated Triton source."""
+        """The traced IR, the IR after each optimisation step, where each generated value is computed
+        (hoisted out of the key loop or not), and the generated Triton source."""
         sections = [("traced", format_program(self.traced.program))]
         optimize(self.traced.program, on_step=lambda name, p: sections.append((name, format_program(p))))
+        sections.append(("placement", self.source.describe_placement()))
         sections.append(("triton source", self.source.source))
         return "\n\n".join(f"== {title} ==\n{body.rstrip()}" for title, body in sections)
 

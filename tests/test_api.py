@@ -11,6 +11,7 @@ import torch
 
 import attnc
 from attnc import api
+from tests.zoo import DEVICE
 
 
 def causal(b, h, q_idx, kv_idx):
@@ -19,8 +20,8 @@ def causal(b, h, q_idx, kv_idx):
 
 def qkv(B=1, Hq=2, Hkv=2, Q=40, KV=40, D=16, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
-    return (torch.randn(B, Hq, Q, D, generator=g, dtype=dtype), torch.randn(B, Hkv, KV, D, generator=g, dtype=dtype),
-            torch.randn(B, Hkv, KV, D, generator=g, dtype=dtype))
+    shapes = ((B, Hq, Q, D), (B, Hkv, KV, D), (B, Hkv, KV, D))
+    return tuple(torch.randn(shape, generator=g, dtype=dtype).to(DEVICE) for shape in shapes)
 
 
 def test_public_names():
@@ -64,13 +65,13 @@ def test_bad_input_gets_a_clear_error(inputs, kwargs, error, match):
 
 
 def test_block_mask_for_other_lengths_is_rejected():
-    bm = attnc.create_block_mask(causal, 1, 1, 64, 64, BLOCK_SIZE=32)
+    bm = attnc.create_block_mask(causal, 1, 1, 64, 64, device=DEVICE, BLOCK_SIZE=32)
     with pytest.raises(ValueError, match="built for"):
         attnc.flex_attention(*qkv(Q=40, KV=40), block_mask=bm, backend="triton")
 
 
 def test_tiny_block_size_is_rejected_by_the_kernel():
-    bm = attnc.create_block_mask(causal, 1, 1, 40, 40, BLOCK_SIZE=8)
+    bm = attnc.create_block_mask(causal, 1, 1, 40, 40, device=DEVICE, BLOCK_SIZE=8)
     with pytest.raises(ValueError, match="multiple of 16"):
         attnc.flex_attention(*qkv(), block_mask=bm, backend="triton")
 
@@ -102,13 +103,14 @@ def test_zero_length_query():
 
 
 def test_explain_shows_every_stage():
-    slopes = torch.ones(2)
+    slopes = torch.ones(2, device=DEVICE)
 
     def alibi(score, b, h, q, kv):
         return score + slopes[h] * (kv - q)
 
     text = attnc.compile(causal, alibi).explain()
-    for section in ("== traced ==", "== fold ==", "== simplify ==", "== index_algebra ==", "== triton source =="):
+    for section in ("== traced ==", "== fold ==", "== simplify ==", "== index_algebra ==", "== placement ==",
+                    "== triton source =="):
         assert section in text
     assert "def attnc_forward" in text
 
@@ -139,8 +141,14 @@ def test_generated_source_is_identical_across_processes():
 
 def test_accepts_torch_flex_attention_block_masks():
     flex = pytest.importorskip("torch.nn.attention.flex_attention")
-    bm = flex.create_block_mask(causal, 1, 1, 128, 128, device="cpu", BLOCK_SIZE=64)
+    bm = flex.create_block_mask(causal, 1, 1, 128, 128, device=DEVICE, BLOCK_SIZE=64)
     q, k, v = qkv(Q=128, KV=128)
     out = attnc.flex_attention(q, k, v, block_mask=bm, backend="triton")
     torch.testing.assert_close(out, attnc.flex_attention(q, k, v, mask_mod=causal, backend="reference"),
                                atol=2e-5, rtol=2e-5)
+
+
+def test_zero_length_keys_give_empty_rows():
+    q, k, v = qkv(KV=0)
+    out, lse = attnc.compile(causal)(q, k, v, return_lse=True, backend="triton")
+    assert torch.equal(out, torch.zeros_like(out)) and torch.isneginf(lse).all()

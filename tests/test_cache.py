@@ -12,6 +12,7 @@ import torch
 import attnc
 from attnc.api import kernel_cache
 from attnc.runtime.cache import CacheError, KernelCache
+from tests.zoo import DEVICE
 
 SOURCE = "import triton\nimport triton.language as tl\n\n\n@triton.jit\ndef k(X):\n    pass\n"
 
@@ -89,7 +90,7 @@ def test_runtime_parameter_change_does_not_recompile():
         return (q >= kv) & (q - kv < window)
 
     attn = attnc.compile(mask)
-    q, k, v = (torch.randn(1, 1, 40, 16) for _ in range(3))
+    q, k, v = (torch.randn(1, 1, 40, 16, device=DEVICE) for _ in range(3))
     first = attn(q, k, v, backend="triton")
     stats = kernel_cache().stats
     imported, written, program = stats.modules_imported, stats.sources_written, attn.program

@@ -17,6 +17,7 @@ from attnc.ir import DType, Node, Op, Program, const, node
 from attnc.ir.passes import optimize
 from attnc.ir.reference import reference_attention
 from attnc.runtime.config import KernelConfig
+from attnc.runtime.interpreter import interpreter_active
 from attnc.runtime.launch import check_inputs, launch_forward
 from tests import ir_strategies as irs
 
@@ -44,6 +45,7 @@ def cases(draw):
     return program, tables, params, lengths
 
 
+@pytest.mark.skipif(not interpreter_active(), reason="runs kernels in the Triton interpreter on CPU tensors")
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(cases())

@@ -64,7 +64,7 @@ def test_bfloat16_and_non_power_of_two_head_dims():
     assert_matches(out, lse, ref_out, ref_lse, torch.bfloat16)
 
 
-@pytest.mark.parametrize("D", [16, 192])
+@pytest.mark.parametrize("D", [16, 192, 256])
 def test_head_dim_extremes(D):
     case = Case("causal", CASES["causal"].mask_mod, Q_LEN=70, KV_LEN=70, D=D)
     q, k, v = make_inputs(case, torch.float32)

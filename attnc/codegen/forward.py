@@ -44,6 +44,11 @@ class KernelSource:
     kernel_name: str
     capture_args: tuple[str, ...]  # generated arguments, in signature order
     do_not_specialize: tuple[str, ...]
+    placement: dict[str, tuple[str, ...]]  # level name -> the generated lines computed there
+
+    def describe_placement(self) -> str:
+        return "\n".join(f"{level}:\n" + "\n".join(f"  {line}" for line in lines) if lines else f"{level}: -"
+                         for level, lines in self.placement.items())
 
 
 def capture_arg_names(program: Program) -> tuple[list[str], list[str]]:
@@ -159,4 +164,10 @@ def generate_forward(program: Program) -> KernelSource:
         "mask_mod": mask,
     }
     source = _fill((TEMPLATES / "forward.py").read_text(), holes)
-    return KernelSource(source, KERNEL_NAME, tuple(captures), tuple(param_args))
+    placement = {
+        "once per program (b, h)": tuple(emitter.lines[Level.PROGRAM]),
+        "once per query tile (q)": tuple(emitter.lines[Level.QUERY]),
+        "per tile (kv, score)": tuple(score[:-1]),
+        "per partial tile only (mask)": tuple(mask[:-1]),
+    }
+    return KernelSource(source, KERNEL_NAME, tuple(captures), tuple(param_args), placement)
