@@ -71,7 +71,7 @@ class _Emitter:
 
     def expr(self, n: Node) -> str:
         if n.op is Op.VAR:
-            return {"b": "b_idx", "h": "h_idx", "q": "q_idx", "kv": "kv_idx"}[n.arg]
+            return {"b": "b_idx", "h": "h_idx", "q": "q_idx", "kv": "kv_idx"}.get(n.arg, n.arg)
         if n.op is Op.SCORE:
             return "score"
         if n.op is Op.CONST:

@@ -32,6 +32,11 @@ class Env:
     tensors: Sequence[Tensor] = ()
     params: Sequence[int | float] = ()
     float64: bool = False
+    # tile bounds, read only by tile-classification programs (attnc.ir.tiles)
+    q_lo: Tensor | None = None
+    q_hi: Tensor | None = None
+    kv_lo: Tensor | None = None
+    kv_hi: Tensor | None = None
 
     @property
     def device(self) -> torch.device:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from attnc.ir.dtypes import INDEX, SCORE, DType
-from attnc.ir.ops import INDEX_VARS, Op
+from attnc.ir.ops import INDEX_VARS, TILE_VARS, Op
 
 Arg = Any  # None | str | bool | int | float | slot index
 
@@ -90,7 +90,7 @@ class Node:
 
 def _deps(op: Op, arg: Arg, src: tuple[Node, ...]) -> frozenset[str]:
     if op is Op.VAR:
-        return frozenset({arg})
+        return frozenset({TILE_VARS.get(arg, arg)})
     if op is Op.SCORE:
         return frozenset({"b", "h", "q", "kv", "score"})
     out: frozenset[str] = frozenset()
@@ -103,7 +103,7 @@ def _deps(op: Op, arg: Arg, src: tuple[Node, ...]) -> frozenset[str]:
 
 
 def var(name: str) -> Node:
-    if name not in INDEX_VARS:
+    if name not in INDEX_VARS and name not in TILE_VARS:
         raise ValueError(f"unknown index variable {name!r}")
     return Node.make(Op.VAR, INDEX, (), name)
 

@@ -78,3 +78,6 @@ MIRROR = {Op.LT: Op.GT, Op.GT: Op.LT, Op.LE: Op.GE, Op.GE: Op.LE, Op.EQ: Op.EQ, 
 NEGATE = {Op.LT: Op.GE, Op.GE: Op.LT, Op.GT: Op.LE, Op.LE: Op.GT, Op.EQ: Op.NE, Op.NE: Op.EQ}
 
 INDEX_VARS = ("b", "h", "q", "kv")
+# Bounds (inclusive) of a tile box [q_lo, q_hi] x [kv_lo, kv_hi], the variables of tile-classification
+# programs (attnc.ir.tiles); each depends on the index it bounds.
+TILE_VARS = {"q_lo": "q", "q_hi": "q", "kv_lo": "kv", "kv_hi": "kv"}

@@ -19,6 +19,7 @@ from attnc.ir.ops import (
     LEAVES,
     LOGIC,
     NUMERIC_UNARY,
+    TILE_VARS,
     UNARY,
     Op,
 )
@@ -98,7 +99,8 @@ _INT_RANGE = {DType.int32: (-(2**31), 2**31 - 1), DType.int64: (-(2**63), 2**63 
 
 
 def _check_var(n: Node) -> None:
-    _require(n.arg in INDEX_VARS, n, f"index variables are {', '.join(INDEX_VARS)}")
+    _require(n.arg in INDEX_VARS or n.arg in TILE_VARS, n,
+             f"index variables are {', '.join(INDEX_VARS)} (and tile bounds {', '.join(TILE_VARS)})")
     _require(n.dtype is INDEX, n, f"index variables are {INDEX.value}")
 
 
