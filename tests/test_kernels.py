@@ -134,5 +134,8 @@ def test_full_tiles_never_evaluate_the_mask():
     tile_fn = source[source.index("def _attend_tile"):source.index("def attnc_forward")]
     mask_section = tile_fn[tile_fn.index("if APPLY_MASK:"):tile_fn.index("if CHECK_KV:")]
     assert "tl.load(buf" in mask_section  # the document ids are read only under APPLY_MASK
-    full_loop = source[source.index("if HAS_FULL_BLOCKS:"):source.index("else:\n        for start_n")]
+    full_loop = source[source.index("if HAS_FULL_BLOCKS:"):source.index("elif HAS_MASK:")]
     assert "HAS_MASK" not in full_loop and "False, not KV_EVEN" in full_loop
+    visit = source[source.index("def _visit_tile"):source.index("def attnc_forward")]
+    full_branch = visit[visit.index("        else:"):]
+    assert "False, not KV_EVEN" in full_branch  # a tile the tile test calls full is attended unmasked

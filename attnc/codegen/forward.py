@@ -11,12 +11,16 @@ import dataclasses
 import enum
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from attnc.codegen.emit import RENDER, literal
 from attnc.ir.dtypes import DType
 from attnc.ir.node import Node
 from attnc.ir.ops import Op
 from attnc.ir.program import Program
+
+if TYPE_CHECKING:
+    from attnc.ir.tiles import TileTest
 
 TEMPLATES = Path(__file__).parent / "templates"
 CODEGEN_VERSION = "1"
@@ -64,7 +68,8 @@ def capture_arg_names(program: Program) -> tuple[list[str], list[str]]:
 class _Emitter:
     """Names every interior node once and renders it at its level."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "t") -> None:
+        self.prefix = prefix
         self.names: dict[Node, str] = {}
         self.lines: dict[Level, list[str]] = {lvl: [] for lvl in Level}
         self.tile_reads: set[Node] = set()
@@ -85,7 +90,7 @@ class _Emitter:
         for n in root.walk():
             if n in self.names or n.op in (Op.VAR, Op.SCORE, Op.CONST, Op.PARAM):
                 continue
-            self.names[n] = f"t{len(self.names)}"
+            self.names[n] = f"{self.prefix}{len(self.names)}"
             code = f"{self.names[n]} = {self.render(n)}"
             lvl = level(n)
             (tile_lines if lvl is Level.TILE else self.lines[lvl]).append(code)
@@ -94,6 +99,13 @@ class _Emitter:
         if root in self.names and level(root) is not Level.TILE:
             self.tile_reads.add(root)
         return self.expr(root)
+
+    def emit_inline(self, roots: list[Node]) -> tuple[list[str], list[str]]:
+        """Emit `roots` as one straight-line block (levels in order, which is a topological order);
+        return the block and each root's expression."""
+        tile_lines: list[str] = []
+        results = [self.emit(root, tile_lines) for root in roots]
+        return self.lines[Level.PROGRAM] + self.lines[Level.QUERY] + tile_lines, results
 
     def render(self, n: Node) -> str:
         if n.op is Op.LOAD:
@@ -130,6 +142,40 @@ def _mask_lines(emitter: _Emitter, root: Node | None) -> list[str]:
     return [*lines, f"mask = {result}"]
 
 
+def _tile_test_lines(test: TileTest | None) -> list[str]:
+    if test is None:
+        return ["may_true = True", "may_false = True"]
+    block, (may_true, may_false) = _Emitter(prefix="c").emit_inline([test.may_true, test.may_false])
+    return [*block, f"may_true = {may_true}", f"may_false = {may_false}"]
+
+
+def _kv_range_lines(ranges: list[tuple[Node | None, Node | None]], visit_args: list[str]) -> list[str]:
+    """Closed-form key ranges of the query tile [q_lo, q_hi], then one loop per range over its tiles;
+    a tile already covered by an earlier range is not visited again."""
+    present = [bound for pair in ranges for bound in pair if bound is not None]
+    block, exprs = _Emitter(prefix="r").emit_inline(present)
+    lines, values = list(block), iter(exprs)
+    for i, (lo, hi) in enumerate(ranges):
+        lo_expr = f"tl.maximum({next(values)}, 0)" if lo is not None else "0"
+        hi_expr = f"tl.minimum({next(values)}, KV_LEN - 1)" if hi is not None else "KV_LEN - 1"
+        lines += [f"range_lo{i} = (tl.cast({lo_expr}, tl.int32) // BLOCK_N) * BLOCK_N",
+                  f"range_hi{i} = tl.cast({hi_expr}, tl.int32)"]
+    call = ["acc, l_i, m_i = _visit_tile(", *(f"    {arg}" for arg in visit_args), ")"]
+    for i in range(len(ranges)):
+        lines.append(f"for start_n in range(range_lo{i}, range_hi{i} + 1, BLOCK_N):")
+        unseen = " & ".join(f"((start_n < range_lo{j}) | (start_n > range_hi{j}))" for j in range(i))
+        body = [f"if {unseen}:", *(f"    {line}" for line in call)] if unseen else call
+        lines += [f"    {line}" for line in body]
+    return lines
+
+
+def _visit_args(captures: list[str], hoisted: list[str]) -> list[str]:
+    return ["acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,",
+            "start_n, b_idx, h_idx, q_idx, q_lo, q_hi, sm_scale, KV_LEN,",
+            *(f"{name}," for name in captures + hoisted),
+            "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION,"]
+
+
 def _fill(template: str, holes: dict[str, list[str]]) -> str:
     """Replace each `# HOLE: name` line by the hole's lines at that line's indentation."""
     out: list[str] = []
@@ -144,7 +190,11 @@ def _helpers() -> list[str]:
     return [line for line in text.splitlines() if not line.startswith("import ")]
 
 
-def generate_forward(program: Program) -> KernelSource:
+def generate_forward(program: Program, tile_test: TileTest | None = None,
+                     kv_ranges: list[tuple[Node | None, Node | None]] | None = None) -> KernelSource:
+    """The forward kernel for `program`. `tile_test` and `kv_ranges` (from attnc.ir.tiles) let the kernel
+    find its key tiles from the mask's structure when no BlockMask is given; without them it visits
+    every tile and masks each."""
     emitter = _Emitter()
     score = _score_lines(emitter, program.score)
     mask = _mask_lines(emitter, program.mask)
@@ -162,6 +212,8 @@ def generate_forward(program: Program) -> KernelSource:
         "hoist_q": emitter.lines[Level.QUERY],
         "score_mod": score,
         "mask_mod": mask,
+        "tile_test": _tile_test_lines(tile_test),
+        "kv_ranges": _kv_range_lines(kv_ranges or [(None, None)], _visit_args(captures, hoisted)),
     }
     source = _fill((TEMPLATES / "forward.py").read_text(), holes)
     placement = {

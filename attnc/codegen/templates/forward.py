@@ -15,6 +15,10 @@
 #   hoisted_pass   the same names, passed at each call
 #   score_mod      computes `score` from `score` (the scaled q.k) and the indices
 #   mask_mod       computes `mask` (bool); evaluated only on partial tiles
+#   tile_test      computes `may_true` / `may_false` for the tile box [q_lo, q_hi] x [kv_lo, kv_hi]
+#                  (attnc.ir.tiles): False / False means the tile is empty / full
+#   kv_ranges      computes the closed-form key ranges of this query tile and loops over their tiles,
+#                  calling _visit_tile once per tile (tiles shared by two ranges are visited once)
 import triton
 import triton.language as tl
 
@@ -72,6 +76,41 @@ def _attend_tile(
     return acc, l_i, m_new
 
 
+@triton.jit
+def _visit_tile(
+    acc, l_i, m_i, q, K_head, V_head,
+    stride_kn, stride_kd, stride_vn, stride_vd,
+    start_n, b_idx, h_idx, q_idx, q_lo, q_hi, sm_scale, KV_LEN,
+    # HOLE: capture_args
+    # HOLE: hoisted_params
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    # Classify the tile from the mask's structure: empty tiles cost this scalar test only, full tiles
+    # skip the mask, partial tiles evaluate it.
+    kv_lo = start_n
+    kv_hi = tl.minimum(start_n + BLOCK_N, KV_LEN) - 1
+    # HOLE: tile_test
+    if may_true:
+        if may_false:
+            acc, l_i, m_i = _attend_tile(
+                acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
+                start_n, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
+                # HOLE: capture_pass
+                # HOLE: hoisted_pass
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, True, not KV_EVEN, UPCAST, DOT_PRECISION,
+            )
+        else:
+            acc, l_i, m_i = _attend_tile(
+                acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
+                start_n, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
+                # HOLE: capture_pass
+                # HOLE: hoisted_pass
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION,
+            )
+    return acc, l_i, m_i
+
+
 @triton.jit(do_not_specialize=DO_NOT_SPECIALIZE)
 def attnc_forward(
     Q, K, V, OUT, LSE,
@@ -93,6 +132,8 @@ def attnc_forward(
     USE_BLOCK_MASK: tl.constexpr, HAS_FULL_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
     KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
+    # Three ways to find the key tiles: a BlockMask's lists (USE_BLOCK_MASK), the mask's own closed-form
+    # ranges and tile test (HAS_MASK), or every tile (no mask).
     start_m = tl.program_id(0)
     off_bh = tl.program_id(1)
     off_b = off_bh // H_Q
@@ -150,6 +191,10 @@ def attnc_forward(
                         # HOLE: hoisted_pass
                         HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION,
                     )
+    elif HAS_MASK:
+        q_lo = start_m * BLOCK_M
+        q_hi = tl.minimum(q_lo + BLOCK_M, Q_LEN) - 1
+        # HOLE: kv_ranges
     else:
         for start_n in range(0, KV_LEN, BLOCK_N):
             acc, l_i, m_i = _attend_tile(
@@ -157,7 +202,7 @@ def attnc_forward(
                 start_n, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
-                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, not KV_EVEN, UPCAST, DOT_PRECISION,
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION,
             )
 
     # Rows with no allowed key: l = 0, so the output is 0 and the lse is -inf (never NaN).
