@@ -12,11 +12,12 @@ enable_if_no_gpu()
 from attnc.api import Attention, compile, create_block_mask, flex_attention  # noqa: E402
 from attnc.dsl.trace import TraceError  # noqa: E402
 from attnc.runtime.block_mask import BlockMask  # noqa: E402
+from attnc.runtime.visualize import visualize  # noqa: E402
 from attnc.variants.combinators import and_masks, noop_mask, or_masks  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Attention", "BlockMask", "TraceError", "and_masks", "compile", "create_block_mask", "flex_attention",
-    "noop_mask", "or_masks",
+    "noop_mask", "or_masks", "visualize",
 ]

@@ -21,12 +21,13 @@ import torch
 
 from attnc.codegen.forward import KernelSource, generate_forward
 from attnc.dsl.trace import StaleTrace, Traced, trace
-from attnc.ir import DType, Op, Program, TensorSpec, const, load, node, var
+from attnc.ir import DType, Node, Op, Program, TensorSpec, const, load, node, var
 from attnc.ir.interpret import Env, evaluate
 from attnc.ir.passes import optimize
 from attnc.ir.printer import format_program
 from attnc.ir.reference import reference_attention
-from attnc.runtime import aot, launch
+from attnc.ir.tiles import TileTest, kv_ranges, tile_test
+from attnc.runtime import aot, launch, sparsity
 from attnc.runtime.block_mask import BlockMask, block_size_pair, build_block_mask
 from attnc.runtime.cache import KernelCache
 from attnc.runtime.config import KernelConfig, Settings, default_config
@@ -57,11 +58,13 @@ class Attention:
         self.program: Program = optimize(self.traced.program)
         self._source: KernelSource | None = None
         self._kernel: Any = None
+        self._plan: tuple[Any, BlockMask] | None = None  # (key, block map) for masks that read tensors
 
     @property
     def source(self) -> KernelSource:
         if self._source is None:
-            self._source = generate_forward(self.program)
+            test, ranges = (None, None) if self.program.mask is None else _structure(self.program)
+            self._source = generate_forward(self.program, test, ranges)
         return self._source
 
     def kernel(self) -> Any:
@@ -98,10 +101,44 @@ class Attention:
         _refuse_grad(query, key, value, *bindings.tensors)
         launch.check_captures(bindings.tensors, query.device)
         config = _config(shapes, interpret, kernel_options)
+        if block_mask is None:
+            block_mask = self._data_plan(bindings, shapes, query.device)
         return launch.launch_forward(
             self.kernel(), query, key, value, shapes=shapes, scale=scale, tensors=bindings.tensors,
             params=bindings.params, block_mask=block_mask, config=config,
             has_mask=self.program.mask is not None, interpret=interpret)
+
+    def _data_plan(self, bindings: Any, shapes: launch.Shapes, device: torch.device) -> BlockMask | None:
+        """For a mask that reads tensors (document ids, lengths), the block map attnc builds itself from
+        per-block value ranges, reused until a captured tensor changes (its version counter) or a
+        parameter or a shape does."""
+        mask = self.program.mask
+        if mask is None or not _reads_data(mask) or not sparsity.analysable(mask):
+            return None
+        key = (shapes.B, shapes.Hq, shapes.Q_LEN, shapes.KV_LEN, device, tuple(bindings.params),
+               tuple((id(t), t._version) for t in bindings.tensors))
+        if self._plan is None or self._plan[0] != key:
+            block_map = analytic_block_mask(self.program, bindings, _mask_batch(mask, shapes.B),
+                                            _mask_heads(mask, shapes.Hq), shapes.Q_LEN, shapes.KV_LEN,
+                                            device, PLAN_BLOCK, self.mask_mod)
+            self._plan = (key, block_map)
+        return self._plan[1]
+
+    def tile_stats(self, B: int, H: int, Q_LEN: int, KV_LEN: int, *, BLOCK_M: int = 128,
+                   BLOCK_N: int = 128, device: Any = "cpu") -> dict[str, int]:
+        """How many (query tile, key tile) pairs the kernel skips ("empty"), masks ("partial") and
+        attends without the mask ("full"), summed over B x H, for tiles of BLOCK_M x BLOCK_N."""
+        shapes = (B, H, -(-Q_LEN // BLOCK_M), -(-KV_LEN // BLOCK_N))
+        if self.program.mask is None:
+            return {"empty": 0, "partial": 0, "full": shapes[0] * shapes[1] * shapes[2] * shapes[3]}
+        bindings = self._bind()
+        if not sparsity.analysable(self.program.mask):
+            return {"empty": 0, "partial": B * H * shapes[2] * shapes[3], "full": 0}
+        classes = sparsity.classify_blocks(self.program, bindings.tensors, bindings.params, B=B, H=H,
+                                           Q_LEN=Q_LEN, KV_LEN=KV_LEN, q_block=BLOCK_M, kv_block=BLOCK_N,
+                                           device=torch.device(device))
+        counts = torch.bincount(classes.flatten().long(), minlength=3).tolist()
+        return {"empty": counts[0], "partial": counts[1], "full": counts[2]}
 
     def _reference(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None,
                    bindings: Any, block_mask: Any, shapes: launch.Shapes) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,6 +171,23 @@ class Attention:
                 for name, use_block_mask in (("forward", False), ("forward_block_mask", True))}
         results = aot.compile_kernels(list(jobs.values()))
         return {name: {**result, "config": config} for name, result in zip(jobs, results, strict=True)}
+
+
+def _structure(program: Program) -> tuple[TileTest | None, list[tuple[Any, Any]] | None]:
+    """The mask's tile test and closed-form key ranges, simplified; (None, None) for a mask that reads
+    tensors at (q, kv)-dependent positions, whose tiles the kernel visits all."""
+    assert program.mask is not None
+    if not sparsity.analysable(program.mask) or _reads_data(program.mask):
+        return None, None
+    test = tile_test(program.mask)
+    simplified = optimize(Program(mask=test.may_true, score=None, tensors=program.tensors, params=program.params))
+    may_false = optimize(program.replace(mask=test.may_false, score=None)).mask
+    return TileTest(simplified.mask, may_false), kv_ranges(program.mask)
+
+
+def _reads_data(mask: Node) -> bool:
+    """Reads a tensor at a q- or kv-dependent position (its tiles need per-tile value ranges)."""
+    return any(n.op is Op.LOAD and n.deps & {"q", "kv"} for n in mask.walk())
 
 
 def _refuse_grad(*tensors: torch.Tensor) -> None:
@@ -230,11 +284,42 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
                 backend=backend, kernel_options=kernel_options)
 
 
+PLAN_BLOCK = 128
+
+
+def _mask_batch(mask: Node, B: int) -> int:
+    return B if "b" in mask.deps else 1
+
+
+def _mask_heads(mask: Node, H: int) -> int:
+    return H if "h" in mask.deps else 1
+
+
+def analytic_block_mask(program: Program, bindings: Any, B: int, H: int, Q_LEN: int, KV_LEN: int, device: Any,
+                        block_size: int | tuple[int, int], mask_mod: MaskMod | None) -> BlockMask:
+    """A BlockMask from the mask's structure and per-block value ranges: no O(Q_LEN * KV_LEN) work."""
+    q_block, kv_block = block_size_pair(block_size)
+    device = torch.device(device)
+    tensors = [t.to(device) for t in bindings.tensors]
+    classes = sparsity.classify_blocks(program, tensors, bindings.params, B=B, H=H, Q_LEN=Q_LEN, KV_LEN=KV_LEN,
+                                       q_block=q_block, kv_block=kv_block, device=device)
+    partial, full = sparsity.split_classes(classes, Q_LEN=Q_LEN, KV_LEN=KV_LEN, q_block=q_block,
+                                           kv_block=kv_block)
+    return BlockMask.from_block_classes(partial, full, BLOCK_SIZE=(q_block, kv_block), seq_lengths=(Q_LEN, KV_LEN),
+                                        mask_mod=mask_mod)
+
+
 def create_block_mask(mask_mod: MaskMod, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int,
                       device: Any = None, BLOCK_SIZE: int | tuple[int, int] = 128) -> BlockMask:
-    """A BlockMask (FlexAttention layout) for `mask_mod`, evaluated through attnc's IR."""
+    """A BlockMask (FlexAttention layout) for `mask_mod`. Classified from the mask's structure (and
+    per-block ranges of the tensors it reads) without evaluating it pair by pair, unless it reads a tensor
+    at a position that depends on both q and kv; then evaluated densely, in chunks."""
     attn = _compiled(mask_mod, None)
     bindings = attn._bind()
+    if attn.program.mask is None or sparsity.analysable(attn.program.mask):
+        target = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        return analytic_block_mask(attn.program, bindings, B or 1, H or 1, Q_LEN, KV_LEN, target, BLOCK_SIZE,
+                                   mask_mod)
     tensors = [t.to(device) if device is not None else t for t in bindings.tensors]
 
     def mask_fn(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:

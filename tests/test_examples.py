@@ -23,3 +23,10 @@ def test_demo_runs_and_every_variant_matches():
                           timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all variants match the reference" in proc.stdout
+
+
+def test_sparsity_example_runs(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "sparsity.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".png"] * 4

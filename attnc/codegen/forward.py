@@ -2,7 +2,7 @@
 
 Expressions are placed by what they depend on: b/h-only and q-only terms are computed once per program
 (outside the key loop) and passed to the tile function; everything else is computed per tile. The
-mask's per-tile terms go inside `if APPLY_MASK:` so full tiles never evaluate them.
+mask's per-tile terms go inside `if apply_mask:` so full tiles never evaluate them.
 """
 
 from __future__ import annotations

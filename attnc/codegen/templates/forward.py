@@ -39,9 +39,11 @@ def _attend_tile(
     # HOLE: capture_args
     # HOLE: hoisted_params
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, APPLY_MASK: tl.constexpr, CHECK_KV: tl.constexpr,
+    BLOCK_N: tl.constexpr, apply_mask, CHECK_KV: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
+    # apply_mask is a literal (a compile-time branch) on the BlockMask paths and the tile test's verdict
+    # (a branch uniform across the program) on the analytic path.
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
     offs_dv = tl.arange(0, DV_PAD)
@@ -54,7 +56,7 @@ def _attend_tile(
     qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
     score = qk * sm_scale
     # HOLE: score_mod
-    if APPLY_MASK:
+    if apply_mask:
         # HOLE: mask_mod
         score = tl.where(mask, score, float("-inf"))
     if CHECK_KV:
@@ -92,22 +94,14 @@ def _visit_tile(
     kv_hi = tl.minimum(start_n + BLOCK_N, KV_LEN) - 1
     # HOLE: tile_test
     if may_true:
-        if may_false:
-            acc, l_i, m_i = _attend_tile(
-                acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
-                start_n, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
-                # HOLE: capture_pass
-                # HOLE: hoisted_pass
-                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, True, not KV_EVEN, UPCAST, DOT_PRECISION,
-            )
-        else:
-            acc, l_i, m_i = _attend_tile(
-                acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
-                start_n, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
-                # HOLE: capture_pass
-                # HOLE: hoisted_pass
-                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION,
-            )
+        # one attend call for partial and full tiles: the mask is evaluated only when may_false holds
+        acc, l_i, m_i = _attend_tile(
+            acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
+            start_n, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
+            # HOLE: capture_pass
+            # HOLE: hoisted_pass
+            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, not KV_EVEN, UPCAST, DOT_PRECISION,
+        )
     return acc, l_i, m_i
 
 

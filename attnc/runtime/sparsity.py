@@ -1,0 +1,75 @@
+"""Block classification from the mask's structure: the engine behind `create_block_mask` and `tile_stats`.
+
+Each (query block, key block) box is classified EMPTY / PARTIAL / FULL by the tile test of
+`attnc.ir.tiles`, evaluated on the host for all boxes at once (O(blocks), never O(Q_LEN * KV_LEN)).
+Masks that read tensors at query- or key-dependent positions (document ids, lengths) are classified
+from per-block minima and maxima of those reads (`tile_ranges`), built in O(Q_LEN + KV_LEN). Only a
+mask whose reads depend on both q and kv at once is evaluated densely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from attnc.ir.node import Node
+from attnc.ir.ops import Op
+from attnc.ir.program import Program
+from attnc.ir.tiles import FULL, PARTIAL, classify_grid
+from attnc.runtime.tile_ranges import tile_ranges
+
+# query-block rows classified per step, so that intermediate tensors stay small at any length
+_CHUNK_BLOCKS = 1 << 22
+
+
+def analysable(mask: Node) -> bool:
+    """True unless the mask reads a tensor at a position that depends on both q and kv."""
+    return not any(n.op is Op.LOAD and {"q", "kv"} <= n.deps for n in mask.walk())
+
+
+def block_grid(count: int, block: int, length: int, device: torch.device, dim: int) -> tuple[torch.Tensor, ...]:
+    """Inclusive bounds of `count` blocks of `block` positions, clipped to `length`, shaped to broadcast
+    along `dim` of [B, H, nQ, nKV]."""
+    shape = [1, 1, 1, 1]
+    shape[dim] = count
+    lo = torch.arange(count, device=device, dtype=torch.int32) * block
+    hi = torch.clamp(lo + block, max=length) - 1
+    return lo.view(shape), hi.view(shape)
+
+
+def classify_blocks(program: Program, tensors: Sequence[torch.Tensor], params: Sequence[int | float], *, B: int,
+                    H: int, Q_LEN: int, KV_LEN: int, q_block: int, kv_block: int,
+                    device: torch.device) -> torch.Tensor:
+    """int8 classes [B, H, nQ, nKV] (EMPTY 0, PARTIAL 1, FULL 2) of the blocks of `program.mask`."""
+    nq, nkv = -(-Q_LEN // q_block), -(-KV_LEN // kv_block)
+    if program.mask is None:
+        return torch.full((B, H, nq, nkv), FULL, dtype=torch.int8, device=device)
+    ranges = tile_ranges(program, tensors, params, B=B, H=H, Q_LEN=Q_LEN, KV_LEN=KV_LEN, q_block=q_block,
+                         kv_block=kv_block)
+    all_tensors = [*tensors, *ranges.extra_tensors]
+    b = torch.arange(B, device=device, dtype=torch.int32).view(B, 1, 1, 1)
+    h = torch.arange(H, device=device, dtype=torch.int32).view(1, H, 1, 1)
+    kv_lo, kv_hi = block_grid(nkv, kv_block, KV_LEN, device, 3)
+    q_lo, q_hi = block_grid(nq, q_block, Q_LEN, device, 2)
+    rows = max(1, _CHUNK_BLOCKS // max(1, nkv * B * H))
+    chunks = []
+    for start in range(0, nq, rows):
+        lo, hi = q_lo[:, :, start:start + rows], q_hi[:, :, start:start + rows]
+        classes = classify_grid(program.mask, b=b, h=h, q_lo=lo, q_hi=hi, kv_lo=kv_lo, kv_hi=kv_hi,
+                                tensors=all_tensors, params=params, load_range=ranges.load_range)
+        chunks.append(classes.expand(B, H, lo.shape[2], nkv))
+    return torch.cat(chunks, dim=2).to(torch.int8)
+
+
+def split_classes(classes: torch.Tensor, *, Q_LEN: int, KV_LEN: int, q_block: int,
+                  kv_block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(partial, full) bool block maps in the BlockMask convention: a block that sticks out past the
+    sequence end is never full, only partial."""
+    nq, nkv = classes.shape[-2:]
+    q_inside = (torch.arange(nq, device=classes.device) + 1) * q_block <= Q_LEN
+    kv_inside = (torch.arange(nkv, device=classes.device) + 1) * kv_block <= KV_LEN
+    inside = q_inside[:, None] & kv_inside[None, :]
+    full = (classes == FULL) & inside
+    partial = (classes == PARTIAL) | ((classes == FULL) & ~inside)
+    return partial, full

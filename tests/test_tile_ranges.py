@@ -1,0 +1,320 @@
+"""tile_ranges: the per-tile min/max tables themselves, and tile classifications built with them against
+brute force (documents sorted and not, one document, many tiny ones, padding, selected blocks).
+
+Soundness is checked everywhere: a tile called empty has no allowed pair, a tile called full allows every
+pair (of the positions inside the lengths). For sorted document ids the classification is also exact.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import attnc
+from attnc.ir import DType, Op
+from attnc.ir.interpret import Env, evaluate, index_grids
+from attnc.ir.tiles import classify_grid
+from attnc.runtime.tile_ranges import ranged_loads, tile_ranges
+
+EMPTY, PARTIAL, FULL = 0, 1, 2
+
+
+# -- masks ---------------------------------------------------------------------------------------------
+
+
+def document_mask(doc: torch.Tensor):
+    """`doc [S]` or per batch `doc [B, S]`: pairs in the same document attend."""
+    if doc.dim() == 1:
+        return lambda b, h, q_idx, kv_idx: doc[q_idx] == doc[kv_idx]
+    return lambda b, h, q_idx, kv_idx: doc[b, q_idx] == doc[b, kv_idx]
+
+
+def sorted_documents(lengths: list[int]) -> torch.Tensor:
+    return torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+
+
+def padding_mask(lengths: torch.Tensor):
+    def padding(b, h, q_idx, kv_idx):
+        return (kv_idx < lengths[b]) & (q_idx < lengths[b])
+
+    return padding
+
+
+def selection_mask(sel: torch.Tensor):
+    def selected(b, h, q_idx, kv_idx):
+        return sel[h, q_idx // 64, kv_idx // 64]
+
+    return selected
+
+
+# -- the two classifications ------------------------------------------------------------------------------
+
+
+def tile_bounds(length: int, block: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi) of every tile, inclusive, hi clipped to the length, laid along `dim` of a 4-d shape."""
+    shape = [1, 1, 1, 1]
+    shape[dim] = -1
+    lo = torch.arange(0, length, block, dtype=torch.int32)
+    return lo.view(shape), torch.clamp(lo + block - 1, max=length - 1).view(shape)
+
+
+def classify(mod, B: int, H: int, S: int, block: int) -> torch.Tensor:
+    """int8 `[B, H, nQ, nKV]` from the tile classifier, with the ranges tile_ranges builds."""
+    attn = attnc.compile(mod)
+    bindings = attn.traced.bind(mod, None)
+    ranges = tile_ranges(attn.program, bindings.tensors, bindings.params, B=B, H=H, Q_LEN=S, KV_LEN=S,
+                         q_block=block, kv_block=block)
+    q_lo, q_hi = tile_bounds(S, block, 2)
+    kv_lo, kv_hi = tile_bounds(S, block, 3)
+    b, h, _, _ = index_grids(B, H, 1, 1)
+    classes = classify_grid(attn.program.mask, b=b, h=h, q_lo=q_lo, q_hi=q_hi, kv_lo=kv_lo, kv_hi=kv_hi,
+                            tensors=[*bindings.tensors, *ranges.extra_tensors], params=bindings.params,
+                            load_range=ranges.load_range)
+    n = math.ceil(S / block)
+    return torch.as_tensor(classes).expand(B, H, n, n)
+
+
+def brute(mod, B: int, H: int, S: int, block: int) -> torch.Tensor:
+    """The exact class of every tile, from the dense mask on the positions inside the length."""
+    dense = torch.as_tensor(mod(*index_grids(B, H, S, S))).expand(B, H, S, S)
+    n = math.ceil(S / block)
+    any_set = torch.zeros(B, H, n * block, n * block, dtype=torch.bool)
+    all_set = torch.ones(B, H, n * block, n * block, dtype=torch.bool)
+    any_set[..., :S, :S] = dense
+    all_set[..., :S, :S] = dense  # positions past the length are neither allowed nor masked
+    any_tile = any_set.view(B, H, n, block, n, block).any(dim=5).any(dim=3)
+    all_tile = all_set.view(B, H, n, block, n, block).all(dim=5).all(dim=3)
+    return torch.where(all_tile, FULL, torch.where(any_tile, PARTIAL, EMPTY)).to(torch.int8)
+
+
+def assert_sound(classes: torch.Tensor, exact: torch.Tensor) -> None:
+    called_empty, called_full = classes == EMPTY, classes == FULL
+    assert torch.all(exact[called_empty] == EMPTY), "a tile called empty has allowed pairs"
+    assert torch.all(exact[called_full] == FULL), "a tile called full has masked pairs"
+
+
+def check(mod, B: int, H: int, S: int, block: int, *, exact: bool) -> torch.Tensor:
+    classes, expected = classify(mod, B, H, S, block), brute(mod, B, H, S, block)
+    assert_sound(classes, expected)
+    if exact:
+        assert torch.equal(classes.to(torch.int8), expected)
+    return classes
+
+
+# -- classifications against brute force ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("lengths", "block"), [
+    ([100, 300, 50, 250, 324], 64),  # uneven documents, 1024 tokens
+    ([37, 200, 5, 91, 67], 32),  # 400 tokens: the last tile is ragged
+    ([512], 64),  # one document
+    ([1, 2, 3] * 40, 16),  # many tiny documents, several per tile
+])
+def test_sorted_documents_are_classified_exactly(lengths, block):
+    classes = check(document_mask(sorted_documents(lengths)), 1, 1, sum(lengths), block, exact=True)
+    if len(lengths) == 1:
+        assert torch.all(classes == FULL)
+
+
+def test_sorted_documents_skip_whole_documents_off_the_diagonal():
+    doc = sorted_documents([256, 512, 256])  # documents on tile boundaries
+    classes = classify(document_mask(doc), 1, 1, 1024, 128)[0, 0]
+    tile_doc = doc[::128]
+    same = tile_doc.view(-1, 1) == tile_doc.view(1, -1)
+    assert torch.equal(classes, torch.where(same, FULL, EMPTY).to(classes.dtype))
+
+
+def test_documents_per_batch():
+    doc = torch.stack([sorted_documents([300, 212]), sorted_documents([64, 64, 384])])
+    check(document_mask(doc), 2, 1, 512, 64, exact=True)
+
+
+def test_unsorted_documents_are_sound():
+    gen = torch.Generator().manual_seed(0)
+    sorted_ids = sorted_documents([100, 300, 50, 250, 324])
+    shuffled = sorted_ids[torch.randperm(1024, generator=gen)]
+    check(document_mask(shuffled), 1, 1, 1024, 64, exact=False)
+    relabelled = torch.tensor([3, 0, 4, 1, 2])[sorted_ids]  # contiguous documents, ids out of order
+    check(document_mask(relabelled), 1, 1, 1024, 64, exact=False)
+
+
+@given(lengths=st.lists(st.integers(1, 90), min_size=1, max_size=12), block=st.sampled_from([8, 16, 32]),
+       shuffle=st.booleans(), seed=st.integers(0, 2**16))
+def test_documents_property(lengths, block, shuffle, seed):
+    doc = sorted_documents(lengths)
+    if shuffle:
+        doc = doc[torch.randperm(len(doc), generator=torch.Generator().manual_seed(seed))]
+    check(document_mask(doc), 1, 1, len(doc), block, exact=not shuffle)
+
+
+def test_nested_loads_are_sound():
+    doc = sorted_documents([100, 300, 50, 250, 324])
+    bias = torch.tensor([[0.5, -1.0, 2.0, 0.0, 1.0], [1.0, 1.0, -1.0, 3.0, -2.0]])
+
+    def biased_document(b, h, q_idx, kv_idx):
+        return (doc[q_idx] == doc[kv_idx]) & (bias[h, doc[q_idx]] > 0)
+
+    check(biased_document, 1, 2, 1024, 64, exact=False)
+
+
+def test_padding_masks():
+    lengths = torch.tensor([512, 300, 64, 130])
+    check(padding_mask(lengths.to(torch.int32)), 4, 1, 512, 64, exact=True)
+    check(padding_mask(lengths), 4, 1, 512, 64, exact=False)  # int64 lengths: sound
+
+
+def test_selected_blocks_are_sound():
+    sel = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(1)) > 0.5
+    for block in (32, 64, 128):
+        check(selection_mask(sel), 1, 2, 512, block, exact=False)
+
+
+# -- the tables themselves -----------------------------------------------------------------------------------
+
+
+def ranges_of(mod, B: int = 1, H: int = 1, S: int = 100, block: int = 16):
+    attn = attnc.compile(mod)
+    bindings = attn.traced.bind(mod, None)
+    return attn, tile_ranges(attn.program, bindings.tensors, bindings.params, B=B, H=H, Q_LEN=S, KV_LEN=S,
+                             q_block=block, kv_block=block)
+
+
+def test_tables_hold_the_min_and_max_of_each_tile():
+    doc = torch.randint(0, 50, (100,), generator=torch.Generator().manual_seed(2))
+    _, ranges = ranges_of(document_mask(doc), S=100, block=16)
+    expected_min = torch.stack([doc[i:i + 16].min() for i in range(0, 100, 16)])
+    expected_max = torch.stack([doc[i:i + 16].max() for i in range(0, 100, 16)])
+    assert len(ranges.extra_tensors) == 4  # min and max for doc[q_idx] and for doc[kv_idx]
+    for table, expected in zip(ranges.extra_tensors, [expected_min, expected_max] * 2, strict=True):
+        assert table.shape == (1, 1, 7)
+        assert torch.equal(table[0, 0], expected)
+
+
+def test_load_range_reads_the_tables_at_the_tile_number():
+    doc = sorted_documents([30, 70])
+    attn, ranges = ranges_of(document_mask(doc), S=100, block=16)
+    loads = ranged_loads(attn.program.mask)
+    assert sorted(next(iter(n.deps)) for n in loads) == ["kv", "q"]
+    for n in loads:
+        low, high = ranges.load_range(n)
+        assert low.dtype is high.dtype is n.dtype
+        assert min(slot_of(low), slot_of(high)) >= len(attn.program.tensors)  # the extra slots
+        axis = next(iter(n.deps))
+        for tile in range(7):  # evaluated at a tile box, the pair is that tile's interval
+            env = _tile_env(ranges, axis, tile)
+            values = doc[tile * 16:(tile + 1) * 16]
+            assert int(evaluate(low, env)) == int(values.min())
+            assert int(evaluate(high, env)) == int(values.max())
+
+
+def slot_of(pair_node) -> int:
+    """The table slot a range bound reads (through a widening cast for narrowed tables)."""
+    (loaded,) = [n for n in pair_node.walk() if n.op is Op.LOAD]
+    return loaded.arg
+
+
+def test_int64_tables_are_narrowed_only_when_the_values_fit():
+    for ids, narrowed in ((torch.arange(100) // 10, True), (torch.arange(100) * 2**40, False)):
+        attn, ranges = ranges_of(document_mask(ids), S=100, block=16)
+        pairs = {next(iter(n.deps)): ranges.load_range(n) for n in ranged_loads(attn.program.mask)}
+        (load_q, _), (load_kv, _) = pairs["q"], pairs["kv"]
+        assert load_q.dtype is load_kv.dtype is DType.int64
+        assert (load_q.op is Op.CAST) is narrowed
+        assert {t.dtype for t in ranges.extra_tensors} == {torch.int32 if narrowed else torch.int64}
+        env = _tile_env(ranges, "q", 6)
+        assert int(evaluate(load_q, env)) == int(ids[96])
+
+
+def _tile_env(ranges, axis: str, tile: int) -> Env:
+    zero = torch.zeros((1, 1, 1, 1), dtype=torch.int32)
+    lo = torch.full((1, 1, 1, 1), tile * 16, dtype=torch.int32)
+    return Env(b=zero, h=zero, q=zero, kv=zero, tensors=[torch.zeros(1), *ranges.extra_tensors],
+               q_lo=lo if axis == "q" else zero, kv_lo=lo if axis == "kv" else zero)
+
+
+def test_tables_follow_the_batch_and_head_the_load_reads():
+    doc = torch.stack([sorted_documents([40, 60]), sorted_documents([90, 10])])
+    bias = torch.randn(3, 100, generator=torch.Generator().manual_seed(3))
+
+    def mod(b, h, q_idx, kv_idx):
+        return (doc[b, q_idx] == doc[b, kv_idx]) & (bias[h, kv_idx] > 0)
+
+    attn, ranges = ranges_of(mod, B=2, H=3, S=100, block=32)
+    tables = {_reads(n): [ranges.extra_tensors[slot_of(pair) - 2] for pair in ranges.load_range(n)]
+              for n in ranged_loads(attn.program.mask)}
+    assert sorted(tables) == ["bias[h, kv]", "doc[b, kv]", "doc[b, q]"]
+    assert {tuple(t.shape) for t in tables["doc[b, q]"] + tables["doc[b, kv]"]} == {(2, 1, 4)}
+    low, high = tables["bias[h, kv]"]
+    assert low.shape == high.shape == (1, 3, 4) and low.dtype == torch.float32
+    assert torch.equal(high[0, :, 3], bias[:, 96:].amax(dim=1))
+    assert torch.equal(low[0, :, 0], bias[:, :32].amin(dim=1))
+    # int64 document ids that fit are stored as int32 (the classifier tracks ranges by dtype)
+    assert sorted(s.dtype.name for s in ranges.tensor_specs) == ["float32"] * 2 + ["int32"] * 4
+
+
+def _reads(load_node) -> str:
+    """`doc[b, q]` / `bias[h, kv]`: which captured tensor (slot 0 doc, 1 bias) at which indices."""
+    names = ("doc", "bias")[load_node.arg], ", ".join(index.arg for index in load_node.src)
+    return f"{names[0]}[{names[1]}]"
+
+
+def test_ragged_last_tile_ranges_over_its_own_positions():
+    values = torch.tensor([5, 1, 9, 2, 7, 3, 8])  # tiles of 3: [5 1 9] [2 7 3] [8]
+
+    def mod(b, h, q_idx, kv_idx):
+        return values[q_idx] > kv_idx
+
+    _, ranges = ranges_of(mod, S=7, block=3)
+    low, high = ranges.extra_tensors
+    assert low[0, 0].tolist() == [1, 2, 8] and high[0, 0].tolist() == [9, 7, 8]
+
+
+def test_loads_of_both_indices_or_neither_get_no_range():
+    table = torch.rand(4, 100, 100) > 0.5
+    lengths = torch.tensor([50, 100])
+
+    def mod(b, h, q_idx, kv_idx):
+        return table[h, q_idx, kv_idx] & (kv_idx < lengths[b])
+
+    attn, ranges = ranges_of(mod, B=2, H=4, S=100)
+    assert ranges.extra_tensors == ()
+    assert all(ranges.load_range(n) is None for n in attn.program.mask.walk() if n.op is Op.LOAD)
+
+
+def test_nan_values_get_no_range():
+    values = torch.tensor([0.5, float("nan"), 2.0, 1.0])
+
+    def mod(b, h, q_idx, kv_idx):
+        return values[q_idx] > 0.75
+
+    _, ranges = ranges_of(mod, S=4, block=2)
+    assert ranges.extra_tensors == ()
+
+
+def test_cost_is_linear_in_the_length():
+    # A million tokens: the pairs (10^12) could never be visited, the positions are cheap.
+    S = 1 << 20
+    doc = torch.arange(S) // 5000
+    start = time.perf_counter()
+    _, ranges = ranges_of(document_mask(doc), S=S, block=128)
+    assert time.perf_counter() - start < 5.0
+    assert ranges.extra_tensors[0].shape == (1, 1, S // 128)
+    assert torch.equal(ranges.extra_tensors[1][0, 0], doc.view(-1, 128)[:, -1])
+
+
+def test_mismatched_tensors_are_refused():
+    attn = attnc.compile(document_mask(sorted_documents([3, 4])))
+    with pytest.raises(ValueError, match="captures 1 tensors, got 0"):
+        tile_ranges(attn.program, [], (), B=1, H=1, Q_LEN=7, KV_LEN=7, q_block=4, kv_block=4)
+
+
+def test_lengths_of_zero_need_no_tables():
+    attn = attnc.compile(document_mask(sorted_documents([3, 4])))
+    bindings = attn.traced.bind(attn.mask_mod, None)
+    ranges = tile_ranges(attn.program, bindings.tensors, (), B=1, H=1, Q_LEN=0, KV_LEN=7, q_block=4, kv_block=4)
+    assert [tuple(t.shape) for t in ranges.extra_tensors] == [(1, 1, 2), (1, 1, 2)]  # the kv load only
