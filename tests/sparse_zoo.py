@@ -115,10 +115,8 @@ def natten_2d(height: int, width: int, kernel: int, dilation: int = 1, is_causal
 
 
 def natten_3d(depth: int, height: int, width: int, kernel: int):
-    plane = height * width
-
     def mask(b, h, q, kv):
-        frames = _window_1d(q // plane, kv // plane, depth, kernel, is_causal=True)
+        frames = _window_1d(q // (height * width), kv // (height * width), depth, kernel, is_causal=True)
         rows = _window_1d((q // width) % height, (kv // width) % height, height, kernel)
         cols = _window_1d(q % width, kv % width, width, kernel)
         return frames & rows & cols

@@ -64,9 +64,6 @@ def test_block_map_from_structure_equals_the_dense_one(name, block, request):
     if name == "padding":
         request.applymarker(pytest.mark.xfail(reason="int64 per-batch lengths are not ranged yet: sound but all "
                                               "partial", strict=True))
-    if name == "natten_3d" and block != 32:
-        request.applymarker(pytest.mark.xfail(reason="3-D neighborhoods at 64x16 blocks: sound, not yet exact",
-                                              strict=True))
     q_len, kv_len = lengths(name)
     mask_mod = families(q_len, kv_len)[name]
     B, H = (2, 4) if name in ("per_head_window", "padding") else (1, 1)
