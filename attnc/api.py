@@ -174,15 +174,18 @@ class Attention:
 
 
 def _structure(program: Program) -> tuple[TileTest | None, list[tuple[Any, Any]] | None]:
-    """The mask's tile test and closed-form key ranges, simplified; (None, None) for a mask that reads
-    tensors at (q, kv)-dependent positions, whose tiles the kernel visits all."""
+    """The mask's tile test, simplified, and its closed-form key ranges. (None, None) for a mask that reads
+    tensors at q- or kv-dependent positions: such a kernel is given a block map built from per-block
+    value ranges (`_data_plan`), or visits every tile."""
     assert program.mask is not None
-    if not sparsity.analysable(program.mask) or _reads_data(program.mask):
+    if _reads_data(program.mask):
         return None, None
     test = tile_test(program.mask)
-    simplified = optimize(Program(mask=test.may_true, score=None, tensors=program.tensors, params=program.params))
-    may_false = optimize(program.replace(mask=test.may_false, score=None)).mask
-    return TileTest(simplified.mask, may_false), kv_ranges(program.mask)
+
+    def simplified(condition: Node) -> Node:
+        return optimize(program.replace(mask=condition, score=None)).mask
+
+    return TileTest(simplified(test.may_true), simplified(test.may_false)), kv_ranges(program.mask)
 
 
 def _reads_data(mask: Node) -> bool:
