@@ -113,13 +113,13 @@ class Attention:
         per-block value ranges, reused until a captured tensor changes (its version counter) or a
         parameter or a shape does."""
         mask = self.program.mask
-        if mask is None or not _reads_data(mask) or not sparsity.analysable(mask):
+        if mask is None or not sparsity.reads_data(mask) or not sparsity.analysable(mask):
             return None
         key = (shapes.B, shapes.Hq, shapes.Q_LEN, shapes.KV_LEN, device, tuple(bindings.params),
                tuple((id(t), t._version) for t in bindings.tensors))
         if self._plan is None or self._plan[0] != key:
-            block_map = analytic_block_mask(self.program, bindings, _mask_batch(mask, shapes.B),
-                                            _mask_heads(mask, shapes.Hq), shapes.Q_LEN, shapes.KV_LEN,
+            block_map = analytic_block_mask(self.program, bindings, sparsity.broadcast_size(mask, "b", shapes.B),
+                                            sparsity.broadcast_size(mask, "h", shapes.Hq), shapes.Q_LEN, shapes.KV_LEN,
                                             device, PLAN_BLOCK, self.mask_mod)
             self._plan = (key, block_map)
         return self._plan[1]
@@ -178,7 +178,7 @@ def _structure(program: Program) -> tuple[TileTest | None, list[tuple[Any, Any]]
     tensors at q- or kv-dependent positions: such a kernel is given a block map built from per-block
     value ranges (`_data_plan`), or visits every tile."""
     assert program.mask is not None
-    if _reads_data(program.mask):
+    if sparsity.reads_data(program.mask):
         return None, None
     test = tile_test(program.mask)
 
@@ -186,11 +186,6 @@ def _structure(program: Program) -> tuple[TileTest | None, list[tuple[Any, Any]]
         return optimize(program.replace(mask=condition, score=None)).mask
 
     return TileTest(simplified(test.may_true), simplified(test.may_false)), kv_ranges(program.mask)
-
-
-def _reads_data(mask: Node) -> bool:
-    """Reads a tensor at a q- or kv-dependent position (its tiles need per-tile value ranges)."""
-    return any(n.op is Op.LOAD and n.deps & {"q", "kv"} for n in mask.walk())
 
 
 def _refuse_grad(*tensors: torch.Tensor) -> None:
@@ -288,14 +283,6 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
 
 
 PLAN_BLOCK = 128
-
-
-def _mask_batch(mask: Node, B: int) -> int:
-    return B if "b" in mask.deps else 1
-
-
-def _mask_heads(mask: Node, H: int) -> int:
-    return H if "h" in mask.deps else 1
 
 
 def analytic_block_mask(program: Program, bindings: Any, B: int, H: int, Q_LEN: int, KV_LEN: int, device: Any,

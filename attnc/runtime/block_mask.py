@@ -49,7 +49,7 @@ def _ordered(blocks: Tensor) -> tuple[Tensor, Tensor]:
     return count.contiguous(), order.to(torch.int32).contiguous()
 
 
-def _ordered_to_dense(count: Tensor, indices: Tensor) -> Tensor:
+def listed_to_dense(count: Tensor, indices: Tensor) -> Tensor:
     """Inverse of `_ordered`: int32 `[..., n]`, 1 at the first `count` listed blocks."""
     n = indices.shape[-1]
     listed = torch.arange(n, device=indices.device) < count.unsqueeze(-1)
@@ -144,9 +144,9 @@ class BlockMask:
 
     def to_dense(self) -> Tensor:
         """int32 `[B, H, nQ, nKV]`: 1 where a block is visited (partial or full), 0 where it is skipped."""
-        dense = _ordered_to_dense(self.kv_num_blocks, self.kv_indices)
+        dense = listed_to_dense(self.kv_num_blocks, self.kv_indices)
         if self.full_kv_num_blocks is not None:
-            dense = dense | _ordered_to_dense(self.full_kv_num_blocks, self.full_kv_indices)
+            dense = dense | listed_to_dense(self.full_kv_num_blocks, self.full_kv_indices)
         return dense
 
     def sparsity(self) -> float:

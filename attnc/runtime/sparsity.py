@@ -28,6 +28,17 @@ def analysable(mask: Node) -> bool:
     return not any(n.op is Op.LOAD and {"q", "kv"} <= n.deps for n in mask.walk())
 
 
+def reads_data(mask: Node) -> bool:
+    """True if the mask reads a tensor at a q- or kv-dependent position (its tiles need per-block value
+    ranges, or a dense evaluation when the position depends on both)."""
+    return any(n.op is Op.LOAD and n.deps & {"q", "kv"} for n in mask.walk())
+
+
+def broadcast_size(mask: Node, index: str, size: int) -> int:
+    """`size` if the mask depends on index variable `index` ("b" or "h"), else 1 (the map broadcasts)."""
+    return size if index in mask.deps else 1
+
+
 def block_grid(count: int, block: int, length: int, device: torch.device, dim: int) -> tuple[torch.Tensor, ...]:
     """Inclusive bounds of `count` blocks of `block` positions, clipped to `length`, shaped to broadcast
     along `dim` of [B, H, nQ, nKV]."""

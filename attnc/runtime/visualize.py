@@ -28,7 +28,7 @@ from attnc import api
 from attnc.ir.interpret import Env, evaluate
 from attnc.ir.program import Program
 from attnc.ir.tiles import EMPTY, FULL, PARTIAL, classify_grid
-from attnc.runtime.block_mask import BlockMask
+from attnc.runtime.block_mask import BlockMask, listed_to_dense
 from attnc.runtime.tile_ranges import tile_ranges
 
 MAX_PIXELS = 1024
@@ -185,22 +185,12 @@ def tile_classes(block_mask: BlockMask, *, b: int = 0, h: int = 0) -> Tensor:
     """int8 `[n_q_blocks, n_kv_blocks]` for batch `b`, head `h`: EMPTY, PARTIAL or FULL, rebuilt from
     the block lists (`b` / `h` are clamped where the map broadcasts over a size-1 batch or head dim)."""
     b, h = min(b, block_mask.kv_num_blocks.shape[0] - 1), min(h, block_mask.kv_num_blocks.shape[1] - 1)
-    classes = _listed(block_mask.kv_num_blocks[b, h], block_mask.kv_indices[b, h]).to(torch.int8) * PARTIAL
+    listed = listed_to_dense(block_mask.kv_num_blocks[b, h].cpu(), block_mask.kv_indices[b, h].cpu())
+    classes = listed.to(torch.int8) * PARTIAL
     if block_mask.full_kv_num_blocks is not None:
-        full = _listed(block_mask.full_kv_num_blocks[b, h], block_mask.full_kv_indices[b, h])
+        full = listed_to_dense(block_mask.full_kv_num_blocks[b, h].cpu(), block_mask.full_kv_indices[b, h].cpu()) == 1
         classes = torch.where(full, torch.tensor(FULL, dtype=torch.int8), classes)
     return classes
-
-
-def _listed(count: Tensor, indices: Tensor) -> Tensor:
-    """bool `[rows, n]`: True at the first `count[r]` entries of `indices[r]`."""
-    count, indices = count.cpu(), indices.cpu().long()
-    n = indices.shape[-1]
-    taken = torch.arange(n) < count.unsqueeze(-1)
-    # Entries past the count go to a spare column n, cut off below, so padding never marks a block.
-    dense = torch.zeros((indices.shape[0], n + 1), dtype=torch.bool)
-    dense.scatter_(-1, torch.where(taken, indices, n), True)
-    return dense[:, :n]
 
 
 # -- drawing -------------------------------------------------------------------------------------------
