@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from attnc.codegen.block_map import generate_block_map
 from attnc.codegen.forward import KernelSource, generate_forward
 from attnc.dsl.trace import StaleTrace, Traced, trace
 from attnc.ir import DType, Node, Op, Program, TensorSpec, const, load, node, var
@@ -31,9 +32,14 @@ from attnc.runtime import aot, launch, sparsity
 from attnc.runtime.block_mask import BlockMask, block_size_pair, build_block_mask
 from attnc.runtime.cache import KernelCache
 from attnc.runtime.config import KernelConfig, Settings, default_config
+from attnc.runtime.device_block_map import device_block_classes
 from attnc.runtime.interpreter import INTERPRETER_UNAVAILABLE, interpreter_active
 
 BACKENDS = ("auto", "triton", "reference")
+# How a block map is built: from the mask's structure (O(blocks) on the host or device, with per-block
+# value ranges of the tensors it reads), by the generated builder kernel (pair by pair where the structure
+# leaves a block open; on a GPU, or CPU tensors through the Triton interpreter), or densely with torch.
+BUILDERS = ("auto", "structure", "kernel", "dense")
 MaskMod = Callable[..., Any]
 ScoreMod = Callable[..., Any]
 
@@ -58,6 +64,8 @@ class Attention:
         self.program: Program = optimize(self.traced.program)
         self._source: KernelSource | None = None
         self._kernel: Any = None
+        self._block_map_source: KernelSource | None = None
+        self._block_map_kernel: Any = None
         self._plan: tuple[Any, BlockMask] | None = None  # (key, block map) for masks that read tensors
 
     @property
@@ -72,6 +80,73 @@ class Attention:
         if self._kernel is None:
             self._kernel = getattr(kernel_cache().module(self.source.source), self.source.kernel_name)
         return self._kernel
+
+    @property
+    def block_map_source(self) -> KernelSource:
+        """The generated block-map builder (for masks whose structure leaves blocks open)."""
+        if self._block_map_source is None:
+            if self.program.mask is None:
+                raise ValueError("attnc: this variant has no mask; it has no block map to build")
+            self._block_map_source = generate_block_map(self.program, _simplified_test(self.program))
+        return self._block_map_source
+
+    def block_map_kernel(self) -> Any:
+        if self._block_map_kernel is None:
+            source = self.block_map_source
+            self._block_map_kernel = getattr(kernel_cache().module(source.source), source.kernel_name)
+        return self._block_map_kernel
+
+    def block_mask(self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any = None,
+                   BLOCK_SIZE: int | tuple[int, int] = 128, *, builder: str = "auto") -> BlockMask:
+        """The variant's block map as a BlockMask, built once and passed to every call (and layer) that
+        shares the mask: `attn(q, k, v, block_mask=bm)`. `builder` (see BUILDERS): "auto" uses the
+        structure when it decides every block's class without pair-by-pair work, else the generated kernel
+        on a GPU and dense torch on the CPU."""
+        return self._block_mask(self._bind(), B or 1, H or 1, Q_LEN, KV_LEN, device, BLOCK_SIZE, builder)
+
+    def _block_mask(self, bindings: Any, B: int, H: int, Q_LEN: int, KV_LEN: int, device: Any,
+                    block_size: int | tuple[int, int], builder: str) -> BlockMask:
+        if builder not in BUILDERS:
+            raise ValueError(f"attnc: builder must be one of {BUILDERS}, got {builder!r}")
+        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        q_block, kv_block = block_size_pair(block_size)
+        mask = self.program.mask
+        if builder == "auto":
+            builder = ("structure" if mask is None or sparsity.analysable(mask)
+                       else "kernel" if device.type == "cuda" else "dense")
+        tensors = [t.to(device) for t in bindings.tensors]
+        shape = {"B": B, "H": H, "Q_LEN": Q_LEN, "KV_LEN": KV_LEN, "q_block": q_block, "kv_block": kv_block,
+                 "device": device}
+        if builder == "structure":
+            if mask is not None and not sparsity.analysable(mask):
+                raise ValueError("attnc: this mask reads a tensor at a position that depends on both q and kv; "
+                                 "its structure cannot classify blocks: use builder='kernel' or 'dense'")
+            classes = sparsity.classify_blocks(self.program, tensors, bindings.params, **shape)
+        elif builder == "kernel":
+            classes = self._kernel_classes(tensors, bindings.params, shape)
+        else:
+            return self._dense_block_mask(tensors, bindings.params, shape)
+        partial, full = sparsity.split_classes(classes, Q_LEN=Q_LEN, KV_LEN=KV_LEN, q_block=q_block,
+                                               kv_block=kv_block)
+        return BlockMask.from_block_classes(partial, full, BLOCK_SIZE=(q_block, kv_block),
+                                            seq_lengths=(Q_LEN, KV_LEN), mask_mod=self.mask_mod)
+
+    def _kernel_classes(self, tensors: list[torch.Tensor], params: Any, shape: dict[str, Any]) -> torch.Tensor:
+        if self.program.mask is None:
+            return sparsity.classify_blocks(self.program, tensors, params, **shape)
+        interpret = shape["device"].type != "cuda"
+        if interpret and not interpreter_active():
+            raise RuntimeError(INTERPRETER_UNAVAILABLE)
+        launch.check_captures(tensors, shape["device"])
+        return device_block_classes(self.block_map_kernel(), tensors, params, interpret=interpret, **shape)
+
+    def _dense_block_mask(self, tensors: list[torch.Tensor], params: Any, shape: dict[str, Any]) -> BlockMask:
+        def mask_fn(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+            return evaluate_mask(self.program, b, h, q, kv, tensors, params)
+
+        return build_block_mask(mask_fn, shape["B"], shape["H"], shape["Q_LEN"], shape["KV_LEN"],
+                                device=shape["device"], BLOCK_SIZE=(shape["q_block"], shape["kv_block"]),
+                                mask_mod=self.mask_mod)
 
     def _bind(self) -> Any:
         try:
@@ -113,14 +188,14 @@ class Attention:
         per-block value ranges, reused until a captured tensor changes (its version counter) or a
         parameter or a shape does."""
         mask = self.program.mask
-        if mask is None or not sparsity.reads_data(mask) or not sparsity.analysable(mask):
+        if mask is None or not sparsity.reads_data(mask):
             return None
         key = (shapes.B, shapes.Hq, shapes.Q_LEN, shapes.KV_LEN, device, tuple(bindings.params),
                tuple((id(t), t._version) for t in bindings.tensors))
         if self._plan is None or self._plan[0] != key:
-            block_map = analytic_block_mask(self.program, bindings, sparsity.broadcast_size(mask, "b", shapes.B),
-                                            sparsity.broadcast_size(mask, "h", shapes.Hq), shapes.Q_LEN, shapes.KV_LEN,
-                                            device, PLAN_BLOCK, self.mask_mod)
+            block_map = self._block_mask(bindings, sparsity.broadcast_size(mask, "b", shapes.B),
+                                         sparsity.broadcast_size(mask, "h", shapes.Hq), shapes.Q_LEN,
+                                         shapes.KV_LEN, device, PLAN_BLOCK, "auto")
             self._plan = (key, block_map)
         return self._plan[1]
 
@@ -161,7 +236,8 @@ class Attention:
     def resources(self, arch: str = "sm_90", dtype: torch.dtype = torch.bfloat16, head_dim: int = 128,
                   head_dim_v: int | None = None) -> dict[str, dict[str, Any]]:
         """Compile the forward kernel for `arch` ahead of time (no GPU needed); return registers, spills
-        and shared memory, for the dense loop ("forward") and the BlockMask loop ("forward_block_mask")."""
+        and shared memory, for the dense loop ("forward"), the BlockMask loop ("forward_block_mask") and, for a
+        masked variant, the block-map builder ("block_map", blocks of 128 x 128)."""
         capability = aot.parse_arch(arch)
         head_dim_v = head_dim if head_dim_v is None else head_dim_v
         config = default_config(head_dim, head_dim_v, interpret=False)
@@ -169,23 +245,33 @@ class Attention:
         jobs = {name: aot.forward_job(path, self.program, dtype, head_dim, head_dim_v, config, use_block_mask,
                                       capability)
                 for name, use_block_mask in (("forward", False), ("forward_block_mask", True))}
+        if self.program.mask is not None:
+            builder_path = kernel_cache().ensure_file(self.block_map_source.source)
+            jobs["block_map"] = aot.block_map_job(builder_path, self.program, capability)
         results = aot.compile_kernels(list(jobs.values()))
-        return {name: {**result, "config": config} for name, result in zip(jobs, results, strict=True)}
+        return {name: {**result, "config": config if name != "block_map" else None}
+                for name, result in zip(jobs, results, strict=True)}
 
 
 def _structure(program: Program) -> tuple[TileTest | None, list[tuple[Any, Any]] | None]:
-    """The mask's tile test, simplified, and its closed-form key ranges. (None, None) for a mask that reads
-    tensors at q- or kv-dependent positions: such a kernel is given a block map built from per-block
-    value ranges (`_data_plan`), or visits every tile."""
+    """The mask's tile test and its closed-form key ranges, for the forward kernel to find its tiles itself.
+    (None, None) for a mask that reads tensors at q- or kv-dependent positions: such a kernel is given a
+    block map (`_data_plan`) instead."""
     assert program.mask is not None
     if sparsity.reads_data(program.mask):
         return None, None
+    return _simplified_test(program), kv_ranges(program.mask)
+
+
+def _simplified_test(program: Program) -> TileTest:
+    """The mask's tile test with no per-block value ranges (loads are unknowns), simplified by the passes."""
+    assert program.mask is not None
     test = tile_test(program.mask)
 
     def simplified(condition: Node) -> Node:
         return optimize(program.replace(mask=condition, score=None)).mask
 
-    return TileTest(simplified(test.may_true), simplified(test.may_false)), kv_ranges(program.mask)
+    return TileTest(simplified(test.may_true), simplified(test.may_false))
 
 
 def _refuse_grad(*tensors: torch.Tensor) -> None:
@@ -285,38 +371,13 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
 PLAN_BLOCK = 128
 
 
-def analytic_block_mask(program: Program, bindings: Any, B: int, H: int, Q_LEN: int, KV_LEN: int, device: Any,
-                        block_size: int | tuple[int, int], mask_mod: MaskMod | None) -> BlockMask:
-    """A BlockMask from the mask's structure and per-block value ranges: no O(Q_LEN * KV_LEN) work."""
-    q_block, kv_block = block_size_pair(block_size)
-    device = torch.device(device)
-    tensors = [t.to(device) for t in bindings.tensors]
-    classes = sparsity.classify_blocks(program, tensors, bindings.params, B=B, H=H, Q_LEN=Q_LEN, KV_LEN=KV_LEN,
-                                       q_block=q_block, kv_block=kv_block, device=device)
-    partial, full = sparsity.split_classes(classes, Q_LEN=Q_LEN, KV_LEN=KV_LEN, q_block=q_block,
-                                           kv_block=kv_block)
-    return BlockMask.from_block_classes(partial, full, BLOCK_SIZE=(q_block, kv_block), seq_lengths=(Q_LEN, KV_LEN),
-                                        mask_mod=mask_mod)
-
-
 def create_block_mask(mask_mod: MaskMod, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int,
                       device: Any = None, BLOCK_SIZE: int | tuple[int, int] = 128) -> BlockMask:
     """A BlockMask (FlexAttention layout) for `mask_mod`. Classified from the mask's structure (and
     per-block ranges of the tensors it reads) without evaluating it pair by pair, unless it reads a tensor
-    at a position that depends on both q and kv; then evaluated densely, in chunks."""
-    attn = _compiled(mask_mod, None)
-    bindings = attn._bind()
-    if attn.program.mask is None or sparsity.analysable(attn.program.mask):
-        target = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-        return analytic_block_mask(attn.program, bindings, B or 1, H or 1, Q_LEN, KV_LEN, target, BLOCK_SIZE,
-                                   mask_mod)
-    tensors = [t.to(device) if device is not None else t for t in bindings.tensors]
-
-    def mask_fn(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        return evaluate_mask(attn.program, b, h, q, kv, tensors, bindings.params)
-
-    return build_block_mask(mask_fn, B, H, Q_LEN, KV_LEN, device=device, BLOCK_SIZE=BLOCK_SIZE,
-                            mask_mod=mask_mod)
+    at a position that depends on both q and kv; then evaluated by the generated builder kernel on a GPU
+    (pair by pair only in the blocks its structure leaves open) and densely, in chunks, on the CPU."""
+    return _compiled(mask_mod, None).block_mask(B, H, Q_LEN, KV_LEN, device, BLOCK_SIZE)
 
 
 def evaluate_mask(program: Program, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor,

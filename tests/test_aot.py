@@ -18,7 +18,8 @@ def test_default_config_has_no_spills_on_sm90(name, head_dim):
     case = CASES[name]
     report = attnc.compile(case.mask_mod, case.score_mod).resources(
         arch="sm_90", dtype=torch.bfloat16, head_dim=head_dim)
-    assert set(report) == {"forward", "forward_block_mask"}
+    attn = attnc.compile(case.mask_mod, case.score_mod)
+    assert set(report) == {"forward", "forward_block_mask"} | ({"block_map"} if attn.program.mask else set())
     for kernel, info in report.items():
         assert info["spills"] == 0, (kernel, info)
         assert 0 < info["registers"] <= 255 and info["shared_memory"] > 0
@@ -29,6 +30,22 @@ def test_every_op_family_compiles_for_sm90(name):
     case = CASES[name]
     report = attnc.compile(case.mask_mod, case.score_mod).resources(arch="sm_90", dtype=torch.float16, head_dim=80)
     assert all(info["registers"] > 0 for info in report.values())
+
+
+def test_block_map_builder_has_no_spills_on_sm90():
+    """The builder for masks evaluated pair by pair: a dense mask tensor, relative tables, document ids."""
+    from attnc.api import kernel_cache
+    from attnc.runtime import aot
+    from tests.test_block_map_kernel import _data_masks
+
+    mods = [mask for mask, _, _ in _data_masks().values()] + [CASES["document"].mask_mod]
+    jobs = []
+    for mask_mod in mods:
+        attn = attnc.compile(mask_mod)
+        path = kernel_cache().ensure_file(attn.block_map_source.source)
+        jobs.append(aot.block_map_job(path, attn.program, 90))
+    for info in aot.compile_kernels(jobs):
+        assert info["spills"] == 0 and 0 < info["registers"] <= 255, info
 
 
 def test_bad_arch_is_a_clear_error():

@@ -57,10 +57,7 @@ def forward_job(path: Any, program: Any, dtype: Any, head_dim: int, head_dim_v: 
     types = {name: element for name in ("Q", "K", "V", "OUT")}
     types |= {"LSE": "*fp32", "sm_scale": "fp32"}
     types |= {name: "*i32" for name in ("KV_NUM_BLOCKS", "KV_INDICES", "FULL_KV_NUM_BLOCKS", "FULL_KV_INDICES")}
-    for slot, spec in enumerate(program.tensors):
-        types[f"buf{slot}"] = POINTER_TYPE[spec.dtype]
-    for slot, spec in enumerate(program.params):
-        types[f"param{slot}"] = "fp32" if spec.dtype.is_float else "i32"
+    types |= _capture_types(program)
     shapes = Shapes(B=1, Hq=1, Hkv=1, Q_LEN=4096, KV_LEN=4096, D=head_dim, Dv=head_dim_v)
     block_sizes = (128, 128) if use_block_mask else None
     fitted = config.fit_to_blocks(128, 128) if use_block_mask else config
@@ -70,3 +67,22 @@ def forward_job(path: Any, program: Any, dtype: Any, head_dim: int, head_dim_v: 
                                     "stride_fin")}
     return {"path": str(path), "kernel": KERNEL_NAME, "types": types, "constexprs": consts,
             "num_warps": fitted.num_warps, "num_stages": fitted.num_stages, "capability": capability}
+
+
+def block_map_job(path: Any, program: Any, capability: int, block_size: tuple[int, int] = (128, 128)) -> dict[str, Any]:
+    """A compile job for the block-map builder with the launch settings a GPU run uses."""
+    from attnc.codegen.block_map import KERNEL_NAME
+    from attnc.runtime.device_block_map import launch_constants
+
+    consts = launch_constants(*block_size, n_kv_blocks=1 << 10, interpret=False)
+    num_warps = consts.pop("num_warps")
+    return {"path": str(path), "kernel": KERNEL_NAME, "types": {"CLASSES": "*i8", **_capture_types(program)},
+            "constexprs": consts, "num_warps": num_warps, "num_stages": 1, "capability": capability}
+
+
+def _capture_types(program: Any) -> dict[str, str]:
+    from attnc.codegen.emit import POINTER_TYPE
+
+    types = {f"buf{slot}": POINTER_TYPE[spec.dtype] for slot, spec in enumerate(program.tensors)}
+    params = enumerate(program.params)
+    return types | {f"param{slot}": "fp32" if spec.dtype.is_float else "i32" for slot, spec in params}

@@ -26,7 +26,7 @@ from types import ModuleType
 import torch
 import triton
 
-from attnc.codegen.forward import CODEGEN_VERSION
+from attnc.codegen.skeleton import CODEGEN_VERSION
 
 _MAGIC = "# attnc-kernel sha256="
 

@@ -1,0 +1,146 @@
+"""What every generated kernel shares: skeletons that are real Triton with `# HOLE: name` lines, and
+the emitter that renders IR into those holes.
+
+The emitter names each interior node once and places it by what it depends on (`Level`): b/h-only terms
+are computed once per program, q-only terms once per query tile, the rest per tile. Kernels differ only in
+their skeleton and in which holes they fill.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from attnc.codegen.emit import RENDER, literal
+from attnc.ir.dtypes import DType
+from attnc.ir.node import Node
+from attnc.ir.ops import Op
+from attnc.ir.program import Program
+
+if TYPE_CHECKING:
+    from attnc.ir.tiles import TileTest
+
+TEMPLATES = Path(__file__).parent / "templates"
+# Part of every cached kernel file's header: bump it when generated code changes meaning.
+CODEGEN_VERSION = "2"
+_HOLE = re.compile(r"(?P<indent>[ \t]*)# HOLE: (?P<name>\w+)")
+
+
+class Level(enum.IntEnum):
+    """Where a value is computed: the outermost place all its inputs are known."""
+
+    PROGRAM = 0  # depends on b, h only
+    QUERY = 1  # depends on q, not kv
+    TILE = 2  # depends on kv or the score
+
+
+def level(n: Node) -> Level:
+    if n.deps & {"kv", "score"}:
+        return Level.TILE
+    return Level.QUERY if "q" in n.deps else Level.PROGRAM
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSource:
+    source: str
+    kernel_name: str
+    capture_args: tuple[str, ...]  # generated arguments, in signature order
+    do_not_specialize: tuple[str, ...]
+    placement: dict[str, tuple[str, ...]]  # level name -> the generated lines computed there
+
+    def describe_placement(self) -> str:
+        return "\n".join(f"{level}:\n" + "\n".join(f"  {line}" for line in lines) if lines else f"{level}: -"
+                         for level, lines in self.placement.items())
+
+
+def capture_arg_names(program: Program) -> tuple[list[str], list[str]]:
+    """(tensor args, param args): pointer, strides and sizes per captured tensor; one per parameter."""
+    tensor_args: list[str] = []
+    for slot, spec in enumerate(program.tensors):
+        tensor_args.append(f"buf{slot}")
+        tensor_args += [f"buf{slot}_stride{d}" for d in range(spec.ndim)]
+        tensor_args += [f"buf{slot}_size{d}" for d in range(spec.ndim)]
+    return tensor_args, [f"param{slot}" for slot in range(len(program.params))]
+
+
+class Emitter:
+    """Names every interior node once and renders it at its level."""
+
+    def __init__(self, prefix: str = "t") -> None:
+        self.prefix = prefix
+        self.names: dict[Node, str] = {}
+        self.lines: dict[Level, list[str]] = {lvl: [] for lvl in Level}
+        self.tile_reads: set[Node] = set()
+
+    def expr(self, n: Node) -> str:
+        if n.op is Op.VAR:
+            return {"b": "b_idx", "h": "h_idx", "q": "q_idx", "kv": "kv_idx"}.get(n.arg, n.arg)
+        if n.op is Op.SCORE:
+            return "score"
+        if n.op is Op.CONST:
+            return literal(n.arg, n.dtype)
+        if n.op is Op.PARAM:
+            return f"param{n.arg}"
+        return self.names[n]
+
+    def emit(self, root: Node, tile_lines: list[str]) -> str:
+        """Emit every node of `root`'s DAG not yet emitted; return the root's expression."""
+        for n in root.walk():
+            if n in self.names or n.op in (Op.VAR, Op.SCORE, Op.CONST, Op.PARAM):
+                continue
+            self.names[n] = f"{self.prefix}{len(self.names)}"
+            code = f"{self.names[n]} = {self.render(n)}"
+            lvl = level(n)
+            (tile_lines if lvl is Level.TILE else self.lines[lvl]).append(code)
+            if lvl is Level.TILE:
+                self.tile_reads.update(s for s in n.src if s in self.names and level(s) is not Level.TILE)
+        if root in self.names and level(root) is not Level.TILE:
+            self.tile_reads.add(root)
+        return self.expr(root)
+
+    def emit_inline(self, roots: list[Node]) -> tuple[list[str], list[str]]:
+        """Emit `roots` as one straight-line block (levels in order, which is a topological order);
+        return the block and each root's expression."""
+        tile_lines: list[str] = []
+        results = [self.emit(root, tile_lines) for root in roots]
+        return self.lines[Level.PROGRAM] + self.lines[Level.QUERY] + tile_lines, results
+
+    def render(self, n: Node) -> str:
+        if n.op is Op.LOAD:
+            return render_load(n, [self.expr(s) for s in n.src])
+        return RENDER[n.op](n, [self.expr(s) for s in n.src])
+
+
+def render_load(n: Node, index: list[str]) -> str:
+    slot = n.arg
+    offsets = " + ".join(
+        f"tl.cast(tl.minimum(tl.maximum({i}, 0), buf{slot}_size{d} - 1), tl.int64) * buf{slot}_stride{d}"
+        for d, i in enumerate(index)
+    )
+    value = f"tl.load(buf{slot} + {offsets})"
+    # narrow integer tensors (int8, int16, uint8) are read as int32
+    return f"tl.cast({value}, tl.int32)" if n.dtype is DType.int32 else value
+
+
+def tile_test_lines(test: TileTest | None) -> list[str]:
+    if test is None:
+        return ["may_true = True", "may_false = True"]
+    block, (may_true, may_false) = Emitter(prefix="c").emit_inline([test.may_true, test.may_false])
+    return [*block, f"may_true = {may_true}", f"may_false = {may_false}"]
+
+
+def fill(template: str, holes: dict[str, list[str]]) -> str:
+    """Replace each `# HOLE: name` line by the hole's lines at that line's indentation."""
+    out: list[str] = []
+    for line in template.splitlines():
+        match = _HOLE.fullmatch(line)
+        out += [match["indent"] + code for code in holes[match["name"]]] if match else [line]
+    return "\n".join(out) + "\n"
+
+
+def helper_lines() -> list[str]:
+    text = (TEMPLATES / "helpers.py").read_text()
+    return [line for line in text.splitlines() if not line.startswith("import ")]
