@@ -119,7 +119,7 @@ class Attention:
                  "device": device}
         if builder == "structure":
             if mask is not None and not sparsity.analysable(mask):
-                raise ValueError("attnc: this mask reads a tensor at a position that depends on both q and kv; "
+                raise ValueError("attnc: this mask reads a tensor at an index argument that depends on both q and kv; "
                                  "its structure cannot classify blocks: use builder='kernel' or 'dense'")
             classes = sparsity.classify_blocks(self.program, tensors, bindings.params, **shape)
         elif builder == "kernel":
@@ -375,8 +375,9 @@ def create_block_mask(mask_mod: MaskMod, B: int | None, H: int | None, Q_LEN: in
                       device: Any = None, BLOCK_SIZE: int | tuple[int, int] = 128) -> BlockMask:
     """A BlockMask (FlexAttention layout) for `mask_mod`. Classified from the mask's structure (and
     per-block ranges of the tensors it reads) without evaluating it pair by pair, unless it reads a tensor
-    at a position that depends on both q and kv; then evaluated by the generated builder kernel on a GPU
-    (pair by pair only in the blocks its structure leaves open) and densely, in chunks, on the CPU."""
+    through an index argument that depends on both q and kv (`t[q - kv]`); then evaluated by the generated
+    builder kernel on a GPU (pair by pair only in the blocks its structure leaves open) and densely, in
+    chunks, on the CPU."""
     return _compiled(mask_mod, None).block_mask(B, H, Q_LEN, KV_LEN, device, BLOCK_SIZE)
 
 

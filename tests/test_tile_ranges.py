@@ -19,7 +19,11 @@ import attnc
 from attnc.ir import DType, Op
 from attnc.ir.interpret import Env, evaluate, index_grids
 from attnc.ir.tiles import classify_grid
+from attnc.runtime import sparsity
+from attnc.runtime import tile_ranges as tile_ranges_module
 from attnc.runtime.tile_ranges import ranged_loads, tile_ranges
+from tests.test_sparsity import dense_block_mask
+from tests.zoo import DEVICE
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
 
@@ -168,10 +172,11 @@ def test_padding_masks():
     check(padding_mask(lengths), 4, 1, 512, 64, exact=False)  # int64 lengths: sound
 
 
-def test_selected_blocks_are_sound():
+def test_selected_blocks_are_classified_exactly():
+    # A tile box reads exactly the cells its rows and columns pick, every combination: min/max are tight.
     sel = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(1)) > 0.5
     for block in (32, 64, 128):
-        check(selection_mask(sel), 1, 2, 512, block, exact=False)
+        check(selection_mask(sel), 1, 2, 512, block, exact=True)
 
 
 # -- the tables themselves -----------------------------------------------------------------------------------
@@ -274,12 +279,12 @@ def test_ragged_last_tile_ranges_over_its_own_positions():
     assert low[0, 0].tolist() == [1, 2, 8] and high[0, 0].tolist() == [9, 7, 8]
 
 
-def test_loads_of_both_indices_or_neither_get_no_range():
-    table = torch.rand(4, 100, 100) > 0.5
+def test_loads_at_an_index_of_both_or_of_neither_get_no_range():
+    table = torch.rand(4, 200) > 0.5
     lengths = torch.tensor([50, 100])
 
     def mod(b, h, q_idx, kv_idx):
-        return table[h, q_idx, kv_idx] & (kv_idx < lengths[b])
+        return table[h, q_idx + kv_idx] & (kv_idx < lengths[b])
 
     attn, ranges = ranges_of(mod, B=2, H=4, S=100)
     assert ranges.extra_tensors == ()
@@ -318,3 +323,183 @@ def test_lengths_of_zero_need_no_tables():
     bindings = attn.traced.bind(attn.mask_mod, None)
     ranges = tile_ranges(attn.program, bindings.tensors, (), B=1, H=1, Q_LEN=0, KV_LEN=7, q_block=4, kv_block=4)
     assert [tuple(t.shape) for t in ranges.extra_tensors] == [(1, 1, 2), (1, 1, 2)]  # the kv load only
+
+
+# -- separable loads: block-selection tables and other per-(row, column) tables ------------------------------
+
+Q_ODD, KV_ODD = 197, 230
+
+
+def separable_masks() -> dict[str, tuple[object, int, int]]:
+    """name -> (mask, B, H) for lengths Q_ODD x KV_ODD: tables whose index arguments each move with one of
+    q / kv. Built once per call from fixed seeds."""
+    gen = torch.Generator().manual_seed(5)
+    cells_q, cells_kv = Q_ODD // 64 + 1, KV_ODD // 64 + 1
+    sel = torch.rand(3, cells_q, cells_kv, generator=gen) < 0.3
+    topk = torch.randint(0, 5, (3, cells_q, cells_kv), generator=gen, dtype=torch.int32)
+    scores = torch.rand(3, cells_q, cells_kv, generator=gen, dtype=torch.float64)
+    per_batch = torch.rand(2, 3, cells_q, cells_kv, generator=gen) < 0.5
+    by_48 = torch.rand(3, cells_q, KV_ODD // 48 + 1, generator=gen) < 0.5
+    rows = torch.rand(3, Q_ODD, cells_kv, generator=gen) < 0.5  # a row per query: ranged kv first
+    columns = torch.randint(-3, 3, (cells_q, KV_ODD), generator=gen, dtype=torch.int8)  # ranged q first
+    halves = torch.rand(cells_q, cells_kv, 2, generator=gen) < 0.5  # two kv arguments
+    small = torch.rand(3, 4, 5, generator=gen) < 0.5  # most indices clamped into the last cells
+    doc = sorted_documents([50, 3, 90, 54])
+    pairs = torch.rand(4, 4, generator=gen) < 0.5  # which documents see which
+    return {
+        "selected": (lambda b, h, q, kv: sel[h, q // 64, kv // 64], 1, 3),
+        "causal_selected": (lambda b, h, q, kv: (q >= kv) & sel[h, q // 64, kv // 64], 1, 3),
+        "topk_int": (lambda b, h, q, kv: topk[h, q // 64, kv // 64] > 2, 1, 3),
+        "scores_float": (lambda b, h, q, kv: scores[h, q // 64, kv // 64] < 0.4, 1, 3),
+        "per_batch": (lambda b, h, q, kv: per_batch[b, h, q // 64, kv // 64], 2, 3),
+        "straddling_cells": (lambda b, h, q, kv: by_48[h, q // 64, kv // 48], 1, 3),
+        "row_per_query": (lambda b, h, q, kv: rows[h, q, kv // 64], 1, 3),
+        "column_per_key_int8": (lambda b, h, q, kv: columns[q // 64, kv] >= 0, 1, 1),
+        "two_kv_arguments": (lambda b, h, q, kv: halves[q // 64, kv // 64, kv % 2], 1, 1),
+        "clamped": (lambda b, h, q, kv: small[h, q // 16, kv // 16], 1, 3),
+        "document_pairs": (lambda b, h, q, kv: pairs[doc[q], doc[kv % 197]], 1, 1),
+    }
+
+
+@pytest.mark.parametrize("block", [32, (64, 16)], ids=["32", "64x16"])
+@pytest.mark.parametrize("name", sorted(separable_masks()))
+def test_separable_block_maps_equal_the_dense_ones(name, block):
+    mask_mod, B, H = separable_masks()[name]
+    assert sparsity.analysable(attnc.compile(mask_mod).program.mask)
+    analytic = attnc.create_block_mask(mask_mod, B, H, Q_ODD, KV_ODD, device="cpu", BLOCK_SIZE=block)
+    dense = dense_block_mask(mask_mod, B, H, Q_ODD, KV_ODD, block)
+    assert torch.equal(analytic.to_dense(), dense.to_dense())
+    for field in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
+        assert torch.equal(getattr(analytic, field), getattr(dense, field)), field
+
+
+def test_aligned_selection_decides_every_tile():
+    sel = torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(6)) < 0.4
+    attn = attnc.compile(selection_mask(sel))
+    bindings = attn.traced.bind(attn.mask_mod, None)
+    classes = sparsity.classify_blocks(attn.program, bindings.tensors, bindings.params, B=1, H=2, Q_LEN=256,
+                                       KV_LEN=256, q_block=64, kv_block=64, device=torch.device("cpu"))
+    assert torch.equal(classes[0], torch.where(sel, FULL, EMPTY).to(torch.int8))
+    stats = attn.tile_stats(1, 2, 256, 256, BLOCK_M=64, BLOCK_N=64)
+    assert stats == {"empty": int((~sel).sum()), "partial": 0, "full": int(sel.sum())}
+
+
+def brute_tables(mod, B: int, H: int, q_len: int, kv_len: int, q_block: int, kv_block: int):
+    """(min, max) `[B, H, nQ, nKV]` of the mask's one separable load over each tile box, from every pair."""
+    attn = attnc.compile(mod)
+    bindings = attn.traced.bind(mod, None)
+    (loaded,) = [n for n in attn.program.mask.walk() if n.op is Op.LOAD]
+    env = Env(*index_grids(B, H, q_len, kv_len), tensors=bindings.tensors, params=bindings.params)
+    values = evaluate(loaded, env).expand(B, H, q_len, kv_len)
+    nq, nkv = math.ceil(q_len / q_block), math.ceil(kv_len / kv_block)
+    boxes = [[values[..., i * q_block:(i + 1) * q_block, j * kv_block:(j + 1) * kv_block].flatten(2)
+              for j in range(nkv)] for i in range(nq)]
+    low = torch.stack([torch.stack([box.amin(-1) for box in row], -1) for row in boxes], -2)
+    high = torch.stack([torch.stack([box.amax(-1) for box in row], -1) for row in boxes], -2)
+    return low, high
+
+
+def separable_ranges(mod, B: int, H: int, q_len: int, kv_len: int, q_block: int, kv_block: int):
+    attn = attnc.compile(mod)
+    bindings = attn.traced.bind(mod, None)
+    return tile_ranges(attn.program, bindings.tensors, bindings.params, B=B, H=H, Q_LEN=q_len, KV_LEN=kv_len,
+                       q_block=q_block, kv_block=kv_block)
+
+
+@given(q_len=st.integers(1, 90), kv_len=st.integers(1, 90), q_div=st.integers(1, 40), kv_div=st.integers(1, 40),
+       q_block=st.sampled_from([4, 8, 16, 32]), kv_block=st.sampled_from([4, 8, 16, 32]),
+       cells=st.tuples(st.integers(1, 6), st.integers(1, 6)), seed=st.integers(0, 2**16))
+def test_separable_tables_are_the_min_and_max_of_each_tile_box(q_len, kv_len, q_div, kv_div, q_block, kv_block,
+                                                                cells, seed):
+    table = torch.randint(-50, 50, (2, *cells), generator=torch.Generator().manual_seed(seed))
+
+    def mod(b, h, q_idx, kv_idx):
+        return table[h, q_idx // q_div, kv_idx // kv_div] > 0
+
+    ranges = separable_ranges(mod, 1, 2, q_len, kv_len, q_block, kv_block)
+    low, high = ranges.extra_tensors
+    expected_low, expected_high = brute_tables(mod, 1, 2, q_len, kv_len, q_block, kv_block)
+    assert low.dtype == torch.int32  # int64 values that fit are narrowed
+    assert torch.equal(low.long(), expected_low) and torch.equal(high.long(), expected_high)
+
+
+def test_separable_tables_follow_the_batch_and_head_the_load_reads():
+    per_batch = torch.rand(2, 3, 4, generator=torch.Generator().manual_seed(7))
+
+    def mod(b, h, q_idx, kv_idx):
+        return per_batch[b, q_idx // 32, kv_idx // 32] > 0.5
+
+    ranges = separable_ranges(mod, 2, 5, 96, 128, 32, 16)
+    assert [tuple(t.shape) for t in ranges.extra_tensors] == [(2, 1, 3, 8)] * 2
+    low, high = ranges.extra_tensors
+    assert torch.equal(low, per_batch.repeat_interleave(2, dim=2).unsqueeze(1))
+    assert torch.equal(low, high)
+
+
+def test_bool_tables_stay_bool_and_narrow_ints_widen():
+    sel = torch.rand(2, 2) < 0.5
+    small = torch.randint(-3, 3, (2, 2), dtype=torch.int8)
+    for table, dtype in ((sel, torch.bool), (small, torch.int32)):
+        def mod(b, h, q_idx, kv_idx, table=table):
+            return table[q_idx // 32, kv_idx // 32] != 0
+
+        ranges = separable_ranges(mod, 1, 1, 64, 64, 32, 32)
+        assert {t.dtype for t in ranges.extra_tensors} == {dtype}
+        assert torch.equal(ranges.extra_tensors[0][0, 0], table.to(dtype))
+
+
+def test_separable_tables_do_not_depend_on_the_step(monkeypatch):
+    gen = torch.Generator().manual_seed(8)
+    sel, rows = torch.rand(3, 5, 5, generator=gen) < 0.5, torch.rand(100, 5, generator=gen) < 0.5
+    for mod in (selection_mask(sel), lambda b, h, q_idx, kv_idx: rows[q_idx, kv_idx // 23]):
+        whole = separable_ranges(mod, 1, 3, 250, 100, 32, 16).extra_tensors
+        monkeypatch.setattr(tile_ranges_module, "_STEP_ELEMENTS", 1)  # one tile per step
+        stepped = separable_ranges(mod, 1, 3, 250, 100, 32, 16).extra_tensors
+        monkeypatch.undo()
+        assert all(torch.equal(a, b) for a, b in zip(whole, stepped, strict=True))
+
+
+def test_nan_reached_by_no_tile_leaves_the_range():
+    table = torch.tensor([[0.5, 2.0, float("nan")], [1.0, 0.0, float("nan")]])
+
+    def mod(b, h, q_idx, kv_idx):  # kv_idx // 64 never reaches column 2 at 100 keys
+        return table[q_idx // 64, kv_idx // 64] > 0.75
+
+    assert len(separable_ranges(mod, 1, 1, 100, 100, 32, 32).extra_tensors) == 2
+    assert separable_ranges(mod, 1, 1, 100, 200, 32, 32).extra_tensors == ()  # column 2 is read
+
+
+@pytest.mark.parametrize(("reads", "separable_read"), [
+    (lambda t, q, kv: t[q // 32, kv // 32], True),
+    (lambda t, q, kv: t[(q + kv) // 32, kv // 32], False),  # an argument moving with both
+    (lambda t, q, kv: t[(q - kv) % 8, 0], False),
+    (lambda t, q, kv: t[q // 32, t[kv // 32, q // 32]], False),  # the inner read moves with both
+])
+def test_only_reads_with_an_argument_of_both_indices_are_dense(reads, separable_read):
+    table = torch.randint(0, 4, (8, 8), dtype=torch.int32, generator=torch.Generator().manual_seed(9))
+    mask = attnc.compile(lambda b, h, q_idx, kv_idx: reads(table, q_idx, kv_idx) > 1).program.mask
+    assert sparsity.reads_data(mask)
+    assert sparsity.analysable(mask) is separable_read
+
+
+def test_separable_cost_follows_the_table_not_the_pairs():
+    S = 1 << 16  # 4 * 10^9 pairs; the table has 2 * 1025^2 cells
+    sel = torch.rand(2, S // 64 + 1, S // 64 + 1, generator=torch.Generator().manual_seed(10)) < 0.3
+    start = time.perf_counter()
+    ranges = separable_ranges(selection_mask(sel), 1, 2, S, S, 128, 128)
+    assert time.perf_counter() - start < 10.0
+    low, high = ranges.extra_tensors
+    assert low.shape == (1, 2, S // 128, S // 128)
+    cells = sel[:, :S // 64, :S // 64].view(2, S // 128, 2, S // 128, 2)
+    assert torch.equal(high[0], cells.any(dim=4).any(dim=2))
+
+
+def test_kernel_with_a_separable_mask_matches_the_reference():
+    sel = torch.rand(2, 2, 3, generator=torch.Generator().manual_seed(11)) < 0.5
+    attn = attnc.compile(lambda b, h, q_idx, kv_idx: (q_idx >= kv_idx) & sel[h, q_idx // 64, kv_idx // 64])
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 100, 16, generator=g).to(DEVICE)
+    k, v = (torch.randn(1, 2, 130, 16, generator=g).to(DEVICE) for _ in range(2))
+    out = attn(q, k, v, backend="triton", kernel_options={"BLOCK_M": 32, "BLOCK_N": 32})
+    assert attn._plan is not None  # the block map came from the tables
+    torch.testing.assert_close(out, attn(q, k, v, backend="reference"), atol=2e-5, rtol=2e-5, equal_nan=True)

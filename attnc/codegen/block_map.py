@@ -2,7 +2,7 @@
 
 The builder classifies every (query block, key block) of a mask as EMPTY / PARTIAL / FULL on the device,
 for masks whose structure does not decide every block on its own: a mask that reads a tensor at a
-position moving with both q and kv (a dense mask tensor, `table[q - kv]`) must be evaluated pair by pair
+position given by one index argument moving with both q and kv (`table[q - kv]`) must be evaluated pair by pair
 somewhere, and doing it in one generated kernel keeps the work on the GPU, bounded in memory and free of
 Python overhead. Blocks the tile test decides are never evaluated element by element.
 """

@@ -2,9 +2,11 @@
 
 Each (query block, key block) box is classified EMPTY / PARTIAL / FULL by the tile test of
 `attnc.ir.tiles`, evaluated on the host for all boxes at once (O(blocks), never O(Q_LEN * KV_LEN)).
-Masks that read tensors at query- or key-dependent positions (document ids, lengths) are classified
-from per-block minima and maxima of those reads (`tile_ranges`), built in O(Q_LEN + KV_LEN). Only a
-mask whose reads depend on both q and kv at once is evaluated densely.
+Masks that read tensors at query- or key-dependent positions are classified from per-block minima and
+maxima of those reads (`tile_ranges`): reads that move with one index (document ids, lengths) in
+O(Q_LEN + KV_LEN), separable reads whose index arguments each move with one index (block-selection
+tables `sel[h, q_idx // 64, kv_idx // 64]`) in O(Q_LEN * F + nQ * KV_LEN) for rows of F entries. Only a
+mask with a read at an argument that moves with both q and kv (`t[q_idx - kv_idx]`) is evaluated densely.
 """
 
 from __future__ import annotations
@@ -17,20 +19,21 @@ from attnc.ir.node import Node
 from attnc.ir.ops import Op
 from attnc.ir.program import Program
 from attnc.ir.tiles import FULL, PARTIAL, classify_grid
-from attnc.runtime.tile_ranges import tile_ranges
+from attnc.runtime.tile_ranges import separable, tile_ranges
 
 # query-block rows classified per step, so that intermediate tensors stay small at any length
 _CHUNK_BLOCKS = 1 << 22
 
 
 def analysable(mask: Node) -> bool:
-    """True unless the mask reads a tensor at a position that depends on both q and kv."""
-    return not any(n.op is Op.LOAD and {"q", "kv"} <= n.deps for n in mask.walk())
+    """True unless the mask reads a tensor at a position that depends on both q and kv through one index
+    argument (a separable read, each argument moving with one of them, is ranged per block)."""
+    return not any(n.op is Op.LOAD and n.deps >= {"q", "kv"} and not separable(n) for n in mask.walk())
 
 
 def reads_data(mask: Node) -> bool:
     """True if the mask reads a tensor at a q- or kv-dependent position (its tiles need per-block value
-    ranges, or a dense evaluation when the position depends on both)."""
+    ranges, or a dense evaluation when one index argument depends on both)."""
     return any(n.op is Op.LOAD and n.deps & {"q", "kv"} for n in mask.walk())
 
 
