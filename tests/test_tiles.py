@@ -50,9 +50,9 @@ def _grid(values: torch.Tensor, dim: int) -> torch.Tensor:
     return values.to(torch.int32).view(shape)
 
 
-def brute_force(m: Traced, H: int, Q: int, KV: int, bq: int, bk: int) -> torch.Tensor:
-    """The minimal classes `[H, q tiles, kv tiles]`: from the mask at every pair."""
-    env = Env(b=_grid(torch.zeros(1), 0), h=_grid(torch.arange(H), 1), q=_grid(torch.arange(Q), 2),
+def brute_force(m: Traced, H: int, Q: int, KV: int, bq: int, bk: int, b: int = 0) -> torch.Tensor:
+    """The minimal classes `[H, q tiles, kv tiles]` of batch `b`: from the mask at every pair."""
+    env = Env(b=_grid(torch.tensor([b]), 0), h=_grid(torch.arange(H), 1), q=_grid(torch.arange(Q), 2),
               kv=_grid(torch.arange(KV), 3), tensors=m.tensors, params=m.params)
     allowed = evaluate(m.mask, env).expand(1, H, Q, KV)[0]
     nq, nk = -(-Q // bq), -(-KV // bk)
@@ -71,16 +71,16 @@ def tile_bounds(length: int, block: int, dim: int) -> tuple[torch.Tensor, torch.
     return _grid(lo, dim), _grid(torch.clamp(lo + block - 1, max=length - 1), dim)
 
 
-def classified(m: Traced, H: int, Q: int, KV: int, bq: int, bk: int, **kwargs: object) -> torch.Tensor:
+def classified(m: Traced, H: int, Q: int, KV: int, bq: int, bk: int, b: int = 0, **kwargs: object) -> torch.Tensor:
     (q_lo, q_hi), (kv_lo, kv_hi) = tile_bounds(Q, bq, 2), tile_bounds(KV, bk, 3)
-    out = classify_grid(m.mask, b=_grid(torch.zeros(1), 0), h=_grid(torch.arange(H), 1), q_lo=q_lo, q_hi=q_hi,
+    out = classify_grid(m.mask, b=_grid(torch.tensor([b]), 0), h=_grid(torch.arange(H), 1), q_lo=q_lo, q_hi=q_hi,
                         kv_lo=kv_lo, kv_hi=kv_hi, tensors=m.tensors, params=m.params, **kwargs)
     return out.expand(1, H, q_lo.shape[2], kv_lo.shape[3])[0]
 
 
-def assert_exact(m: Traced, H: int, Q: int, KV: int, sizes: Sequence[int] = SIZES) -> None:
+def assert_exact(m: Traced, H: int, Q: int, KV: int, sizes: Sequence[int] = SIZES, b: int = 0) -> None:
     for bq, bk in itertools.product(sizes, sizes):
-        expected, got = brute_force(m, H, Q, KV, bq, bk), classified(m, H, Q, KV, bq, bk)
+        expected, got = brute_force(m, H, Q, KV, bq, bk, b), classified(m, H, Q, KV, bq, bk, b)
         assert_sound(expected, got)
         wrong = (got != expected).nonzero().tolist()
         assert not wrong, f"tiles {bq}x{bk} [h, i, j] classified PARTIAL but decidable: {wrong[:8]}"
@@ -366,14 +366,21 @@ def _class_at(mask: Node, env: Env) -> int:
     return FULL if not evaluate(test.may_false, env) else PARTIAL
 
 
-@settings(max_examples=100)
-@given(irs.masks(depth=4), irs.envs(), boxes(), st.integers(0, 3), st.integers(0, 3))
-def test_random_masks_are_classified_soundly(mask: Node, env: Env, box: tuple, b: int, h: int) -> None:
-    box_env = _box_env(box, b, h, env.tensors, env.params)
+def assert_sound_in_box(mask: Node, box: tuple[int, int, int, int], b: int, h: int, tensors: Sequence = (),
+                        params: Sequence = ()) -> int:
+    """The class of one box, checked against the mask at its every pair."""
+    box_env = _box_env(box, b, h, tensors, params)
     values = evaluate(mask, box_env)
     got = _class_at(mask, box_env)
     assert got != EMPTY or not values.any(), f"EMPTY, but the mask holds in {box}"
     assert got != FULL or values.all(), f"FULL, but the mask fails in {box}"
+    return got
+
+
+@settings(max_examples=100)
+@given(irs.masks(depth=4), irs.envs(), boxes(), st.integers(0, 3), st.integers(0, 3))
+def test_random_masks_are_classified_soundly(mask: Node, env: Env, box: tuple, b: int, h: int) -> None:
+    assert_sound_in_box(mask, box, b, h, env.tensors, env.params)
 
 
 # -- exactness on random affine masks ---------------------------------------------------------------
@@ -429,6 +436,92 @@ def test_random_affine_masks_are_classified_exactly(mask: Node, offset: int, bq:
     expected, got = brute_force(m, 2, 45, 38, bq, bk), classified(m, 2, 45, 38, bq, bk)
     assert_sound(expected, got)
     assert torch.equal(expected, got), f"not exact at {(got != expected).nonzero().tolist()[:8]}"
+
+
+# -- int64 values of b and h -----------------------------------------------------------------------------
+# An int64 tensor read at b or h makes PyTorch compare q and kv in int64. Values the analysis can track
+# (within +-2**36) are decided exactly; others, and arithmetic that may wrap around, leave tiles PARTIAL.
+
+
+def test_int64_padding_per_batch_is_exact() -> None:
+    lengths = torch.tensor([150, 0, 37, 64, 2**33, -5], dtype=torch.int64)
+
+    def mask(b, h, q, kv):
+        return kv < lengths[b]
+
+    m = traced(mask)
+    for b in range(len(lengths)):
+        assert_exact(m, 1, 70, 141, sizes=(16, 32), b=b)
+
+
+def test_int64_per_head_window_is_exact() -> None:
+    windows = torch.tensor([3, 40, 0, 2**34], dtype=torch.int64)
+    assert_exact(traced(bidirectional_window_at(windows)), 4, 100, 90, sizes=(16, 32))
+
+
+def bidirectional_window_at(windows: torch.Tensor) -> Callable:
+    def mask(b, h, q, kv):
+        return (q - kv).abs() <= windows[h]
+
+    return mask
+
+
+def test_int64_sums_and_extremes_are_exact() -> None:
+    lengths = torch.tensor([90, 33], dtype=torch.int64)
+    shifts = torch.tensor([-7, 12], dtype=torch.int64)
+    windows = torch.tensor([20, 5, 60], dtype=torch.int64)
+
+    def mask(b, h, q, kv):
+        reach = torch.minimum(q + shifts[b], lengths[b] - 1)
+        return (kv <= reach) & (torch.maximum(kv, q - windows[h]) + shifts[b] >= q - 3)
+
+    m = traced(mask)
+    for b in range(2):
+        assert_exact(m, 3, 100, 100, sizes=(16, 32), b=b)
+
+
+def test_int64_arithmetic_that_may_wrap_stays_sound() -> None:
+    # batch 0: kv + offset wraps around int64 from kv = 50 on (the mask turns True there); batch 1 is plain
+    offsets = torch.tensor([2**63 - 50, 7], dtype=torch.int64)
+    lengths = torch.tensor([100, 60], dtype=torch.int64)
+
+    def mask(b, h, q, kv):
+        return kv + offsets[b] < lengths[b]
+
+    m = traced(mask)
+    expected, got = brute_force(m, 1, 64, 100, 16, 16, b=0), classified(m, 1, 64, 100, 16, 16, b=0)
+    assert_sound(expected, got)
+    assert (expected != PARTIAL).any()  # the wrap-around makes decidable tiles that must not be trusted
+    assert_exact(m, 1, 64, 100, sizes=(16,), b=1)
+
+
+def test_int64_values_narrowed_to_int32_stay_sound() -> None:
+    # (kv + big).to(int32) wraps around int32: for 2**31 - 10 from kv = 10 on, for 2**32 + 5 it is kv + 5
+    big = torch.tensor([2**31 - 10, 2**32 + 5, 3], dtype=torch.int64)
+
+    def mask(b, h, q, kv):
+        return (kv + big[b]).to(torch.int32) >= q
+
+    m = traced(mask)
+    boxes = [(0, 20, 0, 20), (0, 5, 12, 30), (30, 40, 0, 8), (INT32_MAX - 30, INT32_MAX, INT32_MAX - 40, INT32_MAX)]
+    for b, box in itertools.product(range(3), boxes):
+        assert_sound_in_box(m.mask, box, b, 0, m.tensors)
+    assert_exact(m, 1, 64, 64, sizes=(16,), b=2)
+
+
+def test_divisors_that_are_not_positive_or_wrap_stay_sound() -> None:
+    divisors = torch.tensor([-1, 3, 2**40], dtype=torch.int64)
+
+    def by_load(b, h, q, kv):
+        return q // divisors[h] >= kv
+
+    m = traced(by_load)
+    assert_sound(brute_force(m, 3, 64, 64, 16, 16), classified(m, 3, 64, 64, 16, 16))
+    # a product of parameters that wraps around int32: 65537 * 65537 is 131073 there, not 2**32 + 131073
+    d = node(Op.MUL, I32, param(0, I32), param(1, I32))
+    product = node(Op.EQ, BOOL, node(Op.FLOORDIV, I32, Q_, d), node(Op.FLOORDIV, I32, KV_, d))
+    for box in [(131060, 131080, 131060, 131080), (131060, 131070, 131075, 131080)]:
+        assert_sound_in_box(product, box, 0, 0, params=(65537, 65537))
 
 
 # -- loads read through per-tile ranges ------------------------------------------------------------------

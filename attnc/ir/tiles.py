@@ -13,8 +13,11 @@ ranges for a query tile. How (an abstract interpretation, IR to IR):
    tile-constant IR (parameters, b/h-only loads). min / max / abs / where / sign become and / or of atoms
    (`e >= min(a, b)` is `e >= a & e >= b`). Integer arithmetic that may wrap around gets a runtime guard
    (its range over the tile stays inside int32; a failed guard makes the tile PARTIAL), and so does a
-   parameter divisor (it must be >= 1). What is not affine (products of indices, loads indexed by q or kv,
-   float arithmetic) becomes an unknown with bounds (`load_range`, or its dtype's range) or an unknown atom.
+   parameter divisor (it must be >= 1) and a product of parameters used as a divisor (it must not wrap). An
+   int64 tile constant (an int64 tensor read at b or h) is analysed where it lies within +-2**36 (a runtime
+   check), so sums with indices cannot wrap int64 either. What is not affine (products of indices, loads
+   indexed by q or kv, float arithmetic) becomes an unknown with bounds (`load_range`, or its dtype's range)
+   or an unknown atom.
 2. Splitting. A division `z // d` whose variable also occurs elsewhere is made affine by splitting the range
    of z at multiples of d into three boxes: the first period, the whole periods between, the last period;
    in each, z = d * X + r with X and r independent (`(q - kv) // d` first changes variables to z = q - kv).
@@ -67,6 +70,9 @@ INDEX_RANGE = (0, INT32_MAX)  # indices and tile bounds are non-negative int32
 _DTYPE_RANGE = {I32: (INT32_MIN, INT32_MAX), I64: (-(2**63), 2**63 - 1), BOOL: (0, 1)}
 _INDEX = frozenset({"q", "kv"})
 _MAGNITUDE = 2**40  # affine forms that may exceed this are not analysed, so emitted int64 never overflows
+# int64 tile constants (b/h-only loads) whose type allows more are analysed where they lie inside +-this, a
+# runtime check (PARTIAL where it fails); small enough that sums with indices stay below _MAGNITUDE
+_WIDE = 2**36
 _EMIT_LIMIT = 2**62
 _DNF_LIMIT = 64  # conjunctions per DNF; larger formulas are decided part by part (sound)
 _SPLIT_DEPTH = 8  # nested period splits along one path
@@ -336,9 +342,14 @@ def _cast(n: Node, dtype: DType) -> Node:
 
 
 def _periodic_ir(kind: Op, n: Node, d: Divisor) -> Node:
-    """`n // d` or `n % d` as IR."""
-    divisor = const(d, n.dtype) if isinstance(d, int) else _cast(d, n.dtype)
-    return node(kind, n.dtype, n, divisor)
+    """`n // d` or `n % d` as IR, in int64 where either operand needs it (never narrowing the divisor)."""
+    if isinstance(d, int):
+        wide = not INT32_MIN <= d <= INT32_MAX
+    else:
+        wide = d.dtype is I64 and _magnitude(static_range(d)) > INT32_MAX
+    dtype = I64 if wide else n.dtype
+    divisor = const(d, dtype) if isinstance(d, int) else _cast(d, dtype)
+    return node(kind, dtype, _cast(n, dtype), divisor)
 
 
 def _symbol_range(lin: Lin) -> Range:
@@ -403,6 +414,12 @@ def emit_ge0(lin: Lin) -> Node:
     lc, rc = max(c, 0), max(-c, 0)
     dtype = I32 if _fits_int32(left, lc) and _fits_int32(right, rc) else I64
     return node(op, BOOL, _sum(left, lc, dtype), _sum(right, rc, dtype))
+
+
+def guard_holds(lin: Lin) -> Node:
+    """IR for a guard `lin >= 0` the analysis relies on: as `emit_ge0`, but False where the form is too large
+    to evaluate (for a guard, False is the weaker answer)."""
+    return FALSE_N if _magnitude(_symbol_range(lin)) > _EMIT_LIMIT else emit_ge0(lin)
 
 
 def _extreme(op: Op, lins: Sequence[Lin]) -> Lin:
@@ -702,6 +719,7 @@ class _Lowering:
         }
         self.ranges: dict[Var, Range] = {Q: INDEX_RANGE, KV: INDEX_RANGE}
         self.guards: dict[Lin, None] = {}  # tile-constant `lin >= 0` that the analysis relies on
+        self.checks: dict[Node, None] = {}  # tile-constant bool IR that it relies on as well
         self._opaque: dict[Node, Lin | None] = {}
         self._trees: dict[Node, Tree | None] = {}
         self._formulas: dict[Node, Formula] = {}
@@ -764,8 +782,25 @@ class _Lowering:
             self._trees[n] = self._symbol(n) if not n.deps & _INDEX else self._checked(n, self._tree_of(n))
         return self._trees[n]
 
+    def ok(self) -> Node:
+        """IR: every guard and check holds (where one fails, the analysis says nothing)."""
+        return all_([*(guard_holds(g) for g in self.guards), *self.checks])
+
     def _symbol(self, n: Node) -> Lin | None:
-        return sym(n) if _magnitude(static_range(n)) <= _MAGNITUDE else None
+        bounded = self.bounded(n)
+        return None if bounded is None else sym(bounded)
+
+    def bounded(self, n: Node) -> Node | None:
+        """A tile-constant int node small enough to analyse that equals `n` wherever `self.checks` hold: `n`
+        itself, or for an int64 value that its type lets grow past `_MAGNITUDE`, its clamp into +-_WIDE with a
+        check that the clamp changes nothing. None: no such node."""
+        if _magnitude(static_range(n)) <= _MAGNITUDE:
+            return n
+        if n.dtype is not I64:
+            return None
+        lo, hi = const(-_WIDE, I64), const(_WIDE, I64)
+        self.checks[all_([node(Op.GE, BOOL, n, lo), node(Op.LE, BOOL, n, hi)])] = None
+        return node(Op.MAX, I64, node(Op.MIN, I64, n, hi), lo)
 
     def _checked(self, n: Node, t: Tree | None) -> Tree | None:
         """`t` if it is the value of `n`: where the value may leave int32 (wrap around), a runtime guard
@@ -801,7 +836,11 @@ class _Lowering:
 
     def _new_opaque(self, n: Node) -> Lin | None:
         bounds = self.load_range(n) if self.load_range and n.op is Op.LOAD else None
-        lo, hi = (sym(bounds[0]), sym(bounds[1])) if bounds else tuple(number(v) for v in static_range(n))
+        bounded = [self.bounded(b) for b in bounds] if bounds else [None]
+        if None not in bounded:
+            lo, hi = sym(bounded[0]), sym(bounded[1])
+        else:
+            lo, hi = number(static_range(n)[0]), number(static_range(n)[1])
         r = (_symbol_range(lo)[0], _symbol_range(hi)[1])
         if _magnitude(r) > _MAGNITUDE:
             return None
@@ -869,28 +908,47 @@ def _linear_mul(low: _Lowering, n: Node) -> Tree | None:
         return t_scale(a, b.const)
     if isinstance(a, Lin) and not a.terms:
         return t_scale(b, a.const)
-    for x, y in (n.src, n.src[::-1]):  # (z // d) * d = z - z % d, also for a parameter d
-        if x.op is Op.FLOORDIV and x.src[1] is y and (z := low.tree(x.src[0])) is not None:
-            return t_add(z, t_neg(_division_by(Op.MOD, z, _divisor(x) or y)))
+    for x, y in (n.src, n.src[::-1]):  # (z // d) * d = z - z % d for a tile-constant d (a parameter too)
+        if x.op is Op.FLOORDIV and x.src[1] is y and not y.deps & _INDEX and (z := low.tree(x.src[0])) is not None:
+            d = _divisor(x) or low.bounded(y)  # the operands' lowering has already guarded d >= 1
+            if d is not None:
+                return t_add(z, t_neg(_division_by(Op.MOD, z, d)))
     return low.opaque(n)
 
 
 def _division(low: _Lowering, n: Node) -> Tree | None:
     arg, d = low.tree(n.src[0]), _divisor(n)
     if d is None and not n.src[1].deps & _INDEX:  # a parameter: analysed where it is >= 1
-        d = n.src[1]
-        low.guards[sym(d).shift(-1)] = None
+        d = low.bounded(n.src[1])
+        if d is not None:
+            low.guards[sym(d).shift(-1)] = None
     if d is None or arg is None:
         return low.opaque(n)
-    if n.op is Op.FLOORDIV and isinstance(d, Node) and d.op is Op.MUL:  # x // (a * b) = (x // b) // a
+    if n.op is Op.FLOORDIV and isinstance(d, Node) and d.op is Op.MUL and _unwrapped_product(low, d):
         outer, inner = d.src[::-1] if (n.src[0], d.src[0]) in low.divisions else d.src
-        for factor in d.src:
+        for factor in d.src:  # x // (a * b) = (x // b) // a for a, b >= 1
             low.guards[sym(factor).shift(-1)] = None
         return _division_by(Op.FLOORDIV, _division_by(Op.FLOORDIV, arg, inner), outer)
     if isinstance(d, int) and d < 0:  # x // -d = (-x) // d;  x % -d = -((-x) % d)
         negated = _division_by(n.op, t_neg(arg), -d)
         return negated if n.op is Op.FLOORDIV else t_neg(negated)
     return _division_by(n.op, arg, d)
+
+
+def _unwrapped_product(low: _Lowering, d: Node) -> bool:
+    """Whether `d = a * b` may be read as the product of its factors: where it can wrap around its type, a
+    check that it does not (factors >= 1, their product at most the type's top, computed in int64); False
+    where the product might not fit int64 either."""
+    a, b = (static_range(f) for f in d.src)
+    lo, hi = _span(x * y for x in a for y in b)
+    top = _DTYPE_RANGE[d.dtype][1]
+    if _DTYPE_RANGE[d.dtype][0] <= lo and hi <= top:
+        return True
+    if max(-lo, hi) > _DTYPE_RANGE[I64][1]:
+        return False
+    product = node(Op.MUL, I64, *(_cast(f, I64) for f in d.src))
+    low.checks[node(Op.LE, BOOL, product, const(top, I64))] = None
+    return True
 
 
 def _division_by(kind: Op, arg: Tree, d: Divisor) -> Tree:
@@ -1371,7 +1429,7 @@ def _tile_test(mask: Node) -> TileTest:
 def _build_tile_test(mask: Node, load_range: LoadRange | None) -> TileTest:
     low = _Lowering(mask, load_range)
     f = low.formula(mask)
-    overflow = not_(all_(emit_ge0(g) for g in low.guards))
+    overflow = not_(low.ok())
     decider = _Decider()
     may_true = any_([decider.may_true(f, low.box), overflow])
     may_false = any_([decider.may_true(negate(f), low.box), overflow])
@@ -1411,9 +1469,9 @@ def kv_ranges(mask: Node) -> list[tuple[Node | None, Node | None]]:
     if f == FALSE:
         return []
     key_guards = [g for g in low.guards if any("kv" in k.deps for k in g.terms)]
-    # where query-side arithmetic may wrap around the bounds do not hold; keys where key-side arithmetic
-    # may wrap get a range of their own
-    ok = all_(emit_ge0(g) for g in low.guards if g not in key_guards)
+    # where query-side arithmetic may wrap around (or a tile constant leaves the range analysed) the bounds
+    # do not hold; keys where key-side arithmetic may wrap get a range of their own
+    ok = all_([*(guard_holds(g) for g in low.guards if g not in key_guards), *low.checks])
     disjuncts = f.parts if isinstance(f, Or) else (f,)
     ranges = _merge([_kv_bounds(d) for d in disjuncts] + [_wrap_range(g) for g in key_guards])
     return [(_index_bound(lo, ok, INT32_MIN), _index_bound(hi, ok, INT32_MAX)) for lo, hi in ranges]
