@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from attnc.codegen.backward import DKDV_KERNEL, DQ_KERNEL, BackwardSource, generate_backward
 from attnc.codegen.block_map import generate_block_map
 from attnc.codegen.forward import KernelSource, generate_forward
 from attnc.dsl.trace import StaleTrace, Traced, trace
@@ -28,10 +30,13 @@ from attnc.ir.passes import optimize
 from attnc.ir.printer import format_program
 from attnc.ir.reference import reference_attention
 from attnc.ir.tiles import TileTest, kv_ranges, tile_test
-from attnc.runtime import aot, launch, sparsity
+from attnc.ir.transpose import q_ranges
+from attnc.runtime import aot, launch, launch_backward, sparsity
+from attnc.runtime.autograd import AttentionFunction, GradientPlan, needs_grad
 from attnc.runtime.block_mask import BlockMask, block_size_pair, build_block_mask
 from attnc.runtime.cache import KernelCache
 from attnc.runtime.config import KernelConfig, Settings, default_config
+from attnc.runtime.deterministic import captured_gradients
 from attnc.runtime.device_block_map import device_block_classes
 from attnc.runtime.interpreter import INTERPRETER_UNAVAILABLE, interpreter_active
 
@@ -65,6 +70,8 @@ class Attention:
         self._source: KernelSource | None = None
         self._kernel: Any = None
         self._block_map_source: KernelSource | None = None
+        self._backward_source: BackwardSource | None = None
+        self._backward_kernels: tuple[Any, Any] | None = None
         self._block_map_kernel: Any = None
         self._plan: tuple[Any, BlockMask] | None = None  # (key, block map) for masks that read tensors
 
@@ -80,6 +87,22 @@ class Attention:
         if self._kernel is None:
             self._kernel = getattr(kernel_cache().module(self.source.source), self.source.kernel_name)
         return self._kernel
+
+    @property
+    def backward_source(self) -> BackwardSource:
+        """The generated backward kernels (dK/dV and dQ, one module)."""
+        if self._backward_source is None:
+            test, ranges = (None, None) if self.program.mask is None else _structure(self.program)
+            key_ranges = q_ranges(self.program.mask) if ranges is not None else None
+            self._backward_source = generate_backward(self.program, test, ranges, key_ranges)
+        return self._backward_source
+
+    def backward_kernels(self) -> tuple[Any, Any]:
+        """(dK/dV kernel, dQ kernel), generated and imported on first use."""
+        if self._backward_kernels is None:
+            module = kernel_cache().module(self.backward_source.source)
+            self._backward_kernels = (getattr(module, DKDV_KERNEL), getattr(module, DQ_KERNEL))
+        return self._backward_kernels
 
     @property
     def block_map_source(self) -> KernelSource:
@@ -157,31 +180,66 @@ class Attention:
 
     def __call__(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None,
                  return_lse: bool = False, *, block_mask: Any = None, enable_gqa: bool = True,
-                 backend: str = "auto", kernel_options: dict[str, int] | None = None) -> Any:
+                 backend: str = "auto", kernel_options: dict[str, int] | None = None,
+                 deterministic: bool = False) -> Any:
+        """Attention of `query` over `key` / `value`. Differentiable (q, k, v and captured floating tensors).
+        `deterministic=True` computes captured-tensor gradients without atomics, bitwise reproducibly (see
+        `attnc.runtime.deterministic` for what it costs); q, k and v gradients are always deterministic."""
         shapes = launch.check_inputs(query, key, value, enable_gqa=enable_gqa)
         bindings = self._bind()
         chosen = choose_backend(backend, query)
         if chosen == "reference":
             out, lse = self._reference(query, key, value, scale, bindings, block_mask, shapes)
         else:
-            out, lse = self._triton(query, key, value, scale, bindings, block_mask, shapes, kernel_options)
+            out, lse = self._triton(query, key, value, scale, bindings, block_mask, shapes, kernel_options,
+                                    deterministic)
         return (out, lse) if return_lse else out
 
     def _triton(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None,
-                bindings: Any, block_mask: Any, shapes: launch.Shapes,
-                kernel_options: dict[str, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+                bindings: Any, block_mask: Any, shapes: launch.Shapes, kernel_options: dict[str, int] | None,
+                deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
         interpret = query.device.type != "cuda"
         if interpret and not interpreter_active():
             raise RuntimeError(INTERPRETER_UNAVAILABLE)
-        _refuse_grad(query, key, value, *bindings.tensors)
         launch.check_captures(bindings.tensors, query.device)
         config = _config(shapes, interpret, kernel_options)
         if block_mask is None:
             block_mask = self._data_plan(bindings, shapes, query.device)
-        return launch.launch_forward(
-            self.kernel(), query, key, value, shapes=shapes, scale=scale, tensors=bindings.tensors,
-            params=bindings.params, block_mask=block_mask, config=config,
-            has_mask=self.program.mask is not None, interpret=interpret)
+        elif needs_grad(query, key, value, *bindings.tensors):
+            launch.check_block_mask(block_mask, shapes, query.device)
+            _check_transposed_lists(block_mask)
+
+        def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    tensors: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            return launch.launch_forward(
+                self.kernel(), q, k, v, shapes=shapes, scale=scale, tensors=tensors, params=bindings.params,
+                block_mask=block_mask, config=config, has_mask=self.program.mask is not None, interpret=interpret)
+
+        if not needs_grad(query, key, value, *bindings.tensors):
+            return forward(query, key, value, bindings.tensors)
+
+        def backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                     dout: torch.Tensor, dlse: torch.Tensor | None, tensors: Any, wanted: list[bool]) -> Any:
+            slots = self.backward_source.grad_slots
+            by_kernel = [wanted[slot] and not deterministic for slot in slots]
+            dkdv, dq_kernel = self.backward_kernels()
+            dq, dk, dv, grads = launch_backward.launch_backward(
+                dkdv, dq_kernel, q, k, v, out, lse, dout, dlse, shapes=shapes, scale=scale, tensors=tensors,
+                params=bindings.params, grad_slots=slots, grad_wanted=by_kernel, block_mask=block_mask,
+                configs=_backward_configs(shapes, interpret, kernel_options),
+                has_mask=self.program.mask is not None, interpret=interpret)
+            ordered = [slot for slot in slots if wanted[slot] and deterministic]
+            if ordered:
+                program = self.program if block_mask is None else _with_block_sparsity(
+                    self.program, list(tensors), block_mask)[0]
+                all_tensors = list(tensors) if block_mask is None else [*tensors, block_mask.to_dense()]
+                grads |= captured_gradients(
+                    program, q, k, v, lse, launch_backward.delta_rows(out, dout, dlse), dout, tensors=all_tensors,
+                    params=bindings.params, scale=_scale(scale, shapes), slots=ordered)
+            return dq, dk, dv, grads
+
+        plan = GradientPlan(shapes, forward, backward)
+        return AttentionFunction.apply(plan, query, key, value, *bindings.tensors)
 
     def _data_plan(self, bindings: Any, shapes: launch.Shapes, device: torch.device) -> BlockMask | None:
         """For a mask that reads tensors (document ids, lengths), the block map attnc builds itself from
@@ -234,10 +292,11 @@ class Attention:
         return "\n\n".join(f"== {title} ==\n{body.rstrip()}" for title, body in sections)
 
     def resources(self, arch: str = "sm_90", dtype: torch.dtype = torch.bfloat16, head_dim: int = 128,
-                  head_dim_v: int | None = None) -> dict[str, dict[str, Any]]:
+                  head_dim_v: int | None = None, *, backward: bool = False) -> dict[str, dict[str, Any]]:
         """Compile the forward kernel for `arch` ahead of time (no GPU needed); return registers, spills
         and shared memory, for the dense loop ("forward"), the BlockMask loop ("forward_block_mask") and, for a
-        masked variant, the block-map builder ("block_map", blocks of 128 x 128)."""
+        masked variant, the block-map builder ("block_map", blocks of 128 x 128); with `backward=True` also the
+        backward kernels ("backward_dkdv", "backward_dq", every captured gradient on)."""
         capability = aot.parse_arch(arch)
         head_dim_v = head_dim if head_dim_v is None else head_dim_v
         config = default_config(head_dim, head_dim_v, interpret=False)
@@ -248,9 +307,16 @@ class Attention:
         if self.program.mask is not None:
             builder_path = kernel_cache().ensure_file(self.block_map_source.source)
             jobs["block_map"] = aot.block_map_job(builder_path, self.program, capability)
+        if backward:
+            backward_path = kernel_cache().ensure_file(self.backward_source.source)
+            jobs |= aot.backward_jobs(backward_path, self.program, self.backward_source.grad_slots, dtype, head_dim,
+                                      head_dim_v, launch_backward.backward_configs(head_dim, head_dim_v,
+                                                                                   interpret=False), capability)
         results = aot.compile_kernels(list(jobs.values()))
-        return {name: {**result, "config": config if name != "block_map" else None}
-                for name, result in zip(jobs, results, strict=True)}
+        backward_configs = launch_backward.backward_configs(head_dim, head_dim_v, interpret=False)
+        used = {"forward": config, "forward_block_mask": config, "block_map": None,
+                "backward_dkdv": backward_configs.dkdv, "backward_dq": backward_configs.dq}
+        return {name: {**result, "config": used[name]} for name, result in zip(jobs, results, strict=True)}
 
 
 def _structure(program: Program) -> tuple[TileTest | None, list[tuple[Any, Any]] | None]:
@@ -274,11 +340,29 @@ def _simplified_test(program: Program) -> TileTest:
     return TileTest(simplified(test.may_true), simplified(test.may_false))
 
 
-def _refuse_grad(*tensors: torch.Tensor) -> None:
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        raise NotImplementedError(
-            "attnc: the Triton backend computes the forward pass only; for gradients use backend='reference' "
-            "or run under torch.no_grad()")
+def _check_transposed_lists(block_mask: Any) -> None:
+    if getattr(block_mask, "q_num_blocks", None) is None or getattr(block_mask, "q_indices", None) is None:
+        raise ValueError("attnc: the backward needs the BlockMask's query-side lists (q_num_blocks, q_indices); "
+                         "build it with attnc.create_block_mask")
+
+
+def _scale(scale: float | None, shapes: launch.Shapes) -> float:
+    return float(scale) if scale is not None else 1.0 / math.sqrt(shapes.D)
+
+
+def _backward_configs(shapes: launch.Shapes, interpret: bool,
+                      options: dict[str, int] | None) -> launch_backward.BackwardConfigs:
+    configs = launch_backward.backward_configs(shapes.D, shapes.Dv, interpret=interpret)
+    if options and {"BLOCK_M", "BLOCK_N"} & set(options):
+        # tiles asked for the forward bound the backward's too (a BlockMask's blocks must still divide)
+        dkdv = KernelConfig(min(configs.dkdv.block_m, options.get("BLOCK_M", 1 << 30)),
+                            min(configs.dkdv.block_n, options.get("BLOCK_N", 1 << 30)),
+                            configs.dkdv.num_warps, configs.dkdv.num_stages)
+        dq = KernelConfig(min(configs.dq.block_m, options.get("BLOCK_M", 1 << 30)),
+                          min(configs.dq.block_n, options.get("BLOCK_N", 1 << 30)),
+                          configs.dq.num_warps, configs.dq.num_stages)
+        configs = launch_backward.BackwardConfigs(dkdv, dq)
+    return configs
 
 
 def _config(shapes: launch.Shapes, interpret: bool, options: dict[str, int] | None) -> KernelConfig:
@@ -358,14 +442,14 @@ def _compiled(mask_mod: MaskMod | None, score_mod: ScoreMod | None) -> Attention
 def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, score_mod: ScoreMod | None = None,
                    block_mask: Any = None, scale: float | None = None, enable_gqa: bool = False,
                    return_lse: bool = False, *, mask_mod: MaskMod | None = None, backend: str = "auto",
-                   kernel_options: dict[str, int] | None = None) -> Any:
+                   kernel_options: dict[str, int] | None = None, deterministic: bool = False) -> Any:
     """FlexAttention-compatible entry point: the kernel visits only the blocks `block_mask` lists and
     evaluates its `mask_mod` only on partial blocks."""
     if mask_mod is None and block_mask is not None:
         mask_mod = block_mask.mask_mod
     attn = _compiled(mask_mod, score_mod)
     return attn(query, key, value, scale, return_lse, block_mask=block_mask, enable_gqa=enable_gqa,
-                backend=backend, kernel_options=kernel_options)
+                backend=backend, kernel_options=kernel_options, deterministic=deterministic)
 
 
 PLAN_BLOCK = 128

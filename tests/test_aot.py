@@ -16,10 +16,10 @@ CASES = {c.name: c for c in make_cases()}
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_default_config_has_no_spills_on_sm90(name, head_dim):
     case = CASES[name]
-    report = attnc.compile(case.mask_mod, case.score_mod).resources(
-        arch="sm_90", dtype=torch.bfloat16, head_dim=head_dim)
     attn = attnc.compile(case.mask_mod, case.score_mod)
-    assert set(report) == {"forward", "forward_block_mask"} | ({"block_map"} if attn.program.mask else set())
+    report = attn.resources(arch="sm_90", dtype=torch.bfloat16, head_dim=head_dim, backward=True)
+    expected = {"forward", "forward_block_mask", "backward_dkdv", "backward_dq"}
+    assert set(report) == expected | ({"block_map"} if attn.program.mask else set())
     for kernel, info in report.items():
         assert info["spills"] == 0, (kernel, info)
         assert 0 < info["registers"] <= 255 and info["shared_memory"] > 0
@@ -28,7 +28,9 @@ def test_default_config_has_no_spills_on_sm90(name, head_dim):
 @pytest.mark.parametrize("name", ["t5_buckets", "neighborhood_2d", "dilated", "rotary_like", "nested_bias"])
 def test_every_op_family_compiles_for_sm90(name):
     case = CASES[name]
-    report = attnc.compile(case.mask_mod, case.score_mod).resources(arch="sm_90", dtype=torch.float16, head_dim=80)
+    report = attnc.compile(case.mask_mod, case.score_mod).resources(arch="sm_90", dtype=torch.float16, head_dim=80,
+                                                                    backward=True)
+    assert {"backward_dkdv", "backward_dq"} <= set(report)
     assert all(info["registers"] > 0 for info in report.values())
 
 

@@ -17,6 +17,7 @@ from attnc.codegen.skeleton import (
     capture_arg_names,
     fill,
     helper_lines,
+    range_loop_lines,
     tile_test_lines,
 )
 from attnc.ir.node import Node
@@ -44,26 +45,6 @@ def _mask_lines(emitter: Emitter, root: Node | None) -> list[str]:
     lines: list[str] = []
     result = emitter.emit(root, lines)
     return [*lines, f"mask = {result}"]
-
-
-def _kv_range_lines(ranges: list[tuple[Node | None, Node | None]], visit_args: list[str]) -> list[str]:
-    """Closed-form key ranges of the query tile [q_lo, q_hi], then one loop per range over its tiles;
-    a tile already covered by an earlier range is not visited again."""
-    present = [bound for pair in ranges for bound in pair if bound is not None]
-    block, exprs = Emitter(prefix="r").emit_inline(present)
-    lines, values = list(block), iter(exprs)
-    for i, (lo, hi) in enumerate(ranges):
-        lo_expr = f"tl.maximum({next(values)}, 0)" if lo is not None else "0"
-        hi_expr = f"tl.minimum({next(values)}, KV_LEN - 1)" if hi is not None else "KV_LEN - 1"
-        lines += [f"range_lo{i} = (tl.cast({lo_expr}, tl.int32) // BLOCK_N) * BLOCK_N",
-                  f"range_hi{i} = tl.cast({hi_expr}, tl.int32)"]
-    call = ["acc, l_i, m_i = _visit_tile(", *(f"    {arg}" for arg in visit_args), ")"]
-    for i in range(len(ranges)):
-        lines.append(f"for start_n in range(range_lo{i}, range_hi{i} + 1, BLOCK_N):")
-        unseen = " & ".join(f"((start_n < range_lo{j}) | (start_n > range_hi{j}))" for j in range(i))
-        body = [f"if {unseen}:", *(f"    {line}" for line in call)] if unseen else call
-        lines += [f"    {line}" for line in body]
-    return lines
 
 
 def _visit_args(captures: list[str], hoisted: list[str]) -> list[str]:
@@ -96,7 +77,8 @@ def generate_forward(program: Program, tile_test: TileTest | None = None,
         "score_mod": score,
         "mask_mod": mask,
         "tile_test": tile_test_lines(tile_test),
-        "kv_ranges": _kv_range_lines(kv_ranges or [(None, None)], _visit_args(captures, hoisted)),
+        "kv_ranges": range_loop_lines(kv_ranges or [(None, None)], "acc, l_i, m_i = _visit_tile(",
+                                      _visit_args(captures, hoisted)),
     }
     source = fill((TEMPLATES / "forward.py").read_text(), holes)
     placement = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,9 +39,18 @@ class Level(enum.IntEnum):
 
 
 def level(n: Node) -> Level:
+    """Levels of a kernel whose programs own query rows and loop over key tiles."""
     if n.deps & {"kv", "score"}:
         return Level.TILE
     return Level.QUERY if "q" in n.deps else Level.PROGRAM
+
+
+def key_major_level(n: Node) -> Level:
+    """Levels of a kernel whose programs own key rows and loop over query tiles (the dK/dV backward):
+    QUERY then means "once per program strip" of keys."""
+    if n.deps & {"q", "score"}:
+        return Level.TILE
+    return Level.QUERY if "kv" in n.deps else Level.PROGRAM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +79,11 @@ def capture_arg_names(program: Program) -> tuple[list[str], list[str]]:
 class Emitter:
     """Names every interior node once and renders it at its level."""
 
-    def __init__(self, prefix: str = "t") -> None:
+    def __init__(self, prefix: str = "t", level_of: Callable[[Node], Level] = level,
+                 score_name: str = "score") -> None:
         self.prefix = prefix
+        self.level_of = level_of
+        self.score_name = score_name  # the variable holding the unmodified (scaled) score
         self.names: dict[Node, str] = {}
         self.lines: dict[Level, list[str]] = {lvl: [] for lvl in Level}
         self.tile_reads: set[Node] = set()
@@ -79,7 +92,7 @@ class Emitter:
         if n.op is Op.VAR:
             return {"b": "b_idx", "h": "h_idx", "q": "q_idx", "kv": "kv_idx"}.get(n.arg, n.arg)
         if n.op is Op.SCORE:
-            return "score"
+            return self.score_name
         if n.op is Op.CONST:
             return literal(n.arg, n.dtype)
         if n.op is Op.PARAM:
@@ -93,11 +106,11 @@ class Emitter:
                 continue
             self.names[n] = f"{self.prefix}{len(self.names)}"
             code = f"{self.names[n]} = {self.render(n)}"
-            lvl = level(n)
+            lvl = self.level_of(n)
             (tile_lines if lvl is Level.TILE else self.lines[lvl]).append(code)
             if lvl is Level.TILE:
-                self.tile_reads.update(s for s in n.src if s in self.names and level(s) is not Level.TILE)
-        if root in self.names and level(root) is not Level.TILE:
+                self.tile_reads.update(s for s in n.src if s in self.names and self.level_of(s) is not Level.TILE)
+        if root in self.names and self.level_of(root) is not Level.TILE:
             self.tile_reads.add(root)
         return self.expr(root)
 
@@ -144,3 +157,26 @@ def fill(template: str, holes: dict[str, list[str]]) -> str:
 def helper_lines() -> list[str]:
     text = (TEMPLATES / "helpers.py").read_text()
     return [line for line in text.splitlines() if not line.startswith("import ")]
+
+
+def range_loop_lines(ranges: list[tuple[Node | None, Node | None]], call: str, call_args: list[str], *,
+                     axis: str = "kv") -> list[str]:
+    """Closed-form ranges of the other axis for this program's tile (from attnc.ir.tiles), then one loop
+    per range over its tiles, each calling `call` with `call_args`; a tile already covered by an earlier
+    range is not visited again. `axis` is the axis the loops walk: "kv" (query-major kernels) or "q"."""
+    start, length, block = ("start_n", "KV_LEN", "BLOCK_N") if axis == "kv" else ("start_m", "Q_LEN", "BLOCK_M")
+    present = [bound for pair in ranges for bound in pair if bound is not None]
+    block_lines, exprs = Emitter(prefix="r").emit_inline(present)
+    lines, values = list(block_lines), iter(exprs)
+    for i, (lo, hi) in enumerate(ranges):
+        lo_expr = f"tl.maximum({next(values)}, 0)" if lo is not None else "0"
+        hi_expr = f"tl.minimum({next(values)}, {length} - 1)" if hi is not None else f"{length} - 1"
+        lines += [f"range_lo{i} = (tl.cast({lo_expr}, tl.int32) // {block}) * {block}",
+                  f"range_hi{i} = tl.cast({hi_expr}, tl.int32)"]
+    call_lines = [call, *(f"    {arg}" for arg in call_args), ")"]
+    for i in range(len(ranges)):
+        lines.append(f"for {start} in range(range_lo{i}, range_hi{i} + 1, {block}):")
+        unseen = " & ".join(f"(({start} < range_lo{j}) | ({start} > range_hi{j}))" for j in range(i))
+        body = [f"if {unseen}:", *(f"    {line}" for line in call_lines)] if unseen else call_lines
+        lines += [f"    {line}" for line in body]
+    return lines

@@ -86,3 +86,30 @@ def _capture_types(program: Any) -> dict[str, str]:
     types = {f"buf{slot}": POINTER_TYPE[spec.dtype] for slot, spec in enumerate(program.tensors)}
     params = enumerate(program.params)
     return types | {f"param{slot}": "fp32" if spec.dtype.is_float else "i32" for slot, spec in params}
+
+
+def backward_jobs(path: Any, program: Any, grad_slots: tuple[int, ...], dtype: Any, head_dim: int, head_dim_v: int,
+                  configs: Any, capability: int) -> dict[str, dict[str, Any]]:
+    """Compile jobs for the two backward kernels (closed-form tile loops, every captured gradient on)."""
+    from attnc.codegen.backward import DKDV_KERNEL, DQ_KERNEL
+    from attnc.codegen.emit import POINTER_TYPE
+    from attnc.ir.dtypes import DType
+    from attnc.runtime.launch import Shapes, constexprs
+
+    element = POINTER_TYPE[DType.from_torch(dtype)]
+    types = {name: element for name in ("Q", "K", "V", "DO", "DQ", "DK", "DV")}
+    types |= {"LSE": "*fp32", "DELTA": "*fp32", "sm_scale": "fp32"} | _capture_types(program)
+    types |= {f"gbuf{slot}": "*fp32" for slot in grad_slots}
+    types |= {name: "*i32" for name in ("KV_NUM_BLOCKS", "KV_INDICES", "FULL_KV_NUM_BLOCKS", "FULL_KV_INDICES",
+                                        "Q_NUM_BLOCKS", "Q_INDICES", "FULL_Q_NUM_BLOCKS", "FULL_Q_INDICES")}
+    shapes = Shapes(B=1, Hq=1, Hkv=1, Q_LEN=4096, KV_LEN=4096, D=head_dim, Dv=head_dim_v)
+    unit = {name: 1 for name in ("stride_qd", "stride_kd", "stride_vd", "stride_dod", "stride_lm", "stride_dqd",
+                                 "stride_dkd", "stride_dvd")}
+    jobs = {}
+    for name, kernel, config in (("backward_dkdv", DKDV_KERNEL, configs.dkdv), ("backward_dq", DQ_KERNEL, configs.dq)):
+        consts = constexprs(shapes, config, dtype, block_sizes=None, has_full=False,
+                            has_mask=program.mask is not None, interpret=False)
+        consts |= {"Q_EVEN": True} | unit | {f"GRAD{slot}": True for slot in grad_slots}
+        jobs[name] = {"path": str(path), "kernel": kernel, "types": types, "constexprs": consts,
+                      "num_warps": config.num_warps, "num_stages": config.num_stages, "capability": capability}
+    return jobs

@@ -53,7 +53,8 @@ def _registers(ptx: str, capability: int) -> tuple[int, int]:
 
 def compile_job(job: dict[str, Any]) -> dict[str, Any]:
     fn = _load_kernel(job["path"], job["kernel"])
-    consts = job["constexprs"]
+    # a job may name constants of a sibling kernel (the two backward kernels share theirs): keep this one's
+    consts = {name: value for name, value in job["constexprs"].items() if name in fn.arg_names}
     signature = {name: "constexpr" if name in consts else job["types"].get(name, "i32") for name in fn.arg_names}
     source = ASTSource(fn=fn, signature=signature, constexprs=consts)
     options = {"num_warps": job["num_warps"], "num_stages": job["num_stages"]}

@@ -1,0 +1,178 @@
+"""Fill the backward skeleton: the dK/dV and dQ kernels of a variant, and its captured-tensor gradients.
+
+The score mod's derivatives come from its IR (`attnc.ir.derivative`): dz/dscore scales the score
+gradient, and dz/dL for every floating LOAD node L gives that read's contribution to its tensor's
+gradient. Both kernels find their tiles the way the forward does (a BlockMask's lists, closed-form ranges
+plus the tile test, or every tile); the dK/dV kernel walks the query side (`attnc.ir.transpose`).
+
+Captured-tensor gradients are accumulated by the dQ kernel with atomic adds into float32 buffers, after
+reducing each tile by what the read's index depends on: one add per tile for a per-(b, h) value, one per
+row for a per-query value, one per column for a per-key value, one per pair otherwise. A constexpr flag per
+tensor (GRAD<slot>) compiles the accumulation out for tensors that need no gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from attnc.codegen.skeleton import (
+    TEMPLATES,
+    Emitter,
+    Level,
+    capture_arg_names,
+    fill,
+    helper_lines,
+    key_major_level,
+    range_loop_lines,
+    tile_test_lines,
+)
+from attnc.ir.derivative import derivative, gradient_loads
+from attnc.ir.node import Node, score
+from attnc.ir.program import Program
+
+if TYPE_CHECKING:
+    from attnc.ir.tiles import TileTest
+
+Range = tuple[Node | None, Node | None]
+DKDV_KERNEL = "attnc_backward_dkdv"
+DQ_KERNEL = "attnc_backward_dq"
+
+
+@dataclasses.dataclass(frozen=True)
+class BackwardSource:
+    source: str
+    capture_args: tuple[str, ...]
+    grad_args: tuple[str, ...]  # per differentiable tensor: buffer pointer and strides (constexpr flags apart)
+    grad_slots: tuple[int, ...]  # captured tensors the score mod reads as floats, in argument order
+    do_not_specialize: tuple[str, ...]
+
+
+def grad_slots(program: Program) -> tuple[int, ...]:
+    """Captured tensors whose values reach the score through float reads: they can have gradients."""
+    if program.score is None:
+        return ()
+    return tuple(sorted({n.arg for n in gradient_loads(program.score, program.tensors)}))
+
+
+def _grad_arg_names(program: Program, slots: tuple[int, ...]) -> tuple[list[str], list[str]]:
+    """(signature entries, call entries) for each slot's gradient buffer, strides and flag."""
+    pointers = [name for slot in slots
+                for name in (f"gbuf{slot}", *(f"gbuf{slot}_stride{d}" for d in range(program.tensors[slot].ndim)))]
+    flags = [f"GRAD{slot}" for slot in slots]
+    return [*pointers, *(f"{flag}: tl.constexpr" for flag in flags)], [*pointers, *flags]
+
+
+def _score_lines(emitter: Emitter, program: Program) -> list[str]:
+    """`dscore` and the modified `score` (broadcast to the tile even where the mod ignores an index)."""
+    if program.score is None:
+        return []
+    lines: list[str] = []
+    dscore = emitter.emit(derivative(program.score, score()), lines)
+    result = emitter.emit(program.score, lines)
+    broadcast = "" if {"q", "kv"} <= program.score.deps else " + tl.zeros_like(raw_score)"
+    return [*lines, f"dscore = {dscore}", f"score = {result}{broadcast}"]
+
+
+def _mask_lines(emitter: Emitter, program: Program) -> list[str]:
+    if program.mask is None:
+        return ["mask = True"]
+    lines: list[str] = []
+    result = emitter.emit(program.mask, lines)
+    return [*lines, f"mask = {result}"]
+
+
+def _address(emitter: Emitter, read: Node) -> str:
+    """The gradient buffer element of the read's (clamped) index."""
+    slot = read.arg
+    terms = []
+    for d, index in enumerate(read.src):
+        if index in emitter.names and emitter.level_of(index) is not Level.TILE:
+            emitter.tile_reads.add(index)  # hoisted: the tile function needs it as an argument
+        clamped = f"tl.minimum(tl.maximum({emitter.expr(index)}, 0), buf{slot}_size{d} - 1)"
+        terms.append(f"tl.cast({clamped}, tl.int64) * gbuf{slot}_stride{d}")
+    return f"gbuf{slot} + " + " + ".join(terms)
+
+
+def _grad_lines(emitter: Emitter, program: Program, slots: tuple[int, ...]) -> list[str]:
+    """Per float read: its contributions dz * dz/dL, reduced within the tile by what its index depends
+    on, added to its tensor's gradient buffer."""
+    if program.score is None or not slots:
+        return []
+    lines: list[str] = []
+    for i, read in enumerate(gradient_loads(program.score, program.tensors)):
+        body: list[str] = []
+        partial = emitter.emit(derivative(program.score, read), body)
+        body.append(f"g{i} = tl.where(p == 0.0, 0.0, dz * ({partial}))")
+        address = _address(emitter, read)
+        moving = read.deps & {"q", "kv"}
+        if not moving:
+            body.append(f"tl.atomic_add({address}, tl.sum(g{i}))")
+        elif moving == {"q"}:
+            body.append(f"tl.atomic_add({address}, tl.sum(g{i}, 1)[:, None], mask=q_in[:, None])")
+        elif moving == {"kv"}:
+            body.append(f"tl.atomic_add({address}, tl.sum(g{i}, 0)[None, :], mask=kv_in[None, :])")
+        else:
+            body.append(f"tl.atomic_add({address}, g{i}, mask=q_in[:, None] & kv_in[None, :])")
+        lines += [f"if GRAD{read.arg}:", *(f"    {line}" for line in body)]
+    return lines
+
+
+def _hoisted(emitter: Emitter) -> list[str]:
+    return sorted((emitter.names[n] for n in emitter.tile_reads), key=lambda name: int(name[1:]))
+
+
+def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ranges: list[Range] | None = None,
+                      q_ranges: list[Range] | None = None) -> BackwardSource:
+    """Both backward kernels for `program`, in one module. `tile_test`, `kv_ranges` and `q_ranges` (from
+    attnc.ir.tiles / attnc.ir.transpose) let them find their tiles from the mask's structure."""
+    tensor_args, param_args = capture_arg_names(program)
+    captures = tensor_args + param_args
+    slots = grad_slots(program)
+    grad_signature, grad_call = _grad_arg_names(program, slots)
+
+    by_query = Emitter(score_name="raw_score")
+    score_q, mask_q = _score_lines(by_query, program), _mask_lines(by_query, program)
+    grads = _grad_lines(by_query, program, slots)
+    by_key = Emitter(level_of=key_major_level, score_name="raw_score")
+    score_kv, mask_kv = _score_lines(by_key, program), _mask_lines(by_key, program)
+    hoisted_q, hoisted_kv = _hoisted(by_query), _hoisted(by_key)
+
+    dq_visit = ["dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,",
+                "start_n, b_idx, h_idx, q_idx, q_in, q_lo, q_hi, sm_scale, KV_LEN,",
+                *(f"{name}," for name in captures + grad_call + hoisted_q),
+                "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION,"]
+    dkdv_visit = ["dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,",
+                  "stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,",
+                  "start_m, b_idx, h_idx, kv_idx, kv_lo, kv_hi, sm_scale, Q_LEN,",
+                  *(f"{name}," for name in captures + hoisted_kv),
+                  "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, Q_EVEN, UPCAST, DOT_PRECISION,"]
+    tile_lines = tile_test_lines(tile_test)
+    holes = {
+        "constants": [f"DO_NOT_SPECIALIZE = {param_args!r}"],
+        "helpers": helper_lines(),
+        "capture_args": [f"{name}," for name in captures],
+        "capture_pass": [f"{name}," for name in captures],
+        "grad_args": [f"{name}," for name in grad_signature],
+        "grad_pass": [f"{name}," for name in grad_call],
+        "hoisted_params_q": [f"{name}," for name in hoisted_q],
+        "hoisted_pass_q": [f"{name}," for name in hoisted_q],
+        "hoisted_params_kv": [f"{name}," for name in hoisted_kv],
+        "hoisted_pass_kv": [f"{name}," for name in hoisted_kv],
+        "hoist_program_q": by_query.lines[Level.PROGRAM],
+        "hoist_q": by_query.lines[Level.QUERY],
+        "hoist_program_kv": by_key.lines[Level.PROGRAM],
+        "hoist_kv": by_key.lines[Level.QUERY],
+        "score_mod_q": score_q,
+        "mask_mod_q": mask_q,
+        "score_mod_kv": score_kv,
+        "mask_mod_kv": mask_kv,
+        "grad_accumulate": grads,
+        "tile_test_q": tile_lines,
+        "tile_test_kv": tile_lines,
+        "kv_ranges": range_loop_lines(kv_ranges or [(None, None)], "dq = _dq_visit(", dq_visit),
+        "q_ranges": range_loop_lines(q_ranges or [(None, None)], "dk, dv = _dkdv_visit(", dkdv_visit, axis="q"),
+    }
+    source = fill((TEMPLATES / "backward.py").read_text(), holes)
+    grad_pointers = tuple(name for name in grad_call if not name.startswith("GRAD"))
+    return BackwardSource(source, tuple(captures), grad_pointers, slots, tuple(param_args))

@@ -1,0 +1,387 @@
+# attnc backward kernel skeletons: dK/dV (one program per key tile) and dQ (one program per query tile).
+#
+# This file is real Triton: codegen fills the lines `# HOLE: <name>` with generated code at the same
+# indentation. Both kernels recompute the probabilities from the forward's log-sum-exp (never stored):
+#
+#   z = score_mod(q.k * scale)        p = exp(z - lse)          (p = 0 where masked or the row is empty)
+#   dv += p^T do                      dz = p * (do.v - delta)   (delta = rowsum(do * out) - dlse)
+#   ds = dz * dz/dscore               dq += ds k * scale        dk += ds^T q * scale
+#
+# and the gradient of a captured tensor read by a LOAD node L is the sum of dz * dz/dL over the pairs
+# that read each element (accumulated by the dQ kernel, pre-reduced within the tile by what the index
+# depends on). The dK/dV kernel works on transposed tiles [BLOCK_N, BLOCK_M] so that its accumulators are
+# key-major; index expressions broadcast the same way in both orientations.
+#
+# Holes (per kernel; `_kv` / `_q` suffixes name the dK/dV and dQ versions):
+#   helpers, constants, capture_args, capture_pass     as in the forward skeleton
+#   grad_args, grad_pass                               gradient buffers of captured tensors (dQ kernel)
+#   hoist_program_*, hoist_*, hoisted_params_*, hoisted_pass_*
+#                                                      values computed once per program and passed on
+#   score_mod_*     computes `score` (modified) and `dscore` (dz/dscore)
+#   mask_mod_*      computes `mask`
+#   grad_accumulate adds each captured tensor's contributions (dQ kernel)
+#   tile_test_*     `may_true` / `may_false` for the tile box [q_lo, q_hi] x [kv_lo, kv_hi]
+#   q_ranges        closed-form query ranges of a key tile, looping over their tiles (dK/dV kernel)
+#   kv_ranges       closed-form key ranges of a query tile, looping over their tiles (dQ kernel)
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+# HOLE: constants
+
+
+# HOLE: helpers
+
+
+@triton.jit
+def _dkdv_tile(
+    dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
+    stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+    start_m, b_idx, h_idx, kv_idx, sm_scale, Q_LEN,
+    # HOLE: capture_args
+    # HOLE: hoisted_params_kv
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, apply_mask, CHECK_Q: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    q_idx = offs_m[None, :]
+    q_in = offs_m < Q_LEN
+    qt = tl.load(Q_head + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd,
+                 mask=q_in[None, :] & (offs_d[:, None] < HEAD_D), other=0.0)
+    do = tl.load(DO_head + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
+                 mask=q_in[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
+    if UPCAST:
+        qt = qt.to(tl.float32)
+        do = do.to(tl.float32)
+    # Rows with no allowed key (lse = -inf) and rows past the end get lse = +inf: their p is exactly 0.
+    lse = tl.load(LSE_head + offs_m * stride_lm, mask=q_in, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    delta = tl.load(DELTA_head + offs_m * stride_lm, mask=q_in, other=0.0)
+    # raw_score stays unmodified: the derivatives of the score mod read it
+    raw_score = tl.dot(k, qt, input_precision=DOT_PRECISION) * sm_scale
+    score = raw_score
+    dscore = 1.0
+    # HOLE: score_mod_kv
+    if apply_mask:
+        # HOLE: mask_mod_kv
+        score = tl.where(mask, score, float("-inf"))
+    if CHECK_Q:
+        score = tl.where(q_in[None, :], score, float("-inf"))
+    pt = tl.exp2(score * LOG2E - lse[None, :] * LOG2E)
+    dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PRECISION)
+    dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+    # where p is 0 the pair contributes nothing, even where dz/dscore is not finite (a masked pair)
+    dst = tl.where(pt == 0.0, 0.0, pt * (dpt - delta[None, :]) * dscore)
+    dk += tl.dot(dst.to(qt.dtype), tl.trans(qt), input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _dkdv_visit(
+    dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
+    stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+    start_m, b_idx, h_idx, kv_idx, kv_lo, kv_hi, sm_scale, Q_LEN,
+    # HOLE: capture_args
+    # HOLE: hoisted_params_kv
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, Q_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    q_lo = start_m
+    q_hi = tl.minimum(start_m + BLOCK_M, Q_LEN) - 1
+    # HOLE: tile_test_kv
+    if may_true:
+        dk, dv = _dkdv_tile(
+            dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
+            stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+            start_m, b_idx, h_idx, kv_idx, sm_scale, Q_LEN,
+            # HOLE: capture_pass
+            # HOLE: hoisted_pass_kv
+            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, may_false, not Q_EVEN, UPCAST, DOT_PRECISION,
+        )
+    return dk, dv
+
+
+@triton.jit(do_not_specialize=DO_NOT_SPECIALIZE)
+def attnc_backward_dkdv(
+    Q, K, V, DO, LSE, DELTA, DK, DV,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_lb, stride_lh, stride_lm,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    Q_NUM_BLOCKS, Q_INDICES, FULL_Q_NUM_BLOCKS, FULL_Q_INDICES,
+    stride_nb, stride_nh, stride_nn,
+    stride_ib, stride_ih, stride_in, stride_im,
+    stride_fnb, stride_fnh, stride_fnn,
+    stride_fib, stride_fih, stride_fin, stride_fim,
+    sm_scale, H_Q, H_KV, GQA_GROUP, Q_LEN, KV_LEN,
+    # HOLE: capture_args
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPARSE_Q_BLOCK: tl.constexpr, SPARSE_KV_BLOCK: tl.constexpr,
+    USE_BLOCK_MASK: tl.constexpr, HAS_FULL_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
+    Q_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    # One program: BLOCK_N keys of one (batch, kv head), summed over the query heads that share them.
+    start_n = tl.program_id(0) * BLOCK_N
+    off_bh = tl.program_id(1)
+    off_b = off_bh // H_KV
+    off_hkv = off_bh % H_KV
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    n_in = offs_n < KV_LEN
+    k = tl.load(K + off_b.to(tl.int64) * stride_kb + off_hkv.to(tl.int64) * stride_kh
+                + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                mask=n_in[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
+    v = tl.load(V + off_b.to(tl.int64) * stride_vb + off_hkv.to(tl.int64) * stride_vh
+                + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                mask=n_in[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
+    b_idx = off_b
+    kv_idx = offs_n[:, None]
+    for g in range(GQA_GROUP):
+        off_h = off_hkv * GQA_GROUP + g
+        h_idx = off_h
+        Q_head = Q + off_b.to(tl.int64) * stride_qb + off_h.to(tl.int64) * stride_qh
+        DO_head = DO + off_b.to(tl.int64) * stride_dob + off_h.to(tl.int64) * stride_doh
+        LSE_head = LSE + off_b * stride_lb + off_h * stride_lh
+        DELTA_head = DELTA + off_b * stride_lb + off_h * stride_lh
+        # HOLE: hoist_program_kv
+        # HOLE: hoist_kv
+        if USE_BLOCK_MASK:
+            # the BlockMask's query-side lists: for this key block, its partial and full query blocks
+            sparse_col = start_n // SPARSE_KV_BLOCK
+            n_partial = tl.load(Q_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_col * stride_nn)
+            partial_list = Q_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_col * stride_in
+            for i in range(n_partial):
+                block = tl.load(partial_list + i * stride_im)
+                for j in range(SPARSE_Q_BLOCK // BLOCK_M):
+                    dk, dv = _dkdv_tile(
+                        dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
+                        stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+                        block * SPARSE_Q_BLOCK + j * BLOCK_M, b_idx, h_idx, kv_idx, sm_scale, Q_LEN,
+                        # HOLE: capture_pass
+                        # HOLE: hoisted_pass_kv
+                        HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, HAS_MASK, True, UPCAST, DOT_PRECISION,
+                    )
+            if HAS_FULL_BLOCKS:
+                n_full = tl.load(FULL_Q_NUM_BLOCKS + off_b * stride_fnb + off_h * stride_fnh
+                                 + sparse_col * stride_fnn)
+                full_list = FULL_Q_INDICES + off_b * stride_fib + off_h * stride_fih + sparse_col * stride_fin
+                for i in range(n_full):
+                    block = tl.load(full_list + i * stride_fim)
+                    for j in range(SPARSE_Q_BLOCK // BLOCK_M):
+                        dk, dv = _dkdv_tile(
+                            dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
+                            stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+                            block * SPARSE_Q_BLOCK + j * BLOCK_M, b_idx, h_idx, kv_idx, sm_scale, Q_LEN,
+                            # HOLE: capture_pass
+                            # HOLE: hoisted_pass_kv
+                            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, not Q_EVEN, UPCAST, DOT_PRECISION,
+                        )
+        elif HAS_MASK:
+            kv_lo = start_n
+            kv_hi = tl.minimum(start_n + BLOCK_N, KV_LEN) - 1
+            # HOLE: q_ranges
+        else:
+            for start_m in range(0, Q_LEN, BLOCK_M):
+                dk, dv = _dkdv_tile(
+                    dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
+                    stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+                    start_m, b_idx, h_idx, kv_idx, sm_scale, Q_LEN,
+                    # HOLE: capture_pass
+                    # HOLE: hoisted_pass_kv
+                    HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, not Q_EVEN, UPCAST, DOT_PRECISION,
+                )
+    dk = dk * sm_scale
+    tl.store(DK + off_b.to(tl.int64) * stride_dkb + off_hkv.to(tl.int64) * stride_dkh
+             + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+             dk.to(DK.dtype.element_ty), mask=n_in[:, None] & (offs_d[None, :] < HEAD_D))
+    tl.store(DV + off_b.to(tl.int64) * stride_dvb + off_hkv.to(tl.int64) * stride_dvh
+             + offs_n[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd,
+             dv.to(DV.dtype.element_ty), mask=n_in[:, None] & (offs_dv[None, :] < HEAD_DV))
+
+
+@triton.jit
+def _dq_tile(
+    dq, q, do, lse, delta, K_head, V_head,
+    stride_kn, stride_kd, stride_vn, stride_vd,
+    start_n, b_idx, h_idx, q_idx, q_in, sm_scale, KV_LEN,
+    # HOLE: capture_args
+    # HOLE: grad_args
+    # HOLE: hoisted_params_q
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, apply_mask, CHECK_KV: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    kv_idx = offs_n[None, :]
+    kv_in = offs_n < KV_LEN
+    kt = tl.load(K_head + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                 mask=kv_in[None, :] & (offs_d[:, None] < HEAD_D), other=0.0)
+    vt = tl.load(V_head + offs_n[None, :] * stride_vn + offs_dv[:, None] * stride_vd,
+                 mask=kv_in[None, :] & (offs_dv[:, None] < HEAD_DV), other=0.0)
+    if UPCAST:
+        kt = kt.to(tl.float32)
+        vt = vt.to(tl.float32)
+    raw_score = tl.dot(q, kt, input_precision=DOT_PRECISION) * sm_scale
+    score = raw_score
+    dscore = 1.0
+    # HOLE: score_mod_q
+    if apply_mask:
+        # HOLE: mask_mod_q
+        score = tl.where(mask, score, float("-inf"))
+    if CHECK_KV:
+        score = tl.where(kv_in[None, :], score, float("-inf"))
+    p = tl.exp2(score * LOG2E - lse[:, None] * LOG2E)
+    dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
+    dz = tl.where(p == 0.0, 0.0, p * (dp - delta[:, None]))
+    ds = tl.where(p == 0.0, 0.0, dz * dscore)
+    dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=DOT_PRECISION)
+    # HOLE: grad_accumulate
+    return dq
+
+
+@triton.jit
+def _dq_visit(
+    dq, q, do, lse, delta, K_head, V_head,
+    stride_kn, stride_kd, stride_vn, stride_vd,
+    start_n, b_idx, h_idx, q_idx, q_in, q_lo, q_hi, sm_scale, KV_LEN,
+    # HOLE: capture_args
+    # HOLE: grad_args
+    # HOLE: hoisted_params_q
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    kv_lo = start_n
+    kv_hi = tl.minimum(start_n + BLOCK_N, KV_LEN) - 1
+    # HOLE: tile_test_q
+    if may_true:
+        dq = _dq_tile(
+            dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
+            start_n, b_idx, h_idx, q_idx, q_in, sm_scale, KV_LEN,
+            # HOLE: capture_pass
+            # HOLE: grad_pass
+            # HOLE: hoisted_pass_q
+            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, not KV_EVEN, UPCAST, DOT_PRECISION,
+        )
+    return dq
+
+
+@triton.jit(do_not_specialize=DO_NOT_SPECIALIZE)
+def attnc_backward_dq(
+    Q, K, V, DO, LSE, DELTA, DQ,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_lb, stride_lh, stride_lm,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    KV_NUM_BLOCKS, KV_INDICES, FULL_KV_NUM_BLOCKS, FULL_KV_INDICES,
+    stride_nb, stride_nh, stride_nm,
+    stride_ib, stride_ih, stride_im, stride_in,
+    stride_fnb, stride_fnh, stride_fnm,
+    stride_fib, stride_fih, stride_fim, stride_fin,
+    sm_scale, H_Q, GQA_GROUP, Q_LEN, KV_LEN,
+    # HOLE: capture_args
+    # HOLE: grad_args
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPARSE_Q_BLOCK: tl.constexpr, SPARSE_KV_BLOCK: tl.constexpr,
+    USE_BLOCK_MASK: tl.constexpr, HAS_FULL_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
+    KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    # One program: BLOCK_M query rows of one (batch, query head), over the key tiles they attend to.
+    start_m = tl.program_id(0)
+    off_bh = tl.program_id(1)
+    off_b = off_bh // H_Q
+    off_h = off_bh % H_Q
+    off_hkv = off_h // GQA_GROUP
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    q_in = offs_m < Q_LEN
+    q = tl.load(Q + off_b.to(tl.int64) * stride_qb + off_h.to(tl.int64) * stride_qh
+                + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=q_in[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
+    do = tl.load(DO + off_b.to(tl.int64) * stride_dob + off_h.to(tl.int64) * stride_doh
+                 + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
+                 mask=q_in[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    lse = tl.load(LSE + off_b * stride_lb + off_h * stride_lh + offs_m * stride_lm, mask=q_in,
+                  other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    delta = tl.load(DELTA + off_b * stride_lb + off_h * stride_lh + offs_m * stride_lm, mask=q_in, other=0.0)
+    K_head = K + off_b.to(tl.int64) * stride_kb + off_hkv.to(tl.int64) * stride_kh
+    V_head = V + off_b.to(tl.int64) * stride_vb + off_hkv.to(tl.int64) * stride_vh
+    dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+
+    b_idx = off_b
+    h_idx = off_h
+    q_idx = offs_m[:, None]
+    # HOLE: hoist_program_q
+    # HOLE: hoist_q
+
+    if USE_BLOCK_MASK:
+        sparse_row = (start_m * BLOCK_M) // SPARSE_Q_BLOCK
+        n_partial = tl.load(KV_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_row * stride_nm)
+        partial_list = KV_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_row * stride_im
+        for i in range(n_partial):
+            block = tl.load(partial_list + i * stride_in)
+            for j in range(SPARSE_KV_BLOCK // BLOCK_N):
+                dq = _dq_tile(
+                    dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
+                    block * SPARSE_KV_BLOCK + j * BLOCK_N, b_idx, h_idx, q_idx, q_in, sm_scale, KV_LEN,
+                    # HOLE: capture_pass
+                    # HOLE: grad_pass
+                    # HOLE: hoisted_pass_q
+                    HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, True, UPCAST, DOT_PRECISION,
+                )
+        if HAS_FULL_BLOCKS:
+            n_full = tl.load(FULL_KV_NUM_BLOCKS + off_b * stride_fnb + off_h * stride_fnh
+                             + sparse_row * stride_fnm)
+            full_list = FULL_KV_INDICES + off_b * stride_fib + off_h * stride_fih + sparse_row * stride_fim
+            for i in range(n_full):
+                block = tl.load(full_list + i * stride_fin)
+                for j in range(SPARSE_KV_BLOCK // BLOCK_N):
+                    dq = _dq_tile(
+                        dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
+                        block * SPARSE_KV_BLOCK + j * BLOCK_N, b_idx, h_idx, q_idx, q_in, sm_scale, KV_LEN,
+                        # HOLE: capture_pass
+                        # HOLE: grad_pass
+                        # HOLE: hoisted_pass_q
+                        HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION,
+                    )
+    elif HAS_MASK:
+        q_lo = start_m * BLOCK_M
+        q_hi = tl.minimum(q_lo + BLOCK_M, Q_LEN) - 1
+        # HOLE: kv_ranges
+    else:
+        for start_n in range(0, KV_LEN, BLOCK_N):
+            dq = _dq_tile(
+                dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
+                start_n, b_idx, h_idx, q_idx, q_in, sm_scale, KV_LEN,
+                # HOLE: capture_pass
+                # HOLE: grad_pass
+                # HOLE: hoisted_pass_q
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION,
+            )
+    dq = dq * sm_scale
+    tl.store(DQ + off_b.to(tl.int64) * stride_dqb + off_h.to(tl.int64) * stride_dqh
+             + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+             dq.to(DQ.dtype.element_ty), mask=q_in[:, None] & (offs_d[None, :] < HEAD_D))

@@ -1,0 +1,128 @@
+"""Argument preparation and launch of the generated backward kernels (dK/dV, then dQ).
+
+Between the passes only O(rows) statistics live: the forward's lse and delta = rowsum(dO * O) - dlse
+(the second term carries the gradient of a returned lse that fed later computation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import triton
+
+from attnc.runtime.config import KernelConfig
+from attnc.runtime.launch import Shapes, block_mask_args, capture_args, check_block_mask, constexprs
+
+
+@dataclasses.dataclass(frozen=True)
+class BackwardConfigs:
+    dkdv: KernelConfig  # block_n: keys per program; block_m: query tile of its loop
+    dq: KernelConfig  # block_m: queries per program; block_n: key tile of its loop
+
+    def fit_to_blocks(self, q_block: int, kv_block: int) -> BackwardConfigs:
+        return BackwardConfigs(self.dkdv.fit_to_blocks(q_block, kv_block), self.dq.fit_to_blocks(q_block, kv_block))
+
+
+def backward_configs(head_dim: int, head_dim_v: int, *, interpret: bool) -> BackwardConfigs:
+    """Tiles for the two backward kernels. The dK/dV program keeps two [BLOCK_N, D] accumulators, the dQ
+    program one [BLOCK_M, D]: both stay within the register file at D = 128 without spills (checked by
+    `Attention.resources` in the tests)."""
+    if interpret:
+        tiles = KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=1)
+        return BackwardConfigs(tiles, tiles)
+    widest = max(head_dim, head_dim_v)
+    if widest <= 64:
+        return BackwardConfigs(KernelConfig(block_m=32, block_n=64, num_warps=4, num_stages=2),
+                               KernelConfig(block_m=64, block_n=32, num_warps=4, num_stages=2))
+    if widest <= 128:
+        return BackwardConfigs(KernelConfig(block_m=16, block_n=64, num_warps=8, num_stages=2),
+                               KernelConfig(block_m=64, block_n=32, num_warps=8, num_stages=2))
+    return BackwardConfigs(KernelConfig(block_m=16, block_n=32, num_warps=8, num_stages=1),
+                           KernelConfig(block_m=32, block_n=16, num_warps=8, num_stages=1))
+
+
+def delta_rows(out: torch.Tensor, dout: torch.Tensor, dlse: torch.Tensor | None) -> torch.Tensor:
+    """rowsum(dO * O) - dlse, float32, contiguous like the lse."""
+    delta = (dout.float() * out.float()).sum(-1)
+    if dlse is not None:
+        delta = delta - dlse.float()
+    return delta.contiguous()
+
+
+def _q_side_args(block_mask: Any, shapes: Shapes, dummy: torch.Tensor) -> tuple[list[Any], bool]:
+    """The BlockMask's query-side lists (for each key block, its query blocks), broadcast to [B, Hq]."""
+    if block_mask is None:
+        return [dummy, dummy, dummy, dummy] + [0] * 14, False
+    B, H = shapes.B, shapes.Hq
+    num = block_mask.q_num_blocks.expand(B, H, -1)
+    idx = block_mask.q_indices.expand(B, H, -1, -1)
+    has_full = block_mask.full_q_num_blocks is not None
+    full_num = block_mask.full_q_num_blocks.expand(B, H, -1) if has_full else num
+    full_idx = block_mask.full_q_indices.expand(B, H, -1, -1) if has_full else idx
+    strides = [*num.stride(), *idx.stride(), *full_num.stride(), *full_idx.stride()]
+    return [num, idx, full_num, full_idx, *strides], has_full
+
+
+def _grad_buffers(tensors: Sequence[torch.Tensor], slots: Sequence[int], wanted: Sequence[bool],
+                  dummy: torch.Tensor) -> tuple[list[Any], dict[str, bool], dict[int, torch.Tensor]]:
+    """float32 accumulators for the captured tensors that need a gradient; a dummy for the others."""
+    args: list[Any] = []
+    flags: dict[str, bool] = {}
+    buffers: dict[int, torch.Tensor] = {}
+    for slot, want in zip(slots, wanted, strict=True):
+        t = tensors[slot]
+        if want:
+            buffers[slot] = torch.zeros(t.shape, dtype=torch.float32, device=t.device)
+            args += [buffers[slot], *buffers[slot].stride()]
+        else:
+            args += [dummy, *([0] * t.dim())]
+        flags[f"GRAD{slot}"] = bool(want)
+    return args, flags, buffers
+
+
+def launch_backward(dkdv_kernel: Any, dq_kernel: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor, dlse: torch.Tensor | None, *,
+                    shapes: Shapes, scale: float | None, tensors: Sequence[torch.Tensor],
+                    params: Sequence[int | float], grad_slots: Sequence[int], grad_wanted: Sequence[bool],
+                    block_mask: Any, configs: BackwardConfigs, has_mask: bool,
+                    interpret: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
+    """(dq, dk, dv, {slot: float32 gradient}) for the captured tensors with grad_wanted."""
+    dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+    lse = lse.contiguous()
+    delta = delta_rows(out, dout, dlse)
+    block_sizes = check_block_mask(block_mask, shapes, query.device) if block_mask is not None else None
+    if block_sizes is not None:
+        configs = configs.fit_to_blocks(*block_sizes)
+    sm_scale = float(scale if scale is not None else 1.0 / math.sqrt(shapes.D))
+    captured = capture_args(tensors, params)
+    grad_args, grad_flags, buffers = _grad_buffers(tensors, grad_slots, grad_wanted, lse)
+    if shapes.KV_LEN == 0 or shapes.Q_LEN == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_(), buffers
+    common = [*query.stride(), *key.stride(), *value.stride(), *dout.stride(), *lse.stride()]
+
+    def consts(config: KernelConfig, has_full: bool) -> dict[str, Any]:
+        c = constexprs(shapes, config, query.dtype, block_sizes=block_sizes, has_full=has_full, has_mask=has_mask,
+                       interpret=interpret)
+        c["Q_EVEN"] = shapes.Q_LEN % config.block_m == 0
+        return c
+
+    q_side, has_full_q = _q_side_args(block_mask, shapes, lse)
+    c = consts(configs.dkdv, has_full_q)
+    c.pop("KV_EVEN")
+    dkdv_kernel[(triton.cdiv(shapes.KV_LEN, configs.dkdv.block_n), shapes.B * shapes.Hkv)](
+        query, key, value, dout, lse, delta, dk, dv, *common, *dk.stride(), *dv.stride(), *q_side, sm_scale,
+        shapes.Hq, shapes.Hkv, shapes.gqa_group, shapes.Q_LEN, shapes.KV_LEN, *captured, **c,
+        num_warps=configs.dkdv.num_warps, num_stages=configs.dkdv.num_stages)
+
+    kv_side, has_full_kv = block_mask_args(block_mask, shapes, lse)
+    c = consts(configs.dq, has_full_kv)
+    c.pop("Q_EVEN")
+    dq_kernel[(triton.cdiv(shapes.Q_LEN, configs.dq.block_m), shapes.B * shapes.Hq)](
+        query, key, value, dout, lse, delta, dq, *common, *dq.stride(), *kv_side, sm_scale, shapes.Hq,
+        shapes.gqa_group, shapes.Q_LEN, shapes.KV_LEN, *captured, *grad_args, **c, **grad_flags,
+        num_warps=configs.dq.num_warps, num_stages=configs.dq.num_stages)
+    return dq, dk, dv, buffers
