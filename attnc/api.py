@@ -282,13 +282,16 @@ class Attention:
         return reference_attention(program, query, key, value, tensors=tensors, params=bindings.params,
                                    scale=scale)
 
-    def explain(self) -> str:
+    def explain(self, *, backward: bool = False) -> str:
         """The traced IR, the IR after each optimisation step, where each generated value is computed
-        (hoisted out of the key loop or not), and the generated Triton source."""
+        (hoisted out of the key loop or not), and the generated Triton source; with `backward=True` also
+        the backward kernels' source."""
         sections = [("traced", format_program(self.traced.program))]
         optimize(self.traced.program, on_step=lambda name, p: sections.append((name, format_program(p))))
         sections.append(("placement", self.source.describe_placement()))
         sections.append(("triton source", self.source.source))
+        if backward:
+            sections.append(("backward triton source", self.backward_source.source))
         return "\n\n".join(f"== {title} ==\n{body.rstrip()}" for title, body in sections)
 
     def resources(self, arch: str = "sm_90", dtype: torch.dtype = torch.bfloat16, head_dim: int = 128,
@@ -296,7 +299,8 @@ class Attention:
         """Compile the forward kernel for `arch` ahead of time (no GPU needed); return registers, spills
         and shared memory, for the dense loop ("forward"), the BlockMask loop ("forward_block_mask") and, for a
         masked variant, the block-map builder ("block_map", blocks of 128 x 128); with `backward=True` also the
-        backward kernels ("backward_dkdv", "backward_dq", every captured gradient on)."""
+        backward kernels ("backward_dkdv", "backward_dq" and their "_block_mask" loops, every captured
+        gradient on)."""
         capability = aot.parse_arch(arch)
         head_dim_v = head_dim if head_dim_v is None else head_dim_v
         config = default_config(head_dim, head_dim_v, interpret=False)
@@ -315,7 +319,8 @@ class Attention:
         results = aot.compile_kernels(list(jobs.values()))
         backward_configs = launch_backward.backward_configs(head_dim, head_dim_v, interpret=False)
         used = {"forward": config, "forward_block_mask": config, "block_map": None,
-                "backward_dkdv": backward_configs.dkdv, "backward_dq": backward_configs.dq}
+                "backward_dkdv": backward_configs.dkdv, "backward_dq": backward_configs.dq,
+                "backward_dkdv_block_mask": backward_configs.dkdv, "backward_dq_block_mask": backward_configs.dq}
         return {name: {**result, "config": used[name]} for name, result in zip(jobs, results, strict=True)}
 
 

@@ -115,7 +115,9 @@ def test_explain_shows_every_stage():
     for section in ("== traced ==", "== fold ==", "== simplify ==", "== index_algebra ==", "== placement ==",
                     "== triton source =="):
         assert section in text
-    assert "def attnc_forward" in text
+    assert "def attnc_forward" in text and "attnc_backward" not in text
+    with_backward = attnc.compile(causal, alibi).explain(backward=True)
+    assert "== backward triton source ==" in with_backward and "def attnc_backward_dkdv" in with_backward
 
 
 def test_hoisting_moves_query_only_terms_out_of_the_key_loop():

@@ -212,3 +212,25 @@ def test_integer_captures_get_no_gradient_and_only_row_statistics_are_saved():
     assert any(t.shape == lse.shape for t in saved)
     _loss(out, lse).backward()
     assert q.grad is not None and not math.isnan(float(q.grad.sum()))
+
+
+SHAPES = [(16, 16, torch.float32), (80, 48, torch.float16), (48, 96, torch.bfloat16), (256, 200, torch.float32)]
+
+
+@pytest.mark.parametrize(("D", "Dv", "dtype"), SHAPES, ids=[f"{d}-{dv}-{str(t)[6:]}" for d, dv, t in SHAPES])
+def test_head_dims_value_dims_and_dtypes(D, Dv, dtype):
+    """Head dims from 16 to 256 (non-powers of two, Dv != D) in each dtype, vs a float64 reference."""
+    mask_mod, score_mod, (slopes,) = _stress_mods()["softcap_alibi"]
+    attn = attnc.compile(mask_mod, score_mod)
+    q, k, v = _inputs(1, 4, 2, 75, 50, D, Dv, dtype=dtype)
+    out, lse = attn(q, k, v, return_lse=True, backend="triton")
+    _loss(out, lse).backward()
+    ref = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    ref_out, ref_lse = reference_attention(attn.program, *ref, tensors=[slopes.double()],
+                                           params=attn._bind().params, float64=True)
+    _loss(ref_out, ref_lse).backward()
+    tol = {torch.float32: 2e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}[dtype]
+    for got, expected in zip((q.grad, k.grad, v.grad), ref, strict=True):
+        assert got.dtype == dtype and torch.isfinite(got).all()
+        scale = float(expected.grad.abs().max())
+        torch.testing.assert_close(got.double(), expected.grad, atol=tol * scale, rtol=tol)

@@ -12,13 +12,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attnc.api import kernel_cache
+from attnc.codegen.backward import generate_backward
 from attnc.codegen.forward import generate_forward
-from attnc.ir import DType, Node, Op, Program, const, node
+from attnc.ir import DType, Node, Op, Program, const, load, node, score, var
+from attnc.ir.derivative import derivative
+from attnc.ir.interpret import Env, evaluate, index_grids
 from attnc.ir.passes import optimize
 from attnc.ir.reference import reference_attention
 from attnc.runtime.config import KernelConfig
 from attnc.runtime.interpreter import interpreter_active
 from attnc.runtime.launch import check_inputs, launch_forward
+from attnc.runtime.launch_backward import BackwardConfigs, launch_backward
 from tests import ir_strategies as irs
 
 F32, BOOL = DType.float32, DType.bool
@@ -64,3 +68,76 @@ def test_kernel_equals_reference_on_random_programs(case):
     assert not out.isnan().any()
     torch.testing.assert_close(out, ref_out, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(lse, ref_lse, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not interpreter_active(), reason="runs kernels in the Triton interpreter on CPU tensors")
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(cases())
+def test_kernel_gradients_equal_reference_gradients_on_random_programs(case):
+    """dq, dk, dv and the float table's gradient from the backward kernels vs autograd through the float64
+    reference, wherever its gradients are finite. The tolerance grows with the float32 reference's own
+    error: a kernel is float32 too, and some mods amplify rounding (`1000 * table` logits cancel in
+    p * (dp - delta), `2**31 % score` moves by hundreds per ulp of the score)."""
+    program, tables, params, (Q_LEN, KV_LEN) = case
+    program = optimize(_reading_the_table(program))
+    g = torch.Generator().manual_seed(Q_LEN * 43 + KV_LEN)
+    q = torch.randn(2, 2, Q_LEN, 16, generator=g)
+    k, v = torch.randn(2, 1, KV_LEN, 16, generator=g), torch.randn(2, 1, KV_LEN, 16, generator=g)
+    upstream = torch.randn(2, 2, Q_LEN, 16, generator=g)
+    ref_out, single = _reference_gradients(program, q, k, v, tables, params, upstream)
+    _, exact = _reference_gradients(program, q, k, v, tables, params, upstream, float64=True)
+    if not all(e is None or bool(torch.isfinite(e).all()) for e in exact):
+        return
+    if _derivative_overflows(program, q, k, tables, params):
+        return  # dz/dscore itself is beyond float32 (`log2(1e-38 / score)`): autograd scales it down first
+    source = generate_backward(program)
+    module = kernel_cache().module(source.source)
+    lse = reference_attention(program, q, k, v, tensors=tables, params=params)[1]
+    shapes = check_inputs(q, k, v, enable_gqa=True)
+    wanted = [slot == 1 for slot in source.grad_slots]
+    tiles = KernelConfig(16, 16, 4, 1)
+    dq, dk, dv, grads = launch_backward(
+        module.attnc_backward_dkdv, module.attnc_backward_dq, q, k, v, ref_out, lse, upstream, None,
+        shapes=shapes, scale=None, tensors=tables, params=params, grad_slots=source.grad_slots, grad_wanted=wanted,
+        block_mask=None, configs=BackwardConfigs(tiles, tiles), has_mask=program.mask is not None, interpret=True)
+    table_grad = grads.get(1, torch.zeros_like(tables[1]))
+    for got, want, rounded in zip((dq, dk, dv, table_grad), exact, single, strict=True):
+        want = torch.zeros_like(got) if want is None else want
+        rounding = 0.0 if rounded is None else float((rounded - want).abs().nan_to_num(float("inf")).max())
+        assert not got.isnan().any()
+        atol = 2e-3 * max(1.0, float(want.abs().max())) + 200 * rounding
+        torch.testing.assert_close(got, want, atol=atol, rtol=2e-3)
+
+
+def _derivative_overflows(program: Program, q, k, tables, params) -> bool:
+    """True where the score mod's derivatives, as the kernels compute them in float32, are not finite."""
+    if program.score is None:
+        return False
+    B, H, Q_LEN, D = q.shape
+    keys = k.repeat_interleave(H // k.shape[1], dim=1)
+    env = Env(*index_grids(B, H, Q_LEN, k.shape[2], q.device), score=q @ keys.transpose(-1, -2) / D**0.5,
+              tensors=tables, params=params)
+    wrt = [score(), *(n for n in program.score.walk() if n.op is Op.LOAD and n.dtype.is_float)]
+    return not all(bool(torch.isfinite(evaluate(derivative(program.score, w), env)).all()) for w in wrt)
+
+
+def _reading_the_table(program: Program) -> Program:
+    """The score mod plus the float table times the random score mod (`score + t[h % 3, (q + 2 kv) % 5] *
+    mod`), so the table's gradient goes through the derivative of an arbitrary expression."""
+    if program.score is None:
+        return program
+    i32 = DType.int32
+    row = node(Op.MOD, i32, var("h"), const(3, i32))
+    col = node(Op.MOD, i32, node(Op.ADD, i32, var("q"), node(Op.MUL, i32, var("kv"), const(2, i32))), const(5, i32))
+    weight = load(1, F32, row, col)
+    return program.replace(score=finite(node(Op.ADD, F32, score(), node(Op.MUL, F32, weight, program.score))))
+
+
+def _reference_gradients(program, q, k, v, tables, params, upstream, float64=False):
+    dtype = torch.float64 if float64 else torch.float32
+    leaves = [t.to(dtype).requires_grad_(True) for t in (q, k, v, tables[1])]
+    out, _ = reference_attention(program, *leaves[:3], tensors=[tables[0], leaves[3], tables[2]], params=params,
+                                 float64=float64)
+    grads = torch.autograd.grad((out * upstream.to(dtype)).sum(), leaves, allow_unused=True)
+    return out.detach().float(), [None if g is None else g.float() for g in grads]

@@ -122,6 +122,22 @@ def _unary(fn: str) -> Renderer:
     return lambda n, a: _in_f32(n.dtype, lambda x: f"{fn}({x})")(n, a)
 
 
+def _logic(symbol: str) -> Renderer:
+    """Bitwise on ints, logical on bools. A bool from a comparison of float scalars is written `(x != 0)`:
+    the Triton interpreter keeps such a value in a form its `& | ^` reject (a GPU folds the test away)."""
+
+    def render(n: Node, a: Sequence[str]) -> str:
+        if n.dtype is DType.bool:
+            a = [f"({x} != 0)" if _float_comparison(s) else x for s, x in zip(n.src, a, strict=True)]
+        return f"({a[0]} {symbol} {a[1]})"
+
+    return render
+
+
+def _float_comparison(n: Node) -> bool:
+    return n.op in (Op.LT, Op.LE, Op.GT, Op.GE, Op.EQ, Op.NE) and n.src[0].dtype.is_float
+
+
 RENDER: dict[Op, Renderer] = {
     Op.EXP: _unary("tl.exp"),
     Op.EXP2: _unary("tl.exp2"),
@@ -150,9 +166,9 @@ RENDER: dict[Op, Renderer] = {
     Op.POW: _pow,
     Op.MIN: _minmax("tl.minimum"),
     Op.MAX: _minmax("tl.maximum"),
-    Op.AND: lambda n, a: f"({a[0]} & {a[1]})",
-    Op.OR: lambda n, a: f"({a[0]} | {a[1]})",
-    Op.XOR: lambda n, a: f"({a[0]} ^ {a[1]})",
+    Op.AND: _logic("&"),
+    Op.OR: _logic("|"),
+    Op.XOR: _logic("^"),
     Op.LT: _compare("<"),
     Op.LE: _compare("<="),
     Op.GT: _compare(">"),

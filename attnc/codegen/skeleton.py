@@ -96,7 +96,9 @@ class Emitter:
         if n.op is Op.CONST:
             return literal(n.arg, n.dtype)
         if n.op is Op.PARAM:
-            return f"param{n.arg}"
+            # A float parameter arrives in the Triton interpreter as a Python float, whose `%` raises on a
+            # zero divisor where a GPU gives NaN: as a float32 tensor it behaves the same in both.
+            return f"tl.cast(param{n.arg}, tl.float32)" if n.dtype.is_float else f"param{n.arg}"
         return self.names[n]
 
     def emit(self, root: Node, tile_lines: list[str]) -> str:

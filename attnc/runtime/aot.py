@@ -90,7 +90,8 @@ def _capture_types(program: Any) -> dict[str, str]:
 
 def backward_jobs(path: Any, program: Any, grad_slots: tuple[int, ...], dtype: Any, head_dim: int, head_dim_v: int,
                   configs: Any, capability: int) -> dict[str, dict[str, Any]]:
-    """Compile jobs for the two backward kernels (closed-form tile loops, every captured gradient on)."""
+    """Compile jobs for the two backward kernels, each with its closed-form tile loops and with a
+    BlockMask's lists (blocks of 128), every captured gradient on."""
     from attnc.codegen.backward import DKDV_KERNEL, DQ_KERNEL
     from attnc.codegen.emit import POINTER_TYPE
     from attnc.ir.dtypes import DType
@@ -105,11 +106,15 @@ def backward_jobs(path: Any, program: Any, grad_slots: tuple[int, ...], dtype: A
     shapes = Shapes(B=1, Hq=1, Hkv=1, Q_LEN=4096, KV_LEN=4096, D=head_dim, Dv=head_dim_v)
     unit = {name: 1 for name in ("stride_qd", "stride_kd", "stride_vd", "stride_dod", "stride_lm", "stride_dqd",
                                  "stride_dkd", "stride_dvd")}
+    unit |= {name: 1 for name in ("stride_in", "stride_im", "stride_fin", "stride_fim")}
     jobs = {}
     for name, kernel, config in (("backward_dkdv", DKDV_KERNEL, configs.dkdv), ("backward_dq", DQ_KERNEL, configs.dq)):
-        consts = constexprs(shapes, config, dtype, block_sizes=None, has_full=False,
-                            has_mask=program.mask is not None, interpret=False)
-        consts |= {"Q_EVEN": True} | unit | {f"GRAD{slot}": True for slot in grad_slots}
-        jobs[name] = {"path": str(path), "kernel": kernel, "types": types, "constexprs": consts,
-                      "num_warps": config.num_warps, "num_stages": config.num_stages, "capability": capability}
+        for suffix, block_sizes in (("", None), ("_block_mask", (128, 128))):
+            fitted = config.fit_to_blocks(*block_sizes) if block_sizes else config
+            consts = constexprs(shapes, fitted, dtype, block_sizes=block_sizes, has_full=block_sizes is not None,
+                                has_mask=program.mask is not None, interpret=False)
+            consts |= {"Q_EVEN": True} | unit | {f"GRAD{slot}": True for slot in grad_slots}
+            jobs[name + suffix] = {"path": str(path), "kernel": kernel, "types": types, "constexprs": consts,
+                                   "num_warps": fitted.num_warps, "num_stages": fitted.num_stages,
+                                   "capability": capability}
     return jobs

@@ -86,4 +86,5 @@ def _ordered_add(target: Tensor, index: Tensor, values: Tensor) -> None:
     last[:-1] = index[1:] != index[:-1]
     totals = prefix[last]
     totals = torch.cat([totals[:1], totals[1:] - totals[:-1]])
-    target.index_add_(0, index[last], totals)  # one add per element: no two adds meet
+    touched = index[last]  # each element once: a gather and a scatter, no accumulation in memory
+    target[touched] = target[touched] + totals

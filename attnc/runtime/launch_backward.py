@@ -29,20 +29,21 @@ class BackwardConfigs:
 
 def backward_configs(head_dim: int, head_dim_v: int, *, interpret: bool) -> BackwardConfigs:
     """Tiles for the two backward kernels. The dK/dV program keeps two [BLOCK_N, D] accumulators, the dQ
-    program one [BLOCK_M, D]: both stay within the register file at D = 128 without spills (checked by
-    `Attention.resources` in the tests)."""
+    program one [BLOCK_M, D]. Chosen so that neither loop (closed-form ranges or a BlockMask's lists, whose
+    two call sites cost registers) spills at sm_90 for bias tables, document ids and softcaps at D = 64,
+    128 and 256 (checked by `Attention.resources` in the tests); not yet tuned for speed."""
     if interpret:
         tiles = KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=1)
         return BackwardConfigs(tiles, tiles)
     widest = max(head_dim, head_dim_v)
     if widest <= 64:
-        return BackwardConfigs(KernelConfig(block_m=32, block_n=64, num_warps=4, num_stages=2),
+        return BackwardConfigs(KernelConfig(block_m=32, block_n=64, num_warps=8, num_stages=2),
                                KernelConfig(block_m=64, block_n=32, num_warps=4, num_stages=2))
     if widest <= 128:
-        return BackwardConfigs(KernelConfig(block_m=16, block_n=64, num_warps=8, num_stages=2),
+        return BackwardConfigs(KernelConfig(block_m=32, block_n=32, num_warps=8, num_stages=2),
                                KernelConfig(block_m=64, block_n=32, num_warps=8, num_stages=2))
     return BackwardConfigs(KernelConfig(block_m=16, block_n=32, num_warps=8, num_stages=1),
-                           KernelConfig(block_m=32, block_n=16, num_warps=8, num_stages=1))
+                           KernelConfig(block_m=16, block_n=16, num_warps=8, num_stages=1))
 
 
 def delta_rows(out: torch.Tensor, dout: torch.Tensor, dlse: torch.Tensor | None) -> torch.Tensor:
