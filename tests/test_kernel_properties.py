@@ -28,8 +28,8 @@ from tests import ir_strategies as irs
 F32, BOOL = DType.float32, DType.bool
 
 
-def finite(x: Node) -> Node:
-    small = node(Op.LT, BOOL, node(Op.ABS, F32, x), const(1e4, F32))
+def finite(x: Node, bound: float = 1e4) -> Node:
+    small = node(Op.LT, BOOL, node(Op.ABS, F32, x), const(bound, F32))
     return node(Op.WHERE, F32, small, x, const(0.0, F32))
 
 
@@ -106,7 +106,7 @@ def test_kernel_gradients_equal_reference_gradients_on_random_programs(case):
         want = torch.zeros_like(got) if want is None else want
         rounding = 0.0 if rounded is None else float((rounded - want).abs().nan_to_num(float("inf")).max())
         assert not got.isnan().any()
-        atol = 2e-3 * max(1.0, float(want.abs().max())) + 200 * rounding
+        atol = 2e-3 * max(1.0, float(want.abs().max())) + 50 * rounding
         torch.testing.assert_close(got, want, atol=atol, rtol=2e-3)
 
 
@@ -123,15 +123,18 @@ def _derivative_overflows(program: Program, q, k, tables, params) -> bool:
 
 
 def _reading_the_table(program: Program) -> Program:
-    """The score mod plus the float table times the random score mod (`score + t[h % 3, (q + 2 kv) % 5] *
-    mod`), so the table's gradient goes through the derivative of an arbitrary expression."""
+    """`score + t[h % 3, (q + 2 kv) % 5] * mod` for the random score mod (cut to |mod| < 50), so the table's
+    gradient goes through the derivative of an arbitrary expression. The cut keeps logits in the range real
+    mods produce: at logits in the thousands, sums that are zero in exact arithmetic (sum_j p_j (dp_j -
+    delta) = 0) leave float32 residues that the logit scale multiplies, in any implementation."""
     if program.score is None:
         return program
     i32 = DType.int32
     row = node(Op.MOD, i32, var("h"), const(3, i32))
     col = node(Op.MOD, i32, node(Op.ADD, i32, var("q"), node(Op.MUL, i32, var("kv"), const(2, i32))), const(5, i32))
     weight = load(1, F32, row, col)
-    return program.replace(score=finite(node(Op.ADD, F32, score(), node(Op.MUL, F32, weight, program.score))))
+    mod = finite(program.score, bound=50.0)
+    return program.replace(score=node(Op.ADD, F32, score(), node(Op.MUL, F32, weight, mod)))
 
 
 def _reference_gradients(program, q, k, v, tables, params, upstream, float64=False):
