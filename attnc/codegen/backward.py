@@ -21,9 +21,11 @@ from attnc.codegen.skeleton import (
     Emitter,
     Level,
     capture_arg_names,
+    common_holes,
     fill,
-    helper_lines,
+    hoisted_names,
     key_major_level,
+    mask_lines,
     range_loop_lines,
     tile_test_lines,
 )
@@ -74,14 +76,6 @@ def _score_lines(emitter: Emitter, program: Program) -> list[str]:
     return [*lines, f"dscore = {dscore}", f"score = {result}{broadcast}"]
 
 
-def _mask_lines(emitter: Emitter, program: Program) -> list[str]:
-    if program.mask is None:
-        return ["mask = True"]
-    lines: list[str] = []
-    result = emitter.emit(program.mask, lines)
-    return [*lines, f"mask = {result}"]
-
-
 def _address(emitter: Emitter, read: Node) -> str:
     """The gradient buffer element of the read's (clamped) index."""
     slot = read.arg
@@ -118,10 +112,6 @@ def _grad_lines(emitter: Emitter, program: Program, slots: tuple[int, ...]) -> l
     return lines
 
 
-def _hoisted(emitter: Emitter) -> list[str]:
-    return sorted((emitter.names[n] for n in emitter.tile_reads), key=lambda name: int(name[1:]))
-
-
 def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ranges: list[Range] | None = None,
                       q_ranges: list[Range] | None = None) -> BackwardSource:
     """Both backward kernels for `program`, in one module. `tile_test`, `kv_ranges` and `q_ranges` (from
@@ -132,11 +122,11 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
     grad_signature, grad_call = _grad_arg_names(program, slots)
 
     by_query = Emitter(score_name="raw_score")
-    score_q, mask_q = _score_lines(by_query, program), _mask_lines(by_query, program)
+    score_q, mask_q = _score_lines(by_query, program), mask_lines(by_query, program.mask)
     grads = _grad_lines(by_query, program, slots)
     by_key = Emitter(level_of=key_major_level, score_name="raw_score")
-    score_kv, mask_kv = _score_lines(by_key, program), _mask_lines(by_key, program)
-    hoisted_q, hoisted_kv = _hoisted(by_query), _hoisted(by_key)
+    score_kv, mask_kv = _score_lines(by_key, program), mask_lines(by_key, program.mask)
+    hoisted_q, hoisted_kv = hoisted_names(by_query), hoisted_names(by_key)
 
     dq_visit = ["dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,",
                 "start_n, b_idx, h_idx, q_idx, q_in, q_lo, q_hi, sm_scale, KV_LEN,",
@@ -149,10 +139,7 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
                   "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, Q_EVEN, UPCAST, DOT_PRECISION,"]
     tile_lines = tile_test_lines(tile_test)
     holes = {
-        "constants": [f"DO_NOT_SPECIALIZE = {param_args!r}"],
-        "helpers": helper_lines(),
-        "capture_args": [f"{name}," for name in captures],
-        "capture_pass": [f"{name}," for name in captures],
+        **common_holes(captures, param_args),
         "grad_args": [f"{name}," for name in grad_signature],
         "grad_pass": [f"{name}," for name in grad_call],
         "hoisted_params_q": [f"{name}," for name in hoisted_q],

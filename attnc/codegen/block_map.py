@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from attnc.codegen.skeleton import TEMPLATES, Emitter, KernelSource, Level, capture_arg_names, fill, helper_lines
+from attnc.codegen.skeleton import TEMPLATES, Emitter, KernelSource, Level, capture_arg_names, common_holes, fill
 from attnc.ir.program import Program
 
 if TYPE_CHECKING:
@@ -40,9 +40,7 @@ def generate_block_map(program: Program, tile_test: TileTest | None = None) -> K
     result = emitter.emit(program.mask, tile_lines)
     tensor_args, param_args = capture_arg_names(program)
     holes = {
-        "constants": [f"DO_NOT_SPECIALIZE = {param_args!r}"],
-        "helpers": helper_lines(),
-        "capture_args": [f"{name}," for name in tensor_args + param_args],
+        **common_holes(tensor_args + param_args, param_args),
         "hoist_program": emitter.lines[Level.PROGRAM],
         "hoist_q": emitter.lines[Level.QUERY],
         "mask_mod": [*tile_lines, f"mask = {result}"],

@@ -15,8 +15,10 @@ from attnc.codegen.skeleton import (
     KernelSource,
     Level,
     capture_arg_names,
+    common_holes,
     fill,
-    helper_lines,
+    hoisted_names,
+    mask_lines,
     range_loop_lines,
     tile_test_lines,
 )
@@ -39,14 +41,6 @@ def _score_lines(emitter: Emitter, root: Node | None) -> list[str]:
     return [*lines, f"score = {result}{broadcast}"]
 
 
-def _mask_lines(emitter: Emitter, root: Node | None) -> list[str]:
-    if root is None:
-        return ["mask = True"]
-    lines: list[str] = []
-    result = emitter.emit(root, lines)
-    return [*lines, f"mask = {result}"]
-
-
 def _visit_args(captures: list[str], hoisted: list[str]) -> list[str]:
     return ["acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,",
             "start_n, b_idx, h_idx, q_idx, q_lo, q_hi, sm_scale, KV_LEN,",
@@ -61,15 +55,12 @@ def generate_forward(program: Program, tile_test: TileTest | None = None,
     every tile and masks each."""
     emitter = Emitter()
     score = _score_lines(emitter, program.score)
-    mask = _mask_lines(emitter, program.mask)
-    hoisted = sorted((emitter.names[n] for n in emitter.tile_reads), key=lambda name: int(name[1:]))
+    mask = mask_lines(emitter, program.mask)
+    hoisted = hoisted_names(emitter)
     tensor_args, param_args = capture_arg_names(program)
     captures = tensor_args + param_args
     holes = {
-        "constants": [f"DO_NOT_SPECIALIZE = {param_args!r}"],
-        "helpers": helper_lines(),
-        "capture_args": [f"{name}," for name in captures],
-        "capture_pass": [f"{name}," for name in captures],
+        **common_holes(captures, param_args),
         "hoisted_params": [f"{name}," for name in hoisted],
         "hoisted_pass": [f"{name}," for name in hoisted],
         "hoist_program": emitter.lines[Level.PROGRAM],

@@ -182,3 +182,27 @@ def range_loop_lines(ranges: list[tuple[Node | None, Node | None]], call: str, c
         body = [f"if {unseen}:", *(f"    {line}" for line in call_lines)] if unseen else call_lines
         lines += [f"    {line}" for line in body]
     return lines
+
+
+def mask_lines(emitter: Emitter, root: Node | None) -> list[str]:
+    """Lines computing `mask` from the mask's IR (tile-level terms only; the rest is hoisted)."""
+    if root is None:
+        return ["mask = True"]
+    lines: list[str] = []
+    result = emitter.emit(root, lines)
+    return [*lines, f"mask = {result}"]
+
+
+def hoisted_names(emitter: Emitter) -> list[str]:
+    """The hoisted values tile-level lines read, in emission order: the tile function's extra parameters."""
+    return sorted((emitter.names[n] for n in emitter.tile_reads), key=lambda name: int(name[1:]))
+
+
+def common_holes(captures: list[str], param_args: list[str]) -> dict[str, list[str]]:
+    """The holes every skeleton has: constants, helpers, and the captured tensors' and parameters' arguments."""
+    return {
+        "constants": [f"DO_NOT_SPECIALIZE = {param_args!r}"],
+        "helpers": helper_lines(),
+        "capture_args": [f"{name}," for name in captures],
+        "capture_pass": [f"{name}," for name in captures],
+    }

@@ -103,19 +103,20 @@ def constexprs(shapes: Shapes, config: KernelConfig, dtype: torch.dtype, *, bloc
     }
 
 
-def block_mask_args(block_mask: Any, shapes: Shapes, dummy: torch.Tensor) -> tuple[list[Any], bool]:
-    """The BlockMask tensors and strides the kernel reads, broadcast to [B, Hq, ...]; dummies without one."""
+def block_mask_args(block_mask: Any, shapes: Shapes, dummy: torch.Tensor, side: str = "kv") -> tuple[list[Any], bool]:
+    """The BlockMask lists a kernel reads, broadcast to [B, Hq, ...], then their strides; dummies without
+    one. `side` "kv": for each query block its key blocks (forward, dQ); "q": the transpose (dK/dV)."""
     if block_mask is None:
         return [dummy, dummy, dummy, dummy] + [0] * 14, False
     B, H = shapes.B, shapes.Hq
-    num = block_mask.kv_num_blocks.expand(B, H, -1)
-    idx = block_mask.kv_indices.expand(B, H, -1, -1)
-    has_full = block_mask.full_kv_num_blocks is not None
-    full_num = block_mask.full_kv_num_blocks.expand(B, H, -1) if has_full else num
-    full_idx = block_mask.full_kv_indices.expand(B, H, -1, -1) if has_full else idx
-    tensors = [num, idx, full_num, full_idx]
+    num = getattr(block_mask, f"{side}_num_blocks").expand(B, H, -1)
+    idx = getattr(block_mask, f"{side}_indices").expand(B, H, -1, -1)
+    full_num, full_idx = getattr(block_mask, f"full_{side}_num_blocks"), getattr(block_mask, f"full_{side}_indices")
+    has_full = full_num is not None
+    full_num = full_num.expand(B, H, -1) if has_full else num
+    full_idx = full_idx.expand(B, H, -1, -1) if has_full else idx
     strides = [*num.stride(), *idx.stride(), *full_num.stride(), *full_idx.stride()]
-    return [*tensors, *strides], has_full
+    return [num, idx, full_num, full_idx, *strides], has_full
 
 
 def check_block_mask(block_mask: Any, shapes: Shapes, device: torch.device) -> tuple[int, int]:

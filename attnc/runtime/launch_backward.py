@@ -54,20 +54,6 @@ def delta_rows(out: torch.Tensor, dout: torch.Tensor, dlse: torch.Tensor | None)
     return delta.contiguous()
 
 
-def _q_side_args(block_mask: Any, shapes: Shapes, dummy: torch.Tensor) -> tuple[list[Any], bool]:
-    """The BlockMask's query-side lists (for each key block, its query blocks), broadcast to [B, Hq]."""
-    if block_mask is None:
-        return [dummy, dummy, dummy, dummy] + [0] * 14, False
-    B, H = shapes.B, shapes.Hq
-    num = block_mask.q_num_blocks.expand(B, H, -1)
-    idx = block_mask.q_indices.expand(B, H, -1, -1)
-    has_full = block_mask.full_q_num_blocks is not None
-    full_num = block_mask.full_q_num_blocks.expand(B, H, -1) if has_full else num
-    full_idx = block_mask.full_q_indices.expand(B, H, -1, -1) if has_full else idx
-    strides = [*num.stride(), *idx.stride(), *full_num.stride(), *full_idx.stride()]
-    return [num, idx, full_num, full_idx, *strides], has_full
-
-
 def _grad_buffers(tensors: Sequence[torch.Tensor], slots: Sequence[int], wanted: Sequence[bool],
                   dummy: torch.Tensor) -> tuple[list[Any], dict[str, bool], dict[int, torch.Tensor]]:
     """float32 accumulators for the captured tensors that need a gradient; a dummy for the others."""
@@ -111,7 +97,7 @@ def launch_backward(dkdv_kernel: Any, dq_kernel: Any, query: torch.Tensor, key: 
         c["Q_EVEN"] = shapes.Q_LEN % config.block_m == 0
         return c
 
-    q_side, has_full_q = _q_side_args(block_mask, shapes, lse)
+    q_side, has_full_q = block_mask_args(block_mask, shapes, lse, side="q")
     c = consts(configs.dkdv, has_full_q)
     c.pop("KV_EVEN")
     dkdv_kernel[(triton.cdiv(shapes.KV_LEN, configs.dkdv.block_n), shapes.B * shapes.Hkv)](
