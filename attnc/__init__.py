@@ -10,6 +10,7 @@ from attnc.runtime.interpreter import enable_if_no_gpu
 enable_if_no_gpu()
 
 from attnc.api import Attention, compile, create_block_mask, flex_attention  # noqa: E402
+from attnc.dsl.text import TextError, TextVariant, parse  # noqa: E402
 from attnc.dsl.trace import TraceError  # noqa: E402
 from attnc.runtime.block_mask import BlockMask  # noqa: E402
 from attnc.runtime.visualize import visualize  # noqa: E402
@@ -18,6 +19,6 @@ from attnc.variants.combinators import and_masks, noop_mask, or_masks  # noqa: E
 __version__ = "0.1.0"
 
 __all__ = [
-    "Attention", "BlockMask", "TraceError", "and_masks", "compile", "create_block_mask", "flex_attention",
-    "noop_mask", "or_masks", "visualize",
+    "Attention", "BlockMask", "TextError", "TextVariant", "TraceError", "and_masks", "compile", "create_block_mask",
+    "flex_attention", "noop_mask", "or_masks", "parse", "visualize",
 ]

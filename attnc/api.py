@@ -14,8 +14,9 @@ from __future__ import annotations
 import collections
 import functools
 import math
+import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ import torch
 from attnc.codegen.backward import DKDV_KERNEL, DQ_KERNEL, BackwardSource, generate_backward
 from attnc.codegen.block_map import generate_block_map
 from attnc.codegen.forward import KernelSource, generate_forward
+from attnc.dsl.text import TextVariant, text_variant
 from attnc.dsl.trace import StaleTrace, Traced, trace
 from attnc.ir import DType, Node, Op, Program, TensorSpec, const, load, node, var
 from attnc.ir.interpret import Env, evaluate
@@ -57,15 +59,23 @@ def kernel_cache() -> KernelCache:
 
 class Attention:
     """A compiled attention variant. Kernels are generated lazily on first use and cached; changing a
-    captured Python scalar between calls changes a runtime argument, never the kernel."""
+    captured Python scalar between calls changes a runtime argument, never the kernel.
 
-    def __init__(self, mask_mod: MaskMod | None = None, score_mod: ScoreMod | None = None) -> None:
+    A variant in the text syntax (`text`) has its tensors and parameter values bound by name: `defaults`
+    here, overridden by keyword arguments of each call (`attn(q, k, v, slopes=t, window=128)`)."""
+
+    def __init__(self, mask_mod: MaskMod | None = None, score_mod: ScoreMod | None = None, *,
+                 text: TextVariant | None = None, defaults: Mapping[str, Any] | None = None) -> None:
         self.mask_mod = mask_mod
         self.score_mod = score_mod
+        self.text = text
+        self.defaults = dict(defaults or {})
+        if text is not None:
+            text.check(self.defaults)
         self._retrace()
 
     def _retrace(self) -> None:
-        self.traced: Traced = trace(self.mask_mod, self.score_mod)
+        self.traced: Traced | TextVariant = trace(self.mask_mod, self.score_mod) if self.text is None else self.text
         self.program: Program = optimize(self.traced.program)
         self._source: KernelSource | None = None
         self._kernel: Any = None
@@ -120,12 +130,12 @@ class Attention:
         return self._block_map_kernel
 
     def block_mask(self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any = None,
-                   BLOCK_SIZE: int | tuple[int, int] = 128, *, builder: str = "auto") -> BlockMask:
+                   BLOCK_SIZE: int | tuple[int, int] = 128, *, builder: str = "auto", **values: Any) -> BlockMask:
         """The variant's block map as a BlockMask, built once and passed to every call (and layer) that
         shares the mask: `attn(q, k, v, block_mask=bm)`. `builder` (see BUILDERS): "auto" uses the
         structure when it decides every block's class without pair-by-pair work, else the generated kernel
-        on a GPU and dense torch on the CPU."""
-        return self._block_mask(self._bind(), B or 1, H or 1, Q_LEN, KV_LEN, device, BLOCK_SIZE, builder)
+        on a GPU and dense torch on the CPU. `values`: a text variant's tensors and parameters by name."""
+        return self._block_mask(self._bind(values), B or 1, H or 1, Q_LEN, KV_LEN, device, BLOCK_SIZE, builder)
 
     def _block_mask(self, bindings: Any, B: int, H: int, Q_LEN: int, KV_LEN: int, device: Any,
                     block_size: int | tuple[int, int], builder: str) -> BlockMask:
@@ -171,7 +181,12 @@ class Attention:
                                 device=shape["device"], BLOCK_SIZE=(shape["q_block"], shape["kv_block"]),
                                 mask_mod=self.mask_mod)
 
-    def _bind(self) -> Any:
+    def _bind(self, values: Mapping[str, Any] | None = None) -> Any:
+        if self.text is not None:
+            return self.text.bind({**self.defaults, **(values or {})})
+        if values:
+            raise ValueError(f"attnc: unexpected keyword arguments {sorted(values)}: binding tensors and parameters "
+                             "by name is for variants in the text syntax; Python mods capture their own")
         try:
             return self.traced.bind(self.mask_mod, self.score_mod)
         except StaleTrace:
@@ -181,12 +196,13 @@ class Attention:
     def __call__(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None,
                  return_lse: bool = False, *, block_mask: Any = None, enable_gqa: bool = True,
                  backend: str = "auto", kernel_options: dict[str, int] | None = None,
-                 deterministic: bool = False) -> Any:
+                 deterministic: bool = False, **values: Any) -> Any:
         """Attention of `query` over `key` / `value`. Differentiable (q, k, v and captured floating tensors).
         `deterministic=True` computes captured-tensor gradients without atomics, bitwise reproducibly (see
-        `attnc.runtime.deterministic` for what it costs); q, k and v gradients are always deterministic."""
+        `attnc.runtime.deterministic` for what it costs); q, k and v gradients are always deterministic.
+        `values`: a text variant's tensors and parameters by name (`slopes=t, window=128`)."""
         shapes = launch.check_inputs(query, key, value, enable_gqa=enable_gqa)
-        bindings = self._bind()
+        bindings = self._bind(values)
         chosen = choose_backend(backend, query)
         if chosen == "reference":
             out, lse = self._reference(query, key, value, scale, bindings, block_mask, shapes)
@@ -258,13 +274,14 @@ class Attention:
         return self._plan[1]
 
     def tile_stats(self, B: int, H: int, Q_LEN: int, KV_LEN: int, *, BLOCK_M: int = 128,
-                   BLOCK_N: int = 128, device: Any = "cpu") -> dict[str, int]:
+                   BLOCK_N: int = 128, device: Any = "cpu", **values: Any) -> dict[str, int]:
         """How many (query tile, key tile) pairs the kernel skips ("empty"), masks ("partial") and
-        attends without the mask ("full"), summed over B x H, for tiles of BLOCK_M x BLOCK_N."""
+        attends without the mask ("full"), summed over B x H, for tiles of BLOCK_M x BLOCK_N. `values`: a
+        text variant's tensors and parameters by name."""
         shapes = (B, H, -(-Q_LEN // BLOCK_M), -(-KV_LEN // BLOCK_N))
         if self.program.mask is None:
             return {"empty": 0, "partial": 0, "full": shapes[0] * shapes[1] * shapes[2] * shapes[3]}
-        bindings = self._bind()
+        bindings = self._bind(values)
         if not sparsity.analysable(self.program.mask):
             return {"empty": 0, "partial": B * H * shapes[2] * shapes[3], "full": 0}
         classes = sparsity.classify_blocks(self.program, bindings.tensors, bindings.params, B=B, H=H,
@@ -426,10 +443,20 @@ _COMPILED: collections.OrderedDict[tuple[Any, Any], Attention] = collections.Ord
 _COMPILED_LIMIT = 256
 
 
-def compile(mask_mod: MaskMod | None = None, score_mod: ScoreMod | None = None) -> Attention:
-    """Compile a variant once; call the result like `attn(query, key, value)` many times."""
-    if isinstance(mask_mod, str):
-        raise TypeError("attnc.compile: the text syntax is not available in this version; pass Python mods")
+def compile(mask_mod: MaskMod | str | os.PathLike | TextVariant | None = None, score_mod: ScoreMod | None = None,
+            **values: Any) -> Attention:
+    """Compile a variant once; call the result like `attn(query, key, value)` many times.
+
+    `attnc.compile(text)` takes the text syntax instead: a string with a `mask:` / `score:` statement (or
+    several lines), a path to a `.attn` file, or an `attnc.parse` result. Its tensors and parameter values
+    are bound by name, here as defaults (`values`) and in each call."""
+    if isinstance(mask_mod, str | os.PathLike | TextVariant):
+        if score_mod is not None:
+            raise TypeError("attnc.compile: a variant in the text syntax has its score in the text; pass no score_mod")
+        return Attention(text=text_variant(mask_mod), defaults=values)
+    if values:
+        raise ValueError(f"attnc.compile: unexpected keyword arguments {sorted(values)}: binding tensors and "
+                         "parameters by name is for variants in the text syntax; Python mods capture their own")
     return Attention(mask_mod, score_mod)
 
 
