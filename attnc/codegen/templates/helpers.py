@@ -39,7 +39,9 @@ def _tanh(x):
 def _log1p(x):
     # log(u) * x / (u - 1) with u = 1 + x cancels the rounding error of forming 1 + x.
     u = 1.0 + x
-    return tl.where(u == 1.0, x, tl.log(u) * (x / (u - 1.0)))
+    exact = u == 1.0
+    # the unselected branch divides by 1 instead of 0: no 0 / 0 computed, even where it is discarded
+    return tl.where(exact, x, tl.log(u) * (x / tl.where(exact, 1.0, u - 1.0)))
 
 
 @triton.jit
