@@ -1,0 +1,87 @@
+"""The `attnc` command: look at, draw, check and time attention variants, and manage the kernel cache.
+
+    attnc show 'sliding_window(256)'           IR, tile classes; --source / --backward: generated Triton
+    attnc viz causal -o causal.png              a picture of the mask and its tile classes (needs matplotlib)
+    attnc check 'causal, alibi(8)' --backward   the generated kernels against the float64 reference
+    attnc bench 'sliding_window(1024)'          time attnc (and torch's flex_attention and SDPA on a GPU)
+    attnc cache ls | clear | info               the kernel cache directory
+
+A variant is a family of `attnc.variants.FAMILIES` called with literal arguments, or a `.attn` file (see
+`attnc.cli.target`). Also `python -m attnc`.
+
+Exit codes: 0 success; 1 check found errors above tolerance (bench: attnc disagrees with a peer); 2 a usage
+error or an invalid variant, file, tensor or parameter; 3 a missing optional dependency or no GPU (or Triton
+interpreter) where one is needed. Errors print their message on stderr, without a traceback unless
+--traceback is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from attnc.dsl.errors import TraceError
+from attnc.runtime.cache import CacheError
+
+from . import bench, cache, check, show, viz
+from .errors import EXIT_CODES, CliError, Exit
+
+__all__ = ["Exit", "main"]
+
+DESCRIPTION = """\
+attnc compiles attention variants (a mask and a score modification) into fused Triton kernels. This command
+shows what it generates for a variant, draws its mask, checks its kernels against the reference and times
+them. VARIANT is a family of attnc.variants.FAMILIES with literal arguments, masks combined with & | ~ and
+optionally a score mod after a comma; FILE is a variant in the text syntax (.attn)."""
+
+EPILOG = f"""\
+examples:
+  attnc show causal
+  attnc show 'sliding_window(256)' --source
+  attnc viz 'natten((16, 16), 7, dilation=2)' --seq 256 -o natten.png
+  attnc check 'causal() & sliding_window(64)' --backward
+  attnc check examples/alibi_window.attn --tensor slopes=slopes.pt --param window=64
+  attnc bench causal --seq 4096 8192 --pass fwd+bwd
+  attnc cache info
+
+{EXIT_CODES}"""
+
+COMMANDS = (show, viz, check, bench, cache)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnc", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--traceback", action="store_true", help="on an error, print the full traceback")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line `argv` (default: sys.argv[1:]); return the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help and argparse's usage errors
+        return exit_.code if isinstance(exit_.code, int) else Exit.USAGE
+    try:
+        return int(args.run(args))
+    except BrokenPipeError:  # the reader went away (`attnc show causal --source | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return int(Exit.OK)
+    except CliError as error:
+        return _fail(args, error, error.code)
+    except (TraceError, CacheError, ValueError) as error:  # attnc rejected the variant, a value or the cache
+        return _fail(args, error, Exit.USAGE)
+
+
+def _fail(args: argparse.Namespace, error: BaseException, code: Exit) -> int:
+    if args.traceback:
+        raise error
+    message = str(error) or type(error).__name__
+    prefix = "" if message.startswith("attnc") else f"attnc {args.command}: "
+    print(prefix + message, file=sys.stderr)
+    return int(code)

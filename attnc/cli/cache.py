@@ -1,0 +1,170 @@
+"""`attnc cache ls | clear | info`: the generated kernel files in the cache directory.
+
+Only files named `attnc_*.py` (and their compiled copies in `__pycache__`) are listed or removed: the
+directory may hold anything else, and `clear` never touches it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+from attnc.runtime import cache as kernel_cache
+from attnc.runtime.config import Settings
+
+from .errors import CliError
+
+DESCRIPTION = """\
+The kernel cache holds each generated kernel as a file attnc_<sha256>.py, named by its content, under
+$ATTNC_CACHE_DIR (default $XDG_CACHE_HOME/attnc, else ~/.cache/attnc). `ls` lists the files (kind, size, time,
+and whether they were written by this codegen, Triton and torch), `info` summarises the directory and whether
+attnc trusts it (owned by you, not writable by others), and `clear` removes the kernel files and their
+compiled copies, nothing else. Deleting kernels is always safe: they are generated again when needed."""
+
+EPILOG = """\
+examples:
+  attnc cache info
+  attnc cache ls
+  attnc cache clear --dry-run
+  ATTNC_CACHE_DIR=/tmp/kernels attnc cache clear"""
+
+_KIND = re.compile(r"# attnc ([\w-]+)")
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("cache", help="list, summarise or clear the kernel cache",
+                                   description=DESCRIPTION, epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("ls", help="list the kernel files: kind, size, modification time",
+                                 description="List the kernel files of the cache directory.")
+    listing.set_defaults(run=list_files)
+    clear = actions.add_parser("clear", help="remove the kernel files (and only them)",
+                               description="Remove the attnc_*.py kernel files of the cache directory and their "
+                               "compiled copies in __pycache__; nothing else. Asks nothing; prints what it removes.")
+    clear.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
+    clear.set_defaults(run=clear_files)
+    info = actions.add_parser("info", help="the directory, its size, and whether attnc trusts it",
+                              description="Summarise the cache directory: where it is, how many kernel files it "
+                              "holds and their size, and whether attnc trusts it.")
+    info.set_defaults(run=show_info)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelFile:
+    path: Path
+    size: int  # with its compiled copies
+    modified: float
+    kind: str  # forward, backward, block-map
+    current: bool  # written by this codegen, triton and torch (older ones are never loaded again)
+    compiled: tuple[Path, ...]  # __pycache__ copies
+
+    def row(self) -> str:
+        when = datetime.datetime.fromtimestamp(self.modified).strftime("%Y-%m-%d %H:%M:%S")
+        current = "yes" if self.current else "no"
+        return f"{self.path.name:<73} {self.kind:<9} {human(self.size):>10}  {when}  {current}"
+
+
+def directory() -> Path:
+    return Settings.from_environment().cache_dir
+
+
+def kernel_files(where: Path) -> list[KernelFile]:
+    """The kernel files in `where`, oldest first (regular files only: a link is never followed)."""
+    found = [p for p in where.glob("attnc_*.py") if p.is_file() and not p.is_symlink()]
+    return sorted((_describe(p) for p in found), key=lambda f: (f.modified, f.path.name))
+
+
+def _describe(path: Path) -> KernelFile:
+    compiled = tuple(p for p in (path.parent / "__pycache__").glob(f"{path.stem}.*.pyc")
+                     if p.is_file() and not p.is_symlink())
+    info = path.stat()
+    try:
+        with path.open(errors="replace") as f:
+            head = [f.readline().rstrip("\n") for _ in range(3)]
+    except OSError:
+        head = ["", "", ""]
+    kind = _KIND.match(head[2])
+    return KernelFile(path, info.st_size + sum(p.stat().st_size for p in compiled), info.st_mtime,
+                      kind.group(1) if kind else "unknown", head[1] == kernel_cache.version_header().rstrip("\n"),
+                      compiled)
+
+
+def human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _existing() -> Path | None:
+    where = directory()
+    if not where.exists():
+        print(f"no kernel cache at {where} (nothing has been cached yet)")
+        return None
+    if not where.is_dir():
+        raise CliError(f"the kernel cache path {where} is not a directory")
+    return where
+
+
+def list_files(args: argparse.Namespace) -> int:
+    where = _existing()
+    if where is None:
+        return 0
+    files = kernel_files(where)
+    print(f"{where}:")
+    if files:
+        print(f"{'file':<73} {'kind':<9} {'size':>10}  {'modified':<19}  current")
+        for f in files:
+            print(f.row())
+    print(f"{len(files)} kernel file{'s' * (len(files) != 1)}, {human(sum(f.size for f in files))}")
+    return 0
+
+
+def clear_files(args: argparse.Namespace) -> int:
+    where = _existing()
+    if where is None:
+        return 0
+    files = kernel_files(where)
+    verb = "would remove" if args.dry_run else "removed"
+    for f in files:
+        for path in (f.path, *f.compiled):
+            if not args.dry_run:
+                path.unlink(missing_ok=True)
+            print(f"{verb} {path}")
+    pycache = where / "__pycache__"
+    if not args.dry_run and pycache.is_dir() and not pycache.is_symlink() and not any(pycache.iterdir()):
+        pycache.rmdir()  # only when it is empty: it may hold someone else's files
+    print(f"{verb} {len(files)} kernel file{'s' * (len(files) != 1)} ({human(sum(f.size for f in files))}) "
+          f"from {where}")
+    return 0
+
+
+def show_info(args: argparse.Namespace) -> int:
+    where = _existing()
+    if where is None:
+        return 0
+    files = kernel_files(where)
+    stale = sum(not f.current for f in files)
+    print(f"directory: {where}")
+    print(f"kernel files: {len(files)} ({stale} from other codegen, Triton or torch versions, never loaded again)")
+    print(f"total size: {human(sum(f.size for f in files))}")
+    print(f"trusted: {trust(where)}")
+    return 0
+
+
+def trust(where: Path) -> str:
+    """Whether attnc imports kernels from `where` (its own check), and why not."""
+    mode = stat.S_IMODE(where.stat().st_mode)
+    try:
+        kernel_cache._require_private(where)
+    except kernel_cache.CacheError:
+        return (f"no: owned by another user or writable by others (mode {mode:o}); attnc refuses to import "
+                "kernels from it (chmod 700, or set ATTNC_CACHE_DIR to a private directory)")
+    return f"yes: private to you (mode {mode:o})"

@@ -1,0 +1,366 @@
+"""The `attnc` command line, run in-process through `attnc.cli.main` (one subprocess for `python -m attnc`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import re
+import shlex
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import attnc
+from attnc import variants as V
+from attnc.api import Attention
+from attnc.cli import Exit, main
+from attnc.cli import bench as bench_cli
+from attnc.cli.target import load_target
+from attnc.codegen.backward import DKDV_KERNEL
+from attnc.runtime.cache import KernelCache
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+WINDOW_ALIBI = """\
+# a causal window with an ALiBi-style bias
+param window: int = 16
+tensor slopes: float32[H]
+mask: (q >= kv) & (q - kv < window)
+score: score - slopes[h] * (q - kv)
+"""
+DOCUMENTS = "tensor doc_ids: int32[L]\nmask: doc_ids[q] == doc_ids[kv]\n"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def window_file(tmp_path: pathlib.Path) -> pathlib.Path:
+    path = tmp_path / "window.attn"
+    path.write_text(WINDOW_ALIBI)
+    return path
+
+
+@pytest.fixture
+def documents(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """A .attn file reading document ids, and a torch.save file of ids: 3 documents over 96 tokens."""
+    path, ids = tmp_path / "documents.attn", tmp_path / "ids.pt"
+    path.write_text(DOCUMENTS)
+    torch.save(torch.tensor([0] * 40 + [1] * 24 + [2] * 32, dtype=torch.int32), ids)
+    return path, ids
+
+
+def one_error_line(err: str) -> str:
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# -- help and usage ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [[], ["show"], ["viz"], ["check"], ["bench"], ["cache"], ["cache", "ls"],
+                                     ["cache", "clear"], ["cache", "info"]])
+def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: attnc {' '.join(command)}".rstrip())
+    if len(command) <= 1:
+        assert "examples:" in out
+
+
+def test_top_level_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--help"])
+    out = capsys.readouterr().out
+    for code in range(4):
+        assert re.search(rf"^  {code}  \S", out, re.MULTILINE), code
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == Exit.USAGE
+    assert main(["show"]) == Exit.USAGE  # no variant
+    assert main(["check", "causal", "--dtype", "float8"]) == Exit.USAGE
+    assert main(["show", "causal", "--seq", "0"]) == Exit.USAGE
+    assert "must be positive" in capsys.readouterr().err
+
+
+def test_python_m_attnc() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "attnc", "--help"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "usage: attnc" in done.stdout and "exit codes:" in done.stdout
+
+
+# -- show ------------------------------------------------------------------------------------------------------
+
+
+def tile_counts(out: str) -> dict[str, int]:
+    found = re.search(r"empty (\d+)  partial (\d+)  full (\d+)", out)
+    assert found, out
+    return dict(zip(("empty", "partial", "full"), map(int, found.groups()), strict=True))
+
+
+@pytest.mark.parametrize(("spec", "mask_mod", "kv_seq"), [("causal", V.causal(), 1000),
+                                                          ("sliding_window(64)", V.sliding_window(64), 700)])
+def test_show_prints_ir_and_the_tile_stats(spec: str, mask_mod: V.MaskMod, kv_seq: int,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", spec, "--seq", "1000", "--kv-seq", str(kv_seq), "--block", "64"]) == 0
+    out = capsys.readouterr().out
+    expected = attnc.compile(mask_mod).tile_stats(1, 1, 1000, kv_seq, BLOCK_M=64, BLOCK_N=64)
+    assert tile_counts(out) == expected
+    assert expected["empty"] > 0 and expected["partial"] > 0
+    assert "== IR as traced ==" in out and "== IR optimised ==" in out and "analytic" in out
+    assert f"attnc show {shlex.quote(spec)} --source" in out
+    assert "def attnc_forward" not in out
+
+
+def test_show_library_variant_names_its_parameters(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", "sliding_window(64), alibi(4)", "--ir"]) == 0
+    out = capsys.readouterr().out
+    assert "p0 = window = 64" in out and "t0 = captured tensor float32[4]" in out
+    assert "tiles:" not in out
+
+
+def test_show_text_file_sources(window_file: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", str(window_file), "--source"]) == 0
+    out = capsys.readouterr().out
+    assert "def attnc_forward" in out and "IR" not in out
+    assert main(["show", str(window_file), "--backward"]) == 0
+    assert DKDV_KERNEL in capsys.readouterr().out
+
+
+def test_show_text_file_tiles_need_no_score_tensor(window_file: pathlib.Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", str(window_file), "--seq", "256", "--block", "32", "--param", "window=40"]) == 0
+    out = capsys.readouterr().out
+    expected = attnc.compile(str(window_file)).tile_stats(1, 1, 256, 256, BLOCK_M=32, BLOCK_N=32,
+                                                          slopes=torch.ones(2), window=40)
+    assert tile_counts(out) == expected
+    assert "t0 = tensor slopes: float32[H]" in out and "p0 = param window: int = 40" in out
+
+
+def test_show_data_dependent_mask(documents: tuple[pathlib.Path, pathlib.Path],
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    path, ids = documents
+    assert main(["show", str(path)]) == 0  # no tensor: the IR, and how to get the counts
+    assert "pass --tensor doc_ids=PATH" in capsys.readouterr().out
+    assert main(["show", str(path), "--tiles"]) == Exit.USAGE
+    assert "--tensor doc_ids=PATH" in one_error_line(capsys.readouterr().err)
+    assert main(["show", str(path), "--tiles", "--tensor", f"doc_ids={ids}", "--seq", "96", "--block", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "data-dependent" in out
+    ids_tensor = torch.load(ids, weights_only=True)
+    assert tile_counts(out) == attnc.compile(str(path)).tile_stats(1, 1, 96, 96, BLOCK_M=16, BLOCK_N=16,
+                                                                   doc_ids=ids_tensor)
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--param", "window=1.5"], "needs an int"),
+    (["--param", "size=3"], "declares no param `size`"),
+    (["--tensor", "slopes"], "expected NAME=PATH"),
+    (["--tensor", "slopes=missing.pt"], "cannot load missing.pt"),
+])
+def test_bad_values_for_a_text_file(window_file: pathlib.Path, arguments: list[str], message: str,
+                                    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(window_file.parent)
+    assert main(["show", str(window_file), *arguments]) == Exit.USAGE
+    assert message in one_error_line(capsys.readouterr().err)
+
+
+def test_text_syntax_errors_are_shown_as_is(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.attn"
+    path.write_text("mask: q >= kv and q < 3\n")
+    assert main(["show", str(path)]) == Exit.USAGE
+    err = capsys.readouterr().err
+    assert f"{path}:1:15: unexpected `and`" in err and "^^^" in err and "Traceback" not in err
+
+
+# -- variants that must be refused -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("os.system('touch {marker}')", "is not a variant"),
+    ("__import__('os').system('touch {marker}')", "is not a variant"),
+    ("sliding_window(__import__('os').system('touch {marker}'))", "is not a literal"),
+    ("__import__('os')", "unknown variant family `__import__`"),
+    ("no_such_family(3)", "unknown variant family `no_such_family`"),
+    ("document", "`document` needs a tensor (doc_ids: torch.Tensor)"),
+    ("key_padding([3, 4])", "`key_padding` needs a tensor (lengths: torch.Tensor)"),
+    ("sliding_window", "missing a required argument: 'window'"),
+    ("alibi(4) & causal", "is a score mod"),
+    ("causal(", "is not a variant"),
+    ("sliding_window(-1)", "sliding_window"),
+])
+def test_invalid_variants_exit_2_and_run_nothing(spec: str, message: str, tmp_path: pathlib.Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "executed"
+    assert main(["show", spec.format(marker=marker)]) == Exit.USAGE
+    line = one_error_line(capsys.readouterr().err)
+    assert message in line
+    assert not marker.exists()
+    if "needs a tensor" in message:
+        assert ".attn" in line and "--tensor NAME=PATH" in line
+
+
+def test_variant_calls_compose() -> None:
+    target = load_target(argparse.Namespace(variant="causal() & ~prefix_lm(8) | sliding_window(4), softcap(20.0)",
+                                            tensor=[], param=[]))
+    mask_mod, score_mod = target.mods
+    assert mask_mod == (V.causal() & ~V.prefix_lm(8)) | V.sliding_window(4)
+    assert score_mod == V.softcap(20.0)
+    assert load_target(argparse.Namespace(variant="gemma2(1)", tensor=[], param=[])).mods == tuple(V.gemma2(1))
+
+
+def test_traceback_flag_shows_the_error() -> None:
+    with pytest.raises(Exception, match="unknown variant family"):
+        main(["--traceback", "show", "nope"])
+
+
+# -- viz ---------------------------------------------------------------------------------------------------------
+
+
+def test_viz_writes_pngs(tmp_path: pathlib.Path, documents: tuple[pathlib.Path, pathlib.Path],
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    library, text = tmp_path / "alibi.png", tmp_path / "documents.png"
+    assert main(["viz", "causal, alibi(2)", "-o", str(library), "--seq", "96", "--block", "32"]) == 0
+    path, ids = documents
+    assert main(["viz", str(path), "--tensor", f"doc_ids={ids}", "-o", str(text), "--seq", "96", "--block", "16"]) == 0
+    assert library.read_bytes()[:8] == PNG and text.read_bytes()[:8] == PNG
+    assert f"wrote {text}" in capsys.readouterr().out
+    assert main(["viz", str(path), "-o", str(text)]) == Exit.USAGE
+    assert "--tensor doc_ids=PATH" in one_error_line(capsys.readouterr().err)
+
+
+def test_viz_without_matplotlib(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert main(["viz", "causal", "-o", str(tmp_path / "m.png")]) == Exit.MISSING
+    assert "pip install" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "m.png").exists()
+
+
+# -- check -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arguments", [
+    ["causal", "--seq", "64"],
+    ["sliding_window(32), alibi(2)", "--seq", "48", "--kv-seq", "80", "--kv-heads", "1", "--backward"],
+    ["chunked_causal(16)", "--seq", "40", "--dtype", "float16"],
+])
+def test_check_passes(arguments: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", *arguments, "--head-dim", "16"]) == Exit.OK
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith("PASS")
+    names = ("out", "lse", "dq", "dk", "dv", "grad t0") if "--backward" in arguments else ("out", "lse")
+    assert all(re.search(rf"^{re.escape(n)} .* ok$", out, re.MULTILINE) for n in names), out
+
+
+def test_check_text_file_with_tensor_and_param(window_file: pathlib.Path, tmp_path: pathlib.Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    slopes = tmp_path / "slopes.pt"
+    torch.save(torch.tensor(V.alibi_slopes(2)), slopes)
+    assert main(["check", str(window_file), "--tensor", f"slopes={slopes}", "--param", "window=24", "--seq", "64",
+                 "--head-dim", "16", "--backward"]) == Exit.OK
+    out = capsys.readouterr().out
+    assert re.search(r"^grad slopes .* ok$", out, re.MULTILINE) and out.rstrip().endswith("PASS")
+
+
+def test_check_names_missing_tensors(window_file: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(window_file)]) == Exit.USAGE
+    assert "--tensor slopes=PATH" in one_error_line(capsys.readouterr().err)
+
+
+def test_check_fails_on_a_wrong_kernel(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    triton_path = Attention._triton
+
+    def off_by_one(self: Attention, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+        out, lse = triton_path(self, *args, **kwargs)
+        return out + 1.0, lse
+
+    monkeypatch.setattr(Attention, "_triton", off_by_one)
+    assert main(["check", "causal", "--seq", "32", "--head-dim", "16"]) == Exit.CHECK_FAILED
+    out = capsys.readouterr().out
+    assert re.search(r"^out .* ABOVE TOLERANCE$", out, re.MULTILINE) and "FAIL: out" in out
+
+
+# -- bench -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path; a GPU times peers at full size")
+def test_bench_on_cpu_says_it_is_not_performance(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "sliding_window(16)", "--seq", "32", "48", "--heads", "1", "--head-dim", "16"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\s+32\s+1 attnc\s+\d", out, re.MULTILINE) and re.search(r"^\s+48\s+1 attnc", out, re.M)
+    assert "not performance" in out
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_bench_peers_agree_and_count_pairs() -> None:
+    """The GPU path's pieces, on the CPU: eager flex_attention and SDPA agree with attnc, FLOPs count pairs."""
+    target = load_target(argparse.Namespace(variant="sliding_window(16)", tensor=[], param=[]))
+    case = bench_cli.make_case(1, 2, 48, 16, torch.float32, False, torch.device("cpu"))
+    notes: list[str] = []
+    steps = {"attnc": case.step(lambda: target.attn(case.q, case.k, case.v, backend="triton"))}
+    steps |= bench_cli.peer_steps(target, case, target.bindings(), notes, compile_flex=False)
+    assert set(steps) == {"attnc", "flex", "sdpa"} and notes == []
+    assert bench_cli.agreement(steps, case, 48) == []
+    pairs = bench_cli.allowed_pairs(target.attn.program, target.bindings(), 1, 2, 48, 48, torch.device("cpu"))
+    assert pairs == 2 * (16 * 17 // 2 + 32 * 16)
+    scored = load_target(argparse.Namespace(variant="causal, alibi(2)", tensor=[], param=[]))
+    assert bench_cli.sdpa_step(scored, case, scored.bindings()) == "SDPA has no score mod"
+
+
+# -- cache -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cache_dir(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
+    """A private cache directory holding one kernel, its compiled copy, and files that are not ours."""
+    directory = tmp_path / "cache"
+    monkeypatch.setenv("ATTNC_CACHE_DIR", str(directory))
+    kernel = KernelCache(directory).ensure_file(attnc.compile(V.causal()).source.source)
+    (directory / "__pycache__").mkdir()
+    (directory / "__pycache__" / f"{kernel.stem}.cpython-311.pyc").write_bytes(b"compiled")
+    (directory / "__pycache__" / "other.cpython-311.pyc").write_bytes(b"not ours")
+    (directory / "notes.txt").write_text("not ours")
+    return directory
+
+
+def test_cache_ls_and_info(cache_dir: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    kernel = next(cache_dir.glob("attnc_*.py"))
+    assert main(["cache", "ls"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"^{kernel.name} forward .* yes$", out, re.MULTILINE) and "1 kernel file," in out
+    assert "notes.txt" not in out
+    assert main(["cache", "info"]) == 0
+    out = capsys.readouterr().out
+    assert f"directory: {cache_dir}" in out and "kernel files: 1 " in out and "trusted: yes" in out
+    cache_dir.chmod(0o777)
+    assert main(["cache", "info"]) == 0
+    assert "trusted: no" in capsys.readouterr().out
+    cache_dir.chmod(stat.S_IRWXU)
+
+
+def test_cache_clear_removes_only_kernels(cache_dir: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = sorted(p.relative_to(cache_dir) for p in cache_dir.rglob("*"))
+    assert main(["cache", "clear", "--dry-run"]) == 0
+    assert "would remove 1 kernel file" in capsys.readouterr().out
+    assert sorted(p.relative_to(cache_dir) for p in cache_dir.rglob("*")) == before
+    assert main(["cache", "clear"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("removed ") == 3 and ".cpython-311.pyc" in out  # the kernel, its compiled copy, the total
+    left = sorted(str(p.relative_to(cache_dir)) for p in cache_dir.rglob("*"))
+    assert left == ["__pycache__", "__pycache__/other.cpython-311.pyc", "notes.txt"]
+
+
+def test_cache_without_a_directory(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("ATTNC_CACHE_DIR", str(tmp_path / "absent"))
+    for action in ("ls", "info", "clear"):
+        assert main(["cache", action]) == 0
+        assert "no kernel cache at" in capsys.readouterr().out
+    assert not (tmp_path / "absent").exists()
