@@ -118,6 +118,19 @@ def padding_and_keep(keep, lengths):
     return (lambda b, h, q_idx, kv_idx: keep[b, kv_idx] & (kv_idx < lengths[b])), None
 
 
+def named_intermediates(window, cap, slopes):
+    # the text's lets are the assignments here; each is built where it stands, so the slots agree
+    def mask(b, h, q_idx, kv_idx):
+        distance = q_idx - kv_idx
+        return (distance >= 0) & (distance < window)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        capped = cap * torch.tanh(score / cap)
+        return capped - slopes[h] * torch.abs(q_idx - kv_idx)
+
+    return mask, score_mod
+
+
 def constants():
     return None, lambda score, b, h, q_idx, kv_idx: score * (1 / 8) + 2 ** -1 + 7 // 2 - (-3) % 5 + math.pi
 
@@ -167,6 +180,11 @@ CASES = [
     Case("padding_and_keep", "tensor keep: bool[B, KV]\ntensor lengths: int64[B]\n"
          "mask: keep[b, kv] & (kv < lengths[b])", padding_and_keep, {"keep": KEEP, "lengths": LENGTHS}),
     Case("constants", "score: score * (1 / 8) + 2 ** -1 + 7 // 2 - (-3) % 5 + pi", constants),
+    Case("named_intermediates", "param window: int\nparam cap: float\ntensor slopes: float32[H]\n"
+         "let distance = q - kv\nlet near = (distance >= 0) & (distance < window)\n"
+         "let capped = cap * tanh(score / cap)  # reads the score: usable in `score:` only\n"
+         "mask: near\nscore: capped - slopes[h] * abs(distance)", named_intermediates,
+         {"window": 24, "cap": 20.0, "slopes": SLOPES}),
 ]
 
 
@@ -192,6 +210,26 @@ def test_slots_follow_first_use_not_declaration_order():
     assert parsed.param_slots == ("n", "b2", "c", "a")
     assert [p.name for p in parsed.params] == ["a", "b2", "c", "n"]  # declaration order
     assert parse(next(c.text for c in CASES if c.name == "nested_index")).tensor_slots == ("doc", "bias")
+
+
+def test_lets_are_built_once_in_statement_order():
+    def later_condition_first(a, b2):
+        def mask(b, h, q_idx, kv_idx):
+            second = kv_idx < b2
+            first = q_idx < a
+            return first & second
+
+        return mask, None
+
+    inline = parse("param a: int\nparam b2: int\nmask: (q < a) & (kv < b2)")
+    named = parse("param a: int\nparam b2: int\nlet second = kv < b2\nlet first = q < a\nmask: first & second")
+    assert named.program == trace(*later_condition_first(1, 2)).program
+    assert (inline.param_slots, named.param_slots) == (("a", "b2"), ("b2", "a"))
+    # a let whose name no rule uses is still built, like an unused assignment in a mod
+    unused = parse("param c: int = 2\nlet spare = kv < c\nlet later = spare\nmask: q >= kv")
+    assert unused.program.mask is parse("mask: q >= kv").program.mask and unused.param_slots == ("c",)
+    chained = parse("let d = q - kv\nlet s = score * 2\nlet t = s - abs(d)\nmask: d >= 0\nscore: t")
+    assert chained.program.score is parse("score: score * 2 - abs(q - kv)").program.score
 
 
 def test_generated_kernel_source_is_identical():
@@ -384,6 +422,7 @@ SYNTAX_ERRORS = [
     ("mask: q >= kv and q < 8", 1, 15, "unexpected `and`", "combine conditions with `&`"),
     ("mask: not q", 1, 11, "unexpected `q`", "negate a condition with `~`"),
     ("mask: q = kv", 1, 9, "unexpected `=`", "use `==` to compare"),
+    ("distance = q - kv\nmask: distance < 8", 1, 10, "unexpected `=`", "write `let distance = ...`"),
     ("param window: int = many", 1, 21, "unexpected `many`", "`+`, `-` or a number"),
     ("tensor t: float32[H\nmask: q >= kv", 2, 1, "unexpected `mask`", "`,` or `]`"),
     ("mask: lambda: 1", 1, 13, "unexpected `:`", "an operator"),
@@ -438,6 +477,24 @@ SEMANTIC_ERRORS = [
     ("score: score + 1 / 0", 1, 18, "the constant expression fails: division by zero", ""),
     ("mask: q < 3000000000", 1, 9, "the constant 3000000000 does not fit in int32", ""),
     ("mask: q < 0x_", 1, 11, "invalid number `0x_`", ""),
+    ("let d = q - kv\nlet d = kv - q\nmask: d > 0", 2, 5, "`d` is defined twice (first on line 1)", ""),
+    ("let a = b2 + 1\nlet b2 = q\nmask: a > 0", 1, 9, "`b2` is used before its definition (line 2)",
+     "definitions above it"),
+    ("let x = x + 1\nmask: x > 0", 1, 9, "`x` is used before its definition (line 1)", "definitions above it"),
+    ("mask: q >= kv\nlet d = q - kv", 2, 1, "a `let` after `mask:` or `score:`", "define names before"),
+    ("let q = kv\nmask: q > 0", 1, 5, "`q` is a reserved name", "an index"),
+    ("let score = 1.0\nscore: score", 1, 5, "`score` is a reserved name", "the score"),
+    ("param w: int\nlet w = 3\nmask: q < w", 2, 5, "`w` is already declared (line 1)", "`param w: int`"),
+    ("tensor t: float32[H]\nlet t = 3\nmask: q < 3", 2, 5, "`t` is already declared (line 1)",
+     "`tensor t: float32[H]`"),
+    ("let s = score * 2\nmask: s > 0", 2, 7, "`s` reads `score`: it can be used only in `score:`", "b, h, q and kv"),
+    ("let s = score * 2\nlet t = abs(s)\nmask: t > 0", 3, 7, "`t` reads `score`", "b, h, q and kv"),
+    ("let d = q - kv\nmask: d[h] > 0", 2, 7, "`d` is a `let`, not a tensor", "declare it"),
+    ("let d = q - windo\nmask: d > 0", 1, 13, "unknown name `windo`", "b, h, q, kv"),
+    ("let dist = q - kv\nmask: dst > 0", 2, 7, "unknown name `dst`", "(dist)"),
+    ("let d = q - kv\nmask: d", 2, 7, "the mask must be a condition (bool), but this is int32", "q >= kv"),
+    ("let x: int = 3", 1, 1, "unknown statement `let`", "a `let` has no type: `let NAME = EXPR`"),
+    ("lett x = 3", 1, 1, "unknown statement `lett`", "`let NAME = EXPR`"),
 ]
 
 

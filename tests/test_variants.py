@@ -446,12 +446,14 @@ def test_text_is_the_same_program_as_the_factory(family):
     assert written.program == attnc.compile(mask_mod, score_mod).traced.program
 
 
-def test_natten_text_means_the_same_as_the_factory():
-    # Same meaning, not the same Program: the factory has parameters per axis (sizes[0], sizes[1], ...).
+def test_natten_text_is_the_same_program_as_the_factory_but_for_param_names():
+    # The factory's parameters are named after its closure expressions (`sizes[1]`, and `before` once per
+    # axis), which are not names in the text; every node, slot and dtype is the same.
     text = pytest.importorskip("attnc.dsl.text")
-    written = attnc.compile(text.parse(importlib.import_module("attnc.variants.natten").TEXT))
-    g = torch.Generator().manual_seed(5)
-    q, k, v = (torch.randn(1, 2, 256, 16, generator=g) for _ in range(3))
-    expected = dense_attention(q, k, v, natten_dense((16, 16), [natten_axis(16, 7), natten_axis(16, 7)]), None)
-    for attn in (written, attnc.compile(V.natten((16, 16), 7))):
-        torch.testing.assert_close(attn(q, k, v, backend="reference").double(), expected, atol=1e-5, rtol=1e-5)
+    variant = text.parse(importlib.import_module("attnc.variants.natten").TEXT)
+    written, traced = variant.program, attnc.compile(V.natten((16, 16), 7)).traced.program
+    assert written.replace(params=()) == traced.replace(params=())
+    assert [p.dtype for p in written.params] == [p.dtype for p in traced.params]
+    assert [p.name for p in written.params] == ["width", "before_w", "after_w", "height", "before_h", "after_h"]
+    assert [d.default for d in variant.params] == [16, 3, 3, 16, 3, 3]  # in slot order: the factory's values
+    assert [p.name for p in traced.params] == ["sizes[1]", "before", "after", "sizes[0]", "before", "after"]

@@ -2,14 +2,16 @@
 
     param window: int = 256          # a runtime parameter (int -> int32, float -> float32 PARAM)
     tensor slopes: float32[H]        # a tensor, bound by name when the variant is called
-    mask: (q >= kv) & (q - kv < window)
-    score: score - slopes[h] * abs(q - kv)
+    let distance = q - kv            # a named intermediate, for the statements below it
+    mask: (q >= kv) & (distance < window)
+    score: score - slopes[h] * abs(distance)
 
 The grammar is `grammar.lark`. Nothing the user writes is evaluated as Python: the parse tree is walked
 here, and each construct is applied to the same traced values (`Sym`) a Python mod receives, so an
 operator means exactly what Python's operator does on them and a function call goes to the same handler
 as `torch.<name>` in a mod (`attnc.dsl.torch_api`). Parameters and tensors get their slots on first use,
 the mask before the score, as in `attnc.dsl.captures`: a variant written both ways is the same Program.
+The `let`s come first and are each built once, in order, like the assignments at the top of a mod.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ RESERVED = frozenset({*INDEX_NAMES, "score", "torch", *CONSTANTS, *FUNCTIONS, *C
 _INT32 = (-(2**31), 2**31 - 1)
 _SHOWN = 100  # the most characters of a source line an error shows
 _STATEMENT = re.compile(r"^[ \t]*(mask|score)[ \t]*:", re.MULTILINE)
+_NAME_ONLY = re.compile(r"[ \t]*[A-Za-z_][A-Za-z0-9_]*[ \t]*")
 
 
 # -- errors -------------------------------------------------------------------------------------------
@@ -199,7 +202,7 @@ def _syntax_error(exc: UnexpectedInput, source: _Source) -> TextError:
     if isinstance(exc, UnexpectedToken) and token is not None and token.type != "$END":
         found = "end of line" if token.type == "_NL" else f"`{token.value}`"
         span = Span(token.line, token.column, token.column + max(1, len(token.value.rstrip("\n"))))
-        hint = "use `==` to compare" if token.type == "_EQUAL" else _python_hint(source.text, span)
+        hint = _equal_hint(source.text, span) if token.type == "_EQUAL" else _python_hint(source.text, span)
     elif token is not None:
         found, span = "end of text", _end_of(source.text)
     else:
@@ -208,6 +211,14 @@ def _syntax_error(exc: UnexpectedInput, source: _Source) -> TextError:
         hint = "strings are not part of the syntax" if char in "'\"" else ""
     return TextError(f"unexpected {found}", filename=source.filename, source=source.text, span=span, hint=hint,
                      expected=_expected(names))
+
+
+def _equal_hint(text: str, span: Span) -> str:
+    """`=` straight after a statement's first name is an assignment; anywhere else, a comparison."""
+    before = _source_line(text, span.line)[:span.column - 1]
+    if _NAME_ONLY.fullmatch(before):
+        return f"to define `{before.strip()}`, write `let {before.strip()} = ...`"
+    return "use `==` to compare"
 
 
 def _python_hint(text: str, span: Span) -> str:
@@ -360,6 +371,14 @@ class _Bare:
 Value = Sym | bool | int | float | _Bare | torch.dtype
 
 
+@dataclasses.dataclass(frozen=True)
+class _Let:
+    """A built `let`: its value, and whether it reads the raw score (then only `score:` may use it)."""
+
+    value: Value
+    reads_score: bool
+
+
 class _Tracer:
     """Slots in order of first use, mask before score, one space per kind (as `captures.Recorder`)."""
 
@@ -473,18 +492,28 @@ class _Source:
 class _Builder:
     """Walks the parse tree of one variant and builds its Program."""
 
-    def __init__(self, source: _Source, declared: Mapping[str, Decl]) -> None:
-        self.source, self.declared = source, declared
+    def __init__(self, source: _Source, declared: Mapping[str, Decl], definitions: Mapping[str, lark.Tree]) -> None:
+        self.source, self.declared, self.definitions = source, declared, definitions
         self.error, self.located = source.error, source.located
         self.tracer = _Tracer()
         self.index = {name: Sym(Typed(var(canonical)), self.tracer) for name, canonical in INDEX_NAMES.items()}
         self.params = {d.name: Sym(None, self.tracer, d) for d in declared.values() if isinstance(d, ParamDecl)}
-        self.score: Sym | None = None  # the raw score, while the score rule is built
+        self.raw_score = Sym(Typed(score()), self.tracer)
+        self.score: Sym | None = None  # the raw score, while a `let` or the score rule is built
+        self.lets: dict[str, _Let] = {}  # the definitions built so far
+        self.reads_score = False  # whether the expression being built reads the raw score
         self._build = {"name": self._name, "integer": self._number, "real": self._number, "binary": self._binary,
                        "unary": self._unary, "comparison": self._comparison, "index": self._index,
                        "attribute": self._attribute, "call": self._call}
 
-    # -- roots --------------------------------------------------------------------------------------------
+    # -- definitions and roots ----------------------------------------------------------------------------
+
+    def define(self) -> None:
+        """Each `let`, once and in order, so its slots are numbered where it stands (as in a mod's body)."""
+        for name, statement in self.definitions.items():
+            self.score, self.reads_score = self.raw_score, False
+            self.lets[name] = _Let(self.value(statement.children[2]), self.reads_score)
+        self.score = None
 
     def mask(self, tree: lark.Tree) -> Node:
         value = self.operand(tree)
@@ -494,7 +523,7 @@ class _Builder:
         return to_node(value, DType.bool)
 
     def score_root(self, tree: lark.Tree) -> Node:
-        self.score = Sym(Typed(score()), self.tracer)
+        self.score = self.raw_score
         with self.located(tree):
             return to_node(self.operand(tree), SCORE)
 
@@ -511,6 +540,10 @@ class _Builder:
     def _name(self, tree: lark.Tree) -> Value:
         name = tree.children[0]
         found = self._lookup(name)
+        if found is None and name in self.definitions:
+            line = self.definitions[name].children[1].line
+            raise self.error(f"`{name}` is used before its definition (line {line})", name,
+                             "a `let` can use only the definitions above it")
         if found is None:
             raise self.error(f"unknown name `{name}`", name, self._known_names())
         return found
@@ -518,6 +551,8 @@ class _Builder:
     def _lookup(self, name: lark.Token) -> Value | None:
         if name == "score":
             return self._score(name)
+        if name in self.lets:
+            return self._let(name)
         for table in (self.index, CONSTANTS, DTYPES, self.params):
             if name in table:
                 return table[name]
@@ -532,7 +567,16 @@ class _Builder:
         if self.score is None:
             raise self.error("`score` is only available in the `score:` statement", name,
                              "a mask decides from b, h, q and kv alone")
+        self.reads_score = True
         return self.score
+
+    def _let(self, name: lark.Token) -> Value:
+        let = self.lets[name]
+        if let.reads_score and self.score is None:
+            raise self.error(f"`{name}` reads `score`: it can be used only in `score:`", name,
+                             "a mask decides from b, h, q and kv alone")
+        self.reads_score |= let.reads_score
+        return let.value
 
     def _bare(self, name: lark.Token, decl: TensorDecl) -> _Bare:
         if not decl.is_scalar:
@@ -541,7 +585,7 @@ class _Builder:
         return _Bare(decl)
 
     def _known_names(self) -> str:
-        names = ", ".join(self.declared) or "none"
+        names = ", ".join([*self.declared, *self.lets]) or "none"
         return f"names: b, h, q, kv (or q_idx, kv_idx), score (in `score:`), and the declared ones ({names})"
 
     def _number(self, tree: lark.Tree) -> int | float:
@@ -589,10 +633,12 @@ class _Builder:
         decl = self.declared.get(name) if name is not None else None
         if isinstance(decl, TensorDecl):
             return decl
-        if name is not None and decl is None and name not in INDEX_NAMES and name != "score":
+        known = name in INDEX_NAMES or name == "score" or name in self.definitions
+        if name is not None and decl is None and not known:
             raise self.error(f"unknown name `{name}`", name, "declare a tensor to index it, e.g. "
                              f"`tensor {name}: float32[H]`, and index it as {name}[h]")
-        kind = "a parameter" if decl else "the raw score" if name == "score" else "an index"
+        kind = "a parameter" if decl else "the raw score" if name == "score" else \
+            "a `let`" if name in self.definitions else "an index"
         what = "this value" if name is None else f"`{name}` is {kind}"
         raise self.error(f"{what}, not a tensor: only declared tensors can be indexed", target,
                          "declare it, e.g. `tensor bias: float32[H]`, and index it as bias[h]")
@@ -684,7 +730,8 @@ def _declarations(tree: lark.Tree, source: _Source) -> dict[str, Decl]:
             continue
         kind, name = statement.children[:2]
         if kind not in ("param", "tensor"):
-            raise source.error(f"unknown statement `{kind}`", kind, _STATEMENTS)
+            hint = "a `let` has no type: `let NAME = EXPR`" if kind == "let" else _STATEMENTS
+            raise source.error(f"unknown statement `{kind}`", kind, hint)
         if name in RESERVED:
             raise source.error(f"`{name}` is a reserved name", name,
                                "declare another name: this one is an index, a function, a dtype, a constant or "
@@ -723,8 +770,38 @@ def _tensor_declaration(source: _Source, name: lark.Token, type_name: lark.Token
     return TensorDecl(str(name), DTYPES[type_name], dims, name.line)
 
 
-_STATEMENTS = ("statements: `param NAME: int|float [= value]`, `tensor NAME: DTYPE[dims]`, `mask: EXPR`, "
-               "`score: EXPR`")
+_STATEMENTS = ("statements: `param NAME: int|float [= value]`, `tensor NAME: DTYPE[dims]`, `let NAME = EXPR`, "
+               "`mask: EXPR`, `score: EXPR`")
+
+
+def _definitions(tree: lark.Tree, source: _Source, declared: Mapping[str, Decl]) -> dict[str, lark.Tree]:
+    """The `let` statements by name, in order; each must come before `mask:` and `score:`."""
+    definitions: dict[str, lark.Tree] = {}
+    rule_seen = False
+    for statement in tree.children:
+        rule_seen = rule_seen or statement.data == "rule"
+        if statement.data == "definition":
+            _check_definition(source, statement, declared, definitions, rule_seen)
+            definitions[str(statement.children[1])] = statement
+    return definitions
+
+
+def _check_definition(source: _Source, statement: lark.Tree, declared: Mapping[str, Decl],
+                      definitions: Mapping[str, lark.Tree], rule_seen: bool) -> None:
+    keyword, name, _ = statement.children
+    if keyword != "let":
+        raise source.error(f"unknown statement `{keyword}`", keyword, _STATEMENTS)
+    if rule_seen:
+        raise source.error("a `let` after `mask:` or `score:`", keyword, "define names before the rules use them")
+    if name in RESERVED:
+        raise source.error(f"`{name}` is a reserved name", name,
+                           "name it otherwise: this one is an index, the score, a function, a dtype, a constant or "
+                           "an argument of the attention call")
+    if name in declared:
+        raise source.error(f"`{name}` is already declared (line {declared[name].line})", name,
+                           f"a `let` cannot shadow `{declared[name].describe()}`")
+    if name in definitions:
+        raise source.error(f"`{name}` is defined twice (first on line {definitions[name].children[1].line})", name)
 
 
 def _default(source: _Source, kind: type, tree: lark.Tree) -> int | float:
@@ -759,8 +836,10 @@ def parse(text: str, *, filename: str | None = None) -> TextVariant:
     try:
         tree = _parser().parse(text if text.endswith("\n") else text + "\n")
         declared = _declarations(tree, source)
+        definitions = _definitions(tree, source, declared)
         rules = _rules(tree, source)
-        builder = _Builder(source, declared)
+        builder = _Builder(source, declared, definitions)
+        builder.define()
         # the mask first: the Python tracer numbers slots in that order
         mask = builder.mask(rules["mask"]) if "mask" in rules else None
         score_root = builder.score_root(rules["score"]) if "score" in rules else None

@@ -30,15 +30,25 @@ from attnc.variants.base import MaskMod, signature
 
 TEXT = """\
 # 2-D neighborhood attention, 7 x 7 window on a 16 x 16 canvas (dilation 1, stride 1, not causal)
-# (per axis: centre = clamp(coordinate, K // 2, size - 1 - (K - 1) // 2), keys within [centre - 3, centre + 3])
+# per axis: centre = clamp(coordinate, K // 2, size - 1 - (K - 1) // 2), keys within [centre - 3, centre + 3]
+# (the lets build the column axis first, each axis' last coordinate before its window, as the factory does)
 param width: int = 16
-param before: int = 3
-param after: int = 3
+param before_w: int = 3
+param after_w: int = 3
 param height: int = 16
-mask: ((kv // width >= clamp(q // width, before, height - 1 - after) - before)""" \
-    """ & (kv // width <= clamp(q // width, before, height - 1 - after) + after))""" \
-    """ & ((kv % width >= clamp(q % width, before, width - 1 - after) - before)""" \
-    """ & (kv % width <= clamp(q % width, before, width - 1 - after) + after))
+param before_h: int = 3
+param after_h: int = 3
+let col_q = q % width
+let col_kv = kv % width
+let last_w = width - 1
+let col_centre = clamp(clamp(col_q, min=before_w), max=last_w - after_w)
+let cols = (col_kv >= col_centre - before_w) & (col_kv <= col_centre + after_w)
+let row_q = q // width
+let row_kv = kv // width
+let last_h = height - 1
+let row_centre = clamp(clamp(row_q, min=before_h), max=last_h - after_h)
+let rows = (row_kv >= row_centre - before_h) & (row_kv <= row_centre + after_h)
+mask: rows & cols
 """
 
 AxisWindow = Callable[[Any, Any, Any], Any]  # (query coordinate, key coordinate, last coordinate) -> bool
