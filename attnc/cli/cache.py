@@ -163,7 +163,7 @@ def trust(where: Path) -> str:
     """Whether attnc imports kernels from `where` (its own check), and why not."""
     mode = stat.S_IMODE(where.stat().st_mode)
     try:
-        kernel_cache._require_private(where)
+        kernel_cache.require_private(where)
     except kernel_cache.CacheError:
         return (f"no: owned by another user or writable by others (mode {mode:o}); attnc refuses to import "
                 "kernels from it (chmod 700, or set ATTNC_CACHE_DIR to a private directory)")

@@ -85,7 +85,7 @@ class KernelCache:
             if _is_valid(path, digest):
                 return path
             self.stats.rejected_files += 1
-        _atomic_write(path, f"{_MAGIC}{digest}\n{body}")
+        atomic_write(path, f"{_MAGIC}{digest}\n{body}")
         self.stats.sources_written += 1
         return path
 
@@ -96,11 +96,12 @@ class KernelCache:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise CacheError(f"attnc: cannot create the kernel cache directory {self.directory}: {e}") from e
-        _require_private(self.directory)
+        require_private(self.directory)
         self._checked = True
 
 
-def _require_private(path: Path) -> None:
+def require_private(path: Path) -> None:
+    """Raise CacheError unless `path` belongs to this user and nobody else may write to it."""
     info = path.stat()
     if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise CacheError(
@@ -112,7 +113,7 @@ def _require_private(path: Path) -> None:
 def _is_valid(path: Path, digest: str) -> bool:
     """The file is ours, private, and its content is exactly what its name and checksum say."""
     try:
-        _require_private(path)
+        require_private(path)
         text = path.read_text()
     except (OSError, UnicodeDecodeError, CacheError):
         return False
@@ -120,8 +121,10 @@ def _is_valid(path: Path, digest: str) -> bool:
     return first == f"{_MAGIC}{digest}" and content_hash(body) == digest
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader sees the old file or the whole new one, never a part:
+    a private temporary file beside it, flushed, then renamed into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

@@ -1,0 +1,269 @@
+"""Choosing kernel tile configurations per GPU: candidate generation, pruning, benchmarking, persistence.
+
+Nothing here touches a GPU. `candidates` enumerates tile shapes and drops those that cannot fit by
+estimate; `prune_by_resources` drops those an ahead-of-time compile showed to spill; a `Tuner` times the
+rest with a timer it is given (the median of `triton.testing.do_bench` on a GPU) and remembers the fastest
+per (GPU model, kernel, shape bucket) in `tuning.json` inside the kernel cache directory, so a later process
+reuses the choice without benchmarking. Without a tuned entry, `default_for` gives a per-architecture
+default; on sm_90 those are exactly the tiles `default_config` and `backward_configs` use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from attnc.runtime.cache import CacheError, atomic_write, require_private
+from attnc.runtime.config import KernelConfig
+
+KINDS = ("forward", "backward_dkdv", "backward_dq")
+TUNING_FILE = "tuning.json"
+TUNING_VERSION = 1
+
+# Shared memory one block may use, in bytes (opt-in maximum). Unknown architectures get the smallest.
+SHARED_MEMORY_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024}
+_SMALLEST_SHARED_MEMORY = min(SHARED_MEMORY_LIMIT.values())
+# fp32 accumulator values per thread beyond which the tile would crowd out everything else in the
+# 255-register budget (scores, pointers, the mods' own values) and spill.
+ACCUMULATOR_REGISTER_LIMIT = 128
+
+_BLOCK_M = (32, 64, 128)
+_BLOCK_N = (16, 32, 64, 128)
+_WARPS = (4, 8)
+_STAGES = (1, 2, 3, 4)
+
+
+class TuneError(Exception):
+    """No candidate configuration could be run."""
+
+
+def shared_memory_estimate(kind: str, config: KernelConfig, head_dim: int, head_dim_v: int, dtype_bytes: int) -> int:
+    """An estimate, in bytes, of the shared memory the kernel's tiles need: the tile held for the whole
+    program plus `num_stages` copies of the tiles its loop streams (the software pipeline's buffers).
+    Triton's real allocation also holds layout-conversion scratch, so this is a lower bound used to prune."""
+    width = head_dim + head_dim_v
+    stages = config.num_stages
+    if kind == "forward":  # Q resident; K and V streamed
+        elements = config.block_m * head_dim + stages * config.block_n * width
+    elif kind == "backward_dkdv":  # K and V resident; Q and dO streamed
+        elements = config.block_n * width + stages * config.block_m * width
+    elif kind == "backward_dq":  # Q and dO resident; K and V streamed
+        elements = config.block_m * width + stages * config.block_n * width
+    else:
+        raise ValueError(f"attnc: unknown kernel kind {kind!r}; expected one of {KINDS}")
+    return elements * dtype_bytes
+
+
+def accumulator_registers(kind: str, config: KernelConfig, head_dim: int, head_dim_v: int) -> float:
+    """An estimate of the fp32 accumulator values each thread holds: the output tile spread over the
+    block's threads (forward: [BLOCK_M, Dv]; dK/dV: [BLOCK_N, D] and [BLOCK_N, Dv]; dQ: [BLOCK_M, D])."""
+    threads = 32 * config.num_warps
+    if kind == "forward":
+        return config.block_m * head_dim_v / threads
+    if kind == "backward_dkdv":
+        return config.block_n * (head_dim + head_dim_v) / threads
+    if kind == "backward_dq":
+        return config.block_m * head_dim / threads
+    raise ValueError(f"attnc: unknown kernel kind {kind!r}; expected one of {KINDS}")
+
+
+def shared_memory_limit(arch: str) -> int:
+    return SHARED_MEMORY_LIMIT.get(arch, _SMALLEST_SHARED_MEMORY)
+
+
+def candidates(kind: str, head_dim: int, head_dim_v: int, dtype_bytes: int, arch: str) -> list[KernelConfig]:
+    """Every tile shape in the search space that fits the architecture by estimate (see
+    `shared_memory_estimate` and `accumulator_registers`), smallest tiles first."""
+    limit = shared_memory_limit(arch)
+    found = []
+    for block_m, block_n, warps, stages in itertools.product(_BLOCK_M, _BLOCK_N, _WARPS, _STAGES):
+        config = KernelConfig(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages)
+        fits = shared_memory_estimate(kind, config, head_dim, head_dim_v, dtype_bytes) <= limit
+        if fits and accumulator_registers(kind, config, head_dim, head_dim_v) <= ACCUMULATOR_REGISTER_LIMIT:
+            found.append(config)
+    return found
+
+
+def prune_by_resources(configs: Iterable[KernelConfig],
+                       report: Mapping[KernelConfig, Mapping[str, Any]]) -> list[KernelConfig]:
+    """The configs whose compile report ({"registers", "spills", ...} as `aot.compile_kernels` gives per
+    job) shows no spills; a config missing from the report is kept, since nothing is known against it."""
+    return [config for config in configs if report.get(config, {}).get("spills", 0) == 0]
+
+
+# ---- defaults per architecture ----
+
+# (widest head dim up to, config) in increasing order; the last row catches everything wider.
+DefaultRows = tuple[tuple[float, KernelConfig], ...]
+
+
+def _kc(block_m: int, block_n: int, num_warps: int, num_stages: int) -> KernelConfig:
+    return KernelConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages)
+
+
+_HOPPER: dict[str, DefaultRows] = {
+    "forward": ((128, _kc(128, 32, 8, 3)), (math.inf, _kc(64, 32, 8, 2))),
+    "backward_dkdv": ((64, _kc(32, 64, 8, 2)), (128, _kc(32, 32, 8, 2)), (math.inf, _kc(16, 32, 8, 1))),
+    "backward_dq": ((64, _kc(64, 32, 4, 2)), (128, _kc(64, 32, 8, 2)), (math.inf, _kc(16, 16, 8, 1))),
+}
+# Ampere and Ada have less shared memory than Hopper: one pipeline stage fewer where Hopper uses three.
+_AMPERE: dict[str, DefaultRows] = {**_HOPPER, "forward": ((128, _kc(128, 32, 8, 2)), (math.inf, _kc(64, 32, 8, 2)))}
+_ADA: dict[str, DefaultRows] = {**_HOPPER, "forward": ((128, _kc(64, 32, 4, 2)), (math.inf, _kc(64, 32, 8, 1)))}
+
+DEFAULTS_BY_ARCH: dict[str, dict[str, DefaultRows]] = {
+    "sm_80": _AMPERE,
+    "sm_89": _ADA,
+    "sm_90": _HOPPER,
+    "generic": _ADA,  # the smallest shared memory of the three
+}
+
+
+def default_for(kind: str, arch: str, head_dim: int, head_dim_v: int) -> KernelConfig:
+    """The untuned tiles for `kind` on `arch` (an unknown architecture gets the generic row)."""
+    rows = DEFAULTS_BY_ARCH.get(arch, DEFAULTS_BY_ARCH["generic"]).get(kind)
+    if rows is None:
+        raise ValueError(f"attnc: unknown kernel kind {kind!r}; expected one of {KINDS}")
+    widest = max(head_dim, head_dim_v)
+    return next(config for upto, config in rows if widest <= upto)
+
+
+# ---- keys ----
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeBucket:
+    batch_heads: int
+    q_len: int
+    kv_len: int
+    head_dim: int
+    head_dim_v: int
+
+
+def _round_up_power_of_two(n: int, minimum: int) -> int:
+    return max(minimum, 1 << max(n - 1, 0).bit_length())
+
+
+def shape_bucket(B: int, H: int, Q_LEN: int, KV_LEN: int, D: int, Dv: int) -> ShapeBucket:
+    """The bucket a problem's tuning applies to. Lengths round up to powers of two (at least 128, below
+    which one tile covers the sequence anyway): the best tiles move with the order of magnitude of the
+    loop trip count, not its exact value. Head dims stay exact: they are compile-time constants that set
+    the tile widths. B*H only sets how many waves of programs fill the GPU, so it rounds up to a power of
+    four, capped at 1024 where there are many waves on any GPU and more heads only repeat them."""
+    waves = 1
+    while waves < min(B * H, 1024):
+        waves *= 4
+    return ShapeBucket(waves, _round_up_power_of_two(Q_LEN, 128), _round_up_power_of_two(KV_LEN, 128), D, Dv)
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneKey:
+    gpu: str  # the device's model name, e.g. torch.cuda.get_device_name()
+    kernel: str  # identifies the generated kernel, e.g. the hash of its source
+    bucket: ShapeBucket
+
+    def serialize(self) -> str:
+        # JSON, not a joined string: no GPU name or kernel key can make two keys collide.
+        return json.dumps([self.gpu, self.kernel, dataclasses.astuple(self.bucket)])
+
+
+# ---- tuning and persistence ----
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneEntry:
+    config: KernelConfig
+    ms: float
+    tried: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"config": dataclasses.asdict(self.config), "ms": self.ms, "tried": self.tried}
+
+    @staticmethod
+    def from_json(raw: Any) -> TuneEntry | None:
+        """The entry, or None if `raw` is not exactly what `to_json` writes."""
+        try:
+            config, ms, tried = raw["config"], raw["ms"], raw["tried"]
+            fields = {field.name for field in dataclasses.fields(KernelConfig)}
+            valid = (set(config) == fields and all(type(v) is int and v > 0 for v in config.values())
+                     and type(ms) in (int, float) and math.isfinite(ms) and type(tried) is int)
+        except (TypeError, KeyError):
+            return None
+        return TuneEntry(KernelConfig(**config), float(ms), tried) if valid else None
+
+
+class Tuner:
+    """Benchmarks candidate configs per `TuneKey` and persists the fastest in `<directory>/tuning.json`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / TUNING_FILE
+        self.failures: dict[KernelConfig, str] = {}  # why each config of the latest `tune` was skipped
+        self._entries: dict[str, TuneEntry] | None = None
+
+    def lookup(self, key: TuneKey) -> KernelConfig | None:
+        entry = self._loaded().get(key.serialize())
+        return entry.config if entry is not None else None
+
+    def tune(self, key: TuneKey, configs: Iterable[KernelConfig], run: Callable[[KernelConfig], None],
+             timer: Callable[[Callable[[], None]], float]) -> KernelConfig:
+        """The stored config for `key`, or else the fastest of `configs` under `timer`, then stored.
+        A config whose run raises (or times as non-finite) is skipped and its reason kept in `failures`."""
+        stored = self.lookup(key)
+        if stored is not None:
+            return stored
+        self.failures = {}
+        timings = {config: self._time(config, run, timer) for config in dict.fromkeys(configs)}
+        timed = {config: ms for config, ms in timings.items() if ms is not None}
+        if not timed:
+            reasons = "; ".join(f"{config}: {why}" for config, why in self.failures.items()) or "no candidates"
+            raise TuneError(f"attnc: no configuration could be run for {key}: {reasons}")
+        best = min(timed, key=timed.__getitem__)
+        self._loaded()[key.serialize()] = TuneEntry(best, timed[best], len(timings))
+        self._save()
+        return best
+
+    def _time(self, config: KernelConfig, run: Callable[[KernelConfig], None],
+              timer: Callable[[Callable[[], None]], float]) -> float | None:
+        try:
+            ms = float(timer(lambda: run(config)))
+        except Exception as e:  # a config the compiler or the GPU rejects is a losing candidate, not an error
+            self.failures[config] = f"{type(e).__name__}: {e}"
+            return None
+        if not math.isfinite(ms):
+            self.failures[config] = f"non-finite time {ms}"
+            return None
+        return ms
+
+    def _loaded(self) -> dict[str, TuneEntry]:
+        if self._entries is None:
+            self._entries = _read_entries(self.path)
+        return self._entries
+
+    def _save(self) -> None:
+        # Merge with what other processes wrote since we loaded, so concurrent tuners keep each other's entries.
+        entries = {**_read_entries(self.path), **self._loaded()}
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        document = {"version": TUNING_VERSION, "entries": {k: e.to_json() for k, e in entries.items()}}
+        atomic_write(self.path, json.dumps(document, indent=1, sort_keys=True))
+        self._entries = entries
+
+
+def _read_entries(path: Path) -> dict[str, TuneEntry]:
+    """The valid entries of the tuning file; nothing when it is missing, unreadable, corrupt, of another
+    version or in a directory others may write (its configs would then be theirs to choose)."""
+    try:
+        require_private(path.parent)
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, CacheError):
+        return {}
+    if not isinstance(document, dict) or document.get("version") != TUNING_VERSION:
+        return {}
+    raw = document.get("entries")
+    if not isinstance(raw, dict):
+        return {}
+    entries = {key: TuneEntry.from_json(value) for key, value in raw.items()}
+    return {key: entry for key, entry in entries.items() if entry is not None}
