@@ -11,10 +11,13 @@ flex_attention under torch.compile(dynamic=False), with torch's create_block_mas
 (F.scaled_dot_product_attention: is_causal=True for causal, otherwise a dense bool mask or float bias when
 it fits in a quarter of free memory, else skipped with a note).
 
-Variants: `causal`; `sliding_window` (causal, the last 1024 keys); `alibi` (causal plus the ALiBi score mod,
-per-head slopes 2^(-8 (h+1) / H) read from a captured tensor; SDPA gets the same terms as a float bias);
-`document` (q and kv in the same document, bidirectional; a seeded split of the sequence into documents of
-S/32 .. S/4 tokens, the same for every batch and head).
+Variants: `noop` (every pair, through each implementation's mask path); `causal`; `softcap` (causal with
+Gemma 2's 30 * tanh(score / 30); SDPA cannot express it and is skipped); `sliding_window` (causal, the last
+1024 keys); `prefix_lm` (the first S/4 tokens bidirectional, the rest causal); `alibi` (causal plus the ALiBi
+score mod, per-head slopes 2^(-8 (h+1) / H) read from a captured tensor; SDPA gets the same terms as a float
+bias); `document` (q and kv in the same document, bidirectional; a seeded split of the sequence into
+documents of S/32 .. S/4 tokens, the same for every batch and head); `natten_2d` (13 x 13 neighborhoods,
+clamped at the borders, on a canvas of S/64 rows of 64 tokens; attnc.variants.natten).
 
 bf16, H = 16, B * H * S held constant. FLOPs count only the allowed (unmasked) pairs, computed exactly:
 the forward is 4 * B * H * D per pair (QK^T and PV, a multiply and an add each); the backward is 2.5 times
@@ -103,7 +106,7 @@ class Variant:
     score_mod: Callable | None
     allowed_pairs: int  # per (batch, head)
     sdpa_bytes: int  # the dense mask or bias SDPA needs, with the temporaries that build it (0: none)
-    sdpa_kwargs: Callable[[], dict]  # built lazily: a dense mask may not fit
+    sdpa_kwargs: Callable[[], dict] | None  # built lazily: a dense mask may not fit; None: SDPA can't express it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,8 +244,62 @@ def document_variant(seq_len: int, settings: Settings) -> Variant:
                    dense_mask_kwargs(document, seq_len, settings.device))
 
 
-VARIANTS = {"causal": causal_variant, "sliding_window": sliding_window_variant, "alibi": alibi_variant,
-            "document": document_variant}
+def noop_variant(seq_len: int, settings: Settings) -> Variant:
+    def everything(b, h, q_idx, kv_idx):  # every pair: dense attention through each implementation's mask path
+        return (q_idx >= 0) & (kv_idx >= 0)
+
+    return Variant("noop", everything, None, seq_len * seq_len, 0, lambda: {})
+
+
+SOFTCAP = 30.0
+
+
+def softcap_variant(seq_len: int, settings: Settings) -> Variant:
+    """Causal with Gemma 2's logit softcap: SDPA has no way to say it (skipped)."""
+
+    def softcap(score, b, h, q_idx, kv_idx):
+        return SOFTCAP * torch.tanh(score / SOFTCAP)
+
+    return Variant("softcap", causal_mask, softcap, causal_pairs(seq_len), 0, None)
+
+
+def prefix_lm_variant(seq_len: int, settings: Settings) -> Variant:
+    """The first quarter of the sequence is a bidirectional prefix, the rest causal."""
+    prefix = seq_len // 4
+
+    def prefix_lm(b, h, q_idx, kv_idx):
+        return (kv_idx < prefix) | (q_idx >= kv_idx)
+
+    # query q sees max(q + 1, prefix) keys
+    pairs = prefix * prefix + causal_pairs(seq_len) - causal_pairs(prefix)
+    return Variant("prefix_lm", prefix_lm, None, pairs, dense_mask_bytes(seq_len),
+                   dense_mask_kwargs(prefix_lm, seq_len, settings.device))
+
+
+def natten_shape(seq_len: int, smoke: bool) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(canvas, kernel per axis) of the 2-D neighborhood variant: rows of 64 tokens (16 in --smoke; fewer when
+    S is not a multiple) and a 13 x 13 window (5 x 5 in --smoke), narrowed to a canvas smaller than it."""
+    width, kernel = (16, 5) if smoke else (64, 13)
+    while seq_len % width:
+        width //= 2
+    rows = seq_len // width
+    return (rows, width), (min(kernel, rows), min(kernel, width))
+
+
+def natten_variant(seq_len: int, settings: Settings) -> Variant:
+    """2-D neighborhood attention (NATTEN) on a canvas of S / 64 rows of 64 tokens."""
+    from attnc import variants
+
+    canvas, kernel = natten_shape(seq_len, settings.smoke)
+    mask = variants.natten(canvas, kernel)
+    # windows are clamped at the borders, so every query sees exactly kernel[0] x kernel[1] keys
+    return Variant("natten_2d", mask, None, seq_len * kernel[0] * kernel[1], dense_mask_bytes(seq_len),
+                   dense_mask_kwargs(mask, seq_len, settings.device))
+
+
+VARIANTS = {"noop": noop_variant, "causal": causal_variant, "softcap": softcap_variant,
+            "sliding_window": sliding_window_variant, "prefix_lm": prefix_lm_variant, "alibi": alibi_variant,
+            "document": document_variant, "natten_2d": natten_variant}
 
 
 # -- implementations: each returns a zero-argument callable computing the output, or why it can't run ----
@@ -277,6 +334,8 @@ def make_flex(variant: Variant, q: Tensor, k: Tensor, v: Tensor, settings: Setti
 
 
 def make_sdpa(variant: Variant, q: Tensor, k: Tensor, v: Tensor, settings: Settings) -> Callable[[], Tensor] | str:
+    if variant.sdpa_kwargs is None:
+        return "SDPA cannot express this score mod"
     free = free_memory(q.device)
     if variant.sdpa_bytes > SDPA_MASK_SHARE * free:
         return (f"its dense mask or bias needs {variant.sdpa_bytes / 2**30:.1f} GiB, over "
