@@ -12,6 +12,7 @@ The pipeline, in order (each step's name is also its label in `Attention.explain
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import math
 import os
@@ -375,16 +376,15 @@ def _scale(scale: float | None, shapes: launch.Shapes) -> float:
 def _backward_configs(shapes: launch.Shapes, interpret: bool,
                       options: dict[str, int] | None) -> launch_backward.BackwardConfigs:
     configs = launch_backward.backward_configs(shapes.D, shapes.Dv, interpret=interpret)
-    if options and {"BLOCK_M", "BLOCK_N"} & set(options):
+    if not options or not {"BLOCK_M", "BLOCK_N"} & set(options):
+        return configs
+
+    def bounded(config: KernelConfig) -> KernelConfig:
         # tiles asked for the forward bound the backward's too (a BlockMask's blocks must still divide)
-        dkdv = KernelConfig(min(configs.dkdv.block_m, options.get("BLOCK_M", 1 << 30)),
-                            min(configs.dkdv.block_n, options.get("BLOCK_N", 1 << 30)),
-                            configs.dkdv.num_warps, configs.dkdv.num_stages)
-        dq = KernelConfig(min(configs.dq.block_m, options.get("BLOCK_M", 1 << 30)),
-                          min(configs.dq.block_n, options.get("BLOCK_N", 1 << 30)),
-                          configs.dq.num_warps, configs.dq.num_stages)
-        configs = launch_backward.BackwardConfigs(dkdv, dq)
-    return configs
+        return dataclasses.replace(config, block_m=min(config.block_m, options.get("BLOCK_M", config.block_m)),
+                                   block_n=min(config.block_n, options.get("BLOCK_N", config.block_n)))
+
+    return launch_backward.BackwardConfigs(bounded(configs.dkdv), bounded(configs.dq))
 
 
 def _config(shapes: launch.Shapes, interpret: bool, options: dict[str, int] | None) -> KernelConfig:

@@ -6,16 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import attnc
-from attnc import api
-from attnc.ir.tiles import FULL, PARTIAL
 from attnc.runtime import visualize
 
 from .errors import CliError, Exit
 from .show import tile_values
-from .target import Target, add_variant_arguments, load_target
+from .target import add_variant_arguments, load_target
 
 DESCRIPTION = """\
 Draw a variant's mask (query rows down, key columns across, pooled to at most 1024 pixels a side) next to the
@@ -59,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         values = tile_values(target, required_for="viz")
         assert values is not None
-        draw_text_variant(target, values, args.seq, kv_seq, args.block, args.output)
+        visualize.draw(target.attn, args.seq, kv_seq, path=args.output, BLOCK_SIZE=args.block, title=target.label,
+                       values=values)
     print(f"wrote {args.output}")
     return 0
 
@@ -70,32 +67,3 @@ def _require_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise CliError(visualize.MISSING_MATPLOTLIB, Exit.MISSING) from None
-
-
-def draw_text_variant(target: Target, values: dict[str, Any], q_len: int, kv_len: int, block: int,
-                      path: Path) -> None:
-    """What attnc.visualize draws for Python mods, for a text variant: its mask (pooled) and tile classes."""
-    figure_cls, canvas_cls, patch_cls, colormap_cls = visualize._matplotlib()
-    pooled = pooled_text_mask(target, values, q_len, kv_len)
-    block_mask = target.attn.block_mask(1, 1, q_len, kv_len, "cpu", block, **values)
-    figure = figure_cls(figsize=(12, 6), layout="constrained")
-    canvas_cls(figure)
-    left, right = figure.subplots(1, 2)
-    visualize._draw_mask(left, pooled, q_len, kv_len)
-    visualize._draw_classes(right, visualize.tile_classes(block_mask), block_mask, patch_cls, colormap_cls)
-    figure.suptitle(f"{target.label}: Q_LEN={q_len}, KV_LEN={kv_len}, b=0, h=0")
-    figure.savefig(path, dpi=100)
-
-
-def pooled_text_mask(target: Target, values: dict[str, Any], q_len: int, kv_len: int) -> torch.Tensor:
-    """`visualize.pooled_mask` for a text variant: pixels the tile analysis decides are not evaluated."""
-    program, bindings = target.attn.program, target.bindings(values)
-    tensors, params = list(bindings.tensors), bindings.params
-    factors = visualize.pool_factors(q_len, kv_len)
-    classes = visualize._pixel_classes(program, tensors, params, 0, 0, q_len, kv_len, factors)
-    origin = torch.zeros((1, 1, 1, 1), dtype=torch.int32)  # b = h = 0
-
-    def band(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        return api.evaluate_mask(program, origin, origin, q, kv, tensors, params)
-
-    return visualize._pool_bands(band, classes == FULL, classes == PARTIAL, q_len, kv_len, factors)

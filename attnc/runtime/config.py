@@ -55,13 +55,13 @@ def next_power_of_two(n: int) -> int:
 
 
 def default_config(head_dim: int, head_dim_v: int, *, interpret: bool) -> KernelConfig:
-    """Tiles that keep the accumulator in registers on a Hopper-class GPU; large tiles in the interpreter,
-    whose cost is per operation, not per element."""
+    """The forward's tiles: Hopper's row of the default table (`autotune.DEFAULTS_BY_ARCH`); large tiles in
+    the interpreter, whose cost is per operation, not per element."""
     if interpret:
-        return KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=1)
-    # BLOCK_N = 32 keeps score mods that gather per (q, kv) element (bias tables) free of spills at
-    # head dims up to 128 (checked by `Attention.resources` in the tests).
-    widest = max(next_power_of_two(head_dim), next_power_of_two(head_dim_v))
-    if widest <= 128:
-        return KernelConfig(block_m=128, block_n=32, num_warps=8, num_stages=3)
-    return KernelConfig(block_m=64, block_n=32, num_warps=8, num_stages=2)
+        return INTERPRETER_TILES
+    from attnc.runtime.autotune import default_for  # the table builds KernelConfigs from this module
+
+    return default_for("forward", "sm_90", head_dim, head_dim_v)
+
+
+INTERPRETER_TILES = KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=1)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import triton
 
-from attnc.runtime.config import KernelConfig
+from attnc.runtime.config import INTERPRETER_TILES, KernelConfig
 from attnc.runtime.launch import Shapes, block_mask_args, capture_args, check_block_mask, constexprs
 
 
@@ -28,22 +28,15 @@ class BackwardConfigs:
 
 
 def backward_configs(head_dim: int, head_dim_v: int, *, interpret: bool) -> BackwardConfigs:
-    """Tiles for the two backward kernels. The dK/dV program keeps two [BLOCK_N, D] accumulators, the dQ
-    program one [BLOCK_M, D]. Chosen so that neither loop (closed-form ranges or a BlockMask's lists, whose
-    two call sites cost registers) spills at sm_90 for bias tables, document ids and softcaps at D = 64,
-    128 and 256 (checked by `Attention.resources` in the tests); not yet tuned for speed."""
+    """Tiles for the two backward kernels: Hopper's rows of the default table (`autotune.DEFAULTS_BY_ARCH`,
+    where the choice is explained). The dK/dV program keeps two [BLOCK_N, D] accumulators, the dQ program
+    one [BLOCK_M, D]."""
     if interpret:
-        tiles = KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=1)
-        return BackwardConfigs(tiles, tiles)
-    widest = max(head_dim, head_dim_v)
-    if widest <= 64:
-        return BackwardConfigs(KernelConfig(block_m=32, block_n=64, num_warps=8, num_stages=2),
-                               KernelConfig(block_m=64, block_n=32, num_warps=4, num_stages=2))
-    if widest <= 128:
-        return BackwardConfigs(KernelConfig(block_m=32, block_n=32, num_warps=8, num_stages=2),
-                               KernelConfig(block_m=64, block_n=32, num_warps=8, num_stages=2))
-    return BackwardConfigs(KernelConfig(block_m=16, block_n=32, num_warps=8, num_stages=1),
-                           KernelConfig(block_m=16, block_n=16, num_warps=8, num_stages=1))
+        return BackwardConfigs(INTERPRETER_TILES, INTERPRETER_TILES)
+    from attnc.runtime.autotune import default_for
+
+    return BackwardConfigs(default_for("backward_dkdv", "sm_90", head_dim, head_dim_v),
+                           default_for("backward_dq", "sm_90", head_dim, head_dim_v))
 
 
 def delta_rows(out: torch.Tensor, dout: torch.Tensor, dlse: torch.Tensor | None) -> torch.Tensor:

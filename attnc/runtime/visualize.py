@@ -16,6 +16,7 @@ drawn with the Agg backend through a figure of its own, so the caller's pyplot s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pathlib
 from collections.abc import Callable, Sequence
@@ -44,20 +45,32 @@ def visualize(mask_mod: Callable, Q_LEN: int, KV_LEN: int, *, path: str | pathli
               b: int = 0, h: int = 0, BLOCK_SIZE: int | tuple[int, int] = 128,
               score_mod: Callable | None = None) -> pathlib.Path:
     """Write a PNG of `mask_mod` for batch `b`, head `h` (of `B`, `H`) to `path`; return the path."""
+    title = getattr(mask_mod, "__name__", "mask_mod")
+    return draw(api.compile(mask_mod, score_mod), Q_LEN, KV_LEN, path=path, B=B, H=H, b=b, h=h,
+                BLOCK_SIZE=BLOCK_SIZE, bias=score_mod is not None, title=title)
+
+
+def draw(attn: api.Attention, Q_LEN: int, KV_LEN: int, *, path: str | pathlib.Path, B: int = 1, H: int = 1,
+         b: int = 0, h: int = 0, BLOCK_SIZE: int | tuple[int, int] = 128, bias: bool = False, title: str = "",
+         values: dict[str, Any] | None = None) -> pathlib.Path:
+    """`visualize` for a compiled variant (a text variant binds its tensors and parameters from `values`);
+    the bias panel only with `bias` (and a score mod)."""
     if not (0 <= b < B and 0 <= h < H):
         raise ValueError(f"visualize: b={b}, h={h} must index B={B} batches and H={H} heads")
     figure_cls, canvas_cls, patch_cls, colormap_cls = _matplotlib()
-    pooled = pooled_mask(mask_mod, Q_LEN, KV_LEN, b=b, h=h)
-    block_mask = api.create_block_mask(mask_mod, B, H, Q_LEN, KV_LEN, device="cpu", BLOCK_SIZE=BLOCK_SIZE)
-    panels = 2 if score_mod is None else 3
+    bound = _Bound.of(attn, values)
+    pooled = bound.pooled_mask(Q_LEN, KV_LEN, b, h, MAX_PIXELS)
+    block_mask = attn.block_mask(B, H, Q_LEN, KV_LEN, "cpu", BLOCK_SIZE, **(values or {}))
+    bias = bias and attn.program.score is not None
+    panels = 3 if bias else 2
     figure = figure_cls(figsize=(6 * panels, 6), layout="constrained")
     canvas_cls(figure)
     axes = figure.subplots(1, panels, squeeze=False)[0]
     _draw_mask(axes[0], pooled, Q_LEN, KV_LEN)
     _draw_classes(axes[1], tile_classes(block_mask, b=b, h=h), block_mask, patch_cls, colormap_cls)
-    if score_mod is not None:
-        _draw_bias(figure, axes[2], pooled_bias(mask_mod, score_mod, Q_LEN, KV_LEN, b=b, h=h), Q_LEN, KV_LEN)
-    figure.suptitle(f"{getattr(mask_mod, '__name__', 'mask_mod')}: Q_LEN={Q_LEN}, KV_LEN={KV_LEN}, b={b}, h={h}")
+    if bias:
+        _draw_bias(figure, axes[2], bound.pooled_bias(Q_LEN, KV_LEN, b, h, MAX_PIXELS), Q_LEN, KV_LEN)
+    figure.suptitle(f"{title}: Q_LEN={Q_LEN}, KV_LEN={KV_LEN}, b={b}, h={h}")
     figure.savefig(path, dpi=100)
     return pathlib.Path(path)
 
@@ -86,37 +99,52 @@ def pooled_mask(mask_mod: Callable, Q_LEN: int, KV_LEN: int, *, b: int = 0, h: i
     """bool `[ceil(Q_LEN / fq), ceil(KV_LEN / fk)]`: True where any pair of the pixel's
     `fq x fk` block is allowed (`pool_factors` gives fq, fk). Pixels the tile analysis decides (empty or
     full) are not evaluated; the rest are, a band of rows at a time."""
-    attn = api.compile(mask_mod)
-    bindings = attn.traced.bind(mask_mod, None)
-    tensors, params = [t.cpu() for t in bindings.tensors], bindings.params  # drawn on the CPU
-    factors = pool_factors(Q_LEN, KV_LEN, max_pixels)
-    classes = _pixel_classes(attn.program, tensors, params, b, h, Q_LEN, KV_LEN, factors)
-
-    def band(q: Tensor, kv: Tensor) -> Tensor:
-        return api.evaluate_mask(attn.program, _at(b), _at(h), q, kv, tensors, params)
-
-    return _pool_bands(band, classes == FULL, classes == PARTIAL, Q_LEN, KV_LEN, factors)
+    return _Bound.of(api.compile(mask_mod)).pooled_mask(Q_LEN, KV_LEN, b, h, max_pixels)
 
 
 def pooled_bias(mask_mod: Callable | None, score_mod: Callable, Q_LEN: int, KV_LEN: int, *, b: int = 0, h: int = 0,
                 max_pixels: int = MAX_PIXELS) -> Tensor:
     """float32 like `pooled_mask`: the largest `score_mod(0, b, h, q, kv)` over the allowed pairs of each
     pixel, -inf where none is allowed."""
-    attn = api.compile(mask_mod, score_mod)
-    bindings = attn.traced.bind(mask_mod, score_mod)
-    tensors, params = [t.cpu() for t in bindings.tensors], bindings.params  # drawn on the CPU
-    factors = pool_factors(Q_LEN, KV_LEN, max_pixels)
-    classes = _pixel_classes(attn.program, tensors, params, b, h, Q_LEN, KV_LEN, factors)
+    return _Bound.of(api.compile(mask_mod, score_mod)).pooled_bias(Q_LEN, KV_LEN, b, h, max_pixels)
 
-    def band(q: Tensor, kv: Tensor) -> Tensor:
-        zero = torch.zeros((1, 1, 1, 1), dtype=torch.float32)
-        env = Env(_at(b), _at(h), q, kv, score=zero, tensors=tensors, params=params)
-        bias = evaluate(attn.program.score, env).float()
-        allowed = api.evaluate_mask(attn.program, _at(b), _at(h), q, kv, tensors, params)
-        return torch.where(allowed, bias, -math.inf)
 
-    image = torch.full(classes.shape, -math.inf)
-    return _pool_bands(band, image, classes != EMPTY, Q_LEN, KV_LEN, factors)
+@dataclasses.dataclass(frozen=True)
+class _Bound:
+    """A compiled variant's program with its current tensors (on the CPU, where pictures are drawn) and
+    parameters."""
+
+    program: Program
+    tensors: list[Tensor]
+    params: Sequence
+
+    @staticmethod
+    def of(attn: api.Attention, values: dict[str, Any] | None = None) -> _Bound:
+        bindings = attn._bind(values)
+        return _Bound(attn.program, [t.cpu() for t in bindings.tensors], bindings.params)
+
+    def pooled_mask(self, q_len: int, kv_len: int, b: int, h: int, max_pixels: int) -> Tensor:
+        factors = pool_factors(q_len, kv_len, max_pixels)
+        classes = _pixel_classes(self.program, self.tensors, self.params, b, h, q_len, kv_len, factors)
+
+        def band(q: Tensor, kv: Tensor) -> Tensor:
+            return api.evaluate_mask(self.program, _at(b), _at(h), q, kv, self.tensors, self.params)
+
+        return _pool_bands(band, classes == FULL, classes == PARTIAL, q_len, kv_len, factors)
+
+    def pooled_bias(self, q_len: int, kv_len: int, b: int, h: int, max_pixels: int) -> Tensor:
+        factors = pool_factors(q_len, kv_len, max_pixels)
+        classes = _pixel_classes(self.program, self.tensors, self.params, b, h, q_len, kv_len, factors)
+
+        def band(q: Tensor, kv: Tensor) -> Tensor:
+            zero = torch.zeros((1, 1, 1, 1), dtype=torch.float32)
+            env = Env(_at(b), _at(h), q, kv, score=zero, tensors=self.tensors, params=self.params)
+            bias = evaluate(self.program.score, env).float()
+            allowed = api.evaluate_mask(self.program, _at(b), _at(h), q, kv, self.tensors, self.params)
+            return torch.where(allowed, bias, -math.inf)
+
+        image = torch.full(classes.shape, -math.inf)
+        return _pool_bands(band, image, classes != EMPTY, q_len, kv_len, factors)
 
 
 def _at(index: int) -> Tensor:
