@@ -17,7 +17,7 @@ import functools
 import math
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,9 +32,9 @@ from attnc.ir.interpret import Env, evaluate
 from attnc.ir.passes import optimize
 from attnc.ir.printer import format_program
 from attnc.ir.reference import reference_attention
-from attnc.ir.tiles import TileTest, kv_ranges, tile_test
-from attnc.ir.transpose import q_ranges
-from attnc.runtime import aot, launch, launch_backward, sparsity
+from attnc.ir.tiles import TileTest, kv_full_range, kv_ranges, tile_test
+from attnc.ir.transpose import q_full_range, q_ranges
+from attnc.runtime import aot, launch, launch_backward, sparsity, tuning
 from attnc.runtime.autograd import AttentionFunction, GradientPlan, needs_grad
 from attnc.runtime.block_mask import BlockMask, block_size_pair, build_block_mask
 from attnc.runtime.cache import KernelCache
@@ -90,7 +90,8 @@ class Attention:
     def source(self) -> KernelSource:
         if self._source is None:
             test, ranges = (None, None) if self.program.mask is None else _structure(self.program)
-            self._source = generate_forward(self.program, test, ranges)
+            full = kv_full_range(self.program.mask) if ranges is not None else None
+            self._source = generate_forward(self.program, test, ranges, full)
         return self._source
 
     def kernel(self) -> Any:
@@ -105,7 +106,10 @@ class Attention:
         if self._backward_source is None:
             test, ranges = (None, None) if self.program.mask is None else _structure(self.program)
             key_ranges = q_ranges(self.program.mask) if ranges is not None else None
-            self._backward_source = generate_backward(self.program, test, ranges, key_ranges)
+            full_keys = kv_full_range(self.program.mask) if ranges is not None else None
+            full_queries = q_full_range(self.program.mask) if ranges is not None else None
+            self._backward_source = generate_backward(self.program, test, ranges, key_ranges, full_keys,
+                                                      full_queries)
         return self._backward_source
 
     def backward_kernels(self) -> tuple[Any, Any]:
@@ -219,7 +223,7 @@ class Attention:
         if interpret and not interpreter_active():
             raise RuntimeError(INTERPRETER_UNAVAILABLE)
         launch.check_captures(bindings.tensors, query.device)
-        config = _config(shapes, interpret, kernel_options)
+        config = _with_options(self._launch_config("forward", shapes, query), kernel_options)
         if block_mask is None:
             block_mask = self._data_plan(bindings, shapes, query.device)
         elif needs_grad(query, key, value, *bindings.tensors):
@@ -239,12 +243,9 @@ class Attention:
                      dout: torch.Tensor, dlse: torch.Tensor | None, tensors: Any, wanted: list[bool]) -> Any:
             slots = self.backward_source.grad_slots
             by_kernel = [wanted[slot] and not deterministic for slot in slots]
-            dkdv, dq_kernel = self.backward_kernels()
-            dq, dk, dv, grads = launch_backward.launch_backward(
-                dkdv, dq_kernel, q, k, v, out, lse, dout, dlse, shapes=shapes, scale=scale, tensors=tensors,
-                params=bindings.params, grad_slots=slots, grad_wanted=by_kernel, block_mask=block_mask,
-                configs=_backward_configs(shapes, interpret, kernel_options),
-                has_mask=self.program.mask is not None, interpret=interpret)
+            configs = _backward_with_options(self._backward_launch_configs(shapes, q), kernel_options)
+            dq, dk, dv, grads = self._launch_backward(q, k, v, out, lse, dout, dlse, tensors, bindings, shapes,
+                                                      scale, block_mask, configs, by_kernel)
             ordered = [slot for slot in slots if wanted[slot] and deterministic]
             if ordered:
                 program = self.program if block_mask is None else _with_block_sparsity(
@@ -257,6 +258,76 @@ class Attention:
 
         plan = GradientPlan(shapes, forward, backward)
         return AttentionFunction.apply(plan, query, key, value, *bindings.tensors)
+
+    def _launch_config(self, kind: str, shapes: launch.Shapes, query: torch.Tensor) -> KernelConfig:
+        source = self.source.source if kind == "forward" else self.backward_source.source
+        return tuning.launch_config(kind, shapes, source, query.dtype, query.device)
+
+    def _backward_launch_configs(self, shapes: launch.Shapes, query: torch.Tensor) -> launch_backward.BackwardConfigs:
+        return launch_backward.BackwardConfigs(self._launch_config("backward_dkdv", shapes, query),
+                                               self._launch_config("backward_dq", shapes, query))
+
+    def _launch_backward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                         lse: torch.Tensor, dout: torch.Tensor, dlse: torch.Tensor | None, tensors: Any,
+                         bindings: Any, shapes: launch.Shapes, scale: float | None, block_mask: Any,
+                         configs: launch_backward.BackwardConfigs, grad_wanted: list[bool]) -> Any:
+        dkdv, dq_kernel = self.backward_kernels()
+        return launch_backward.launch_backward(
+            dkdv, dq_kernel, q, k, v, out, lse, dout, dlse, shapes=shapes, scale=scale, tensors=tensors,
+            params=bindings.params, grad_slots=self.backward_source.grad_slots, grad_wanted=grad_wanted,
+            block_mask=block_mask, configs=configs, has_mask=self.program.mask is not None,
+            interpret=q.device.type != "cuda")
+
+    def tune(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None, *,
+             block_mask: Any = None, enable_gqa: bool = True, backward: bool = False,
+             timer: Callable[[Callable[[], None]], float] | None = None,
+             configs: Sequence[KernelConfig] | None = None, progress: tuning.Progress | None = None,
+             **values: Any) -> dict[str, KernelConfig]:
+        """Tune this variant's kernels for these inputs' shape bucket on this GPU, and remember the choice in
+        `tuning.json` beside the kernel cache: later calls (in any process) launch with it, without
+        benchmarking. The kernels run on these inputs, with the variant's own block sparsity. With
+        `backward=True` the dK/dV and dQ kernels are tuned too. `configs`: the candidates (default: the
+        architecture's default and every candidate that fits, then the Hopper options on the fastest).
+        `timer(fn) -> ms` defaults to CUDA-event timing on a GPU; in the Triton interpreter one must be given.
+        Returns the config chosen per kernel ("forward", "backward_dkdv", "backward_dq")."""
+        shapes = launch.check_inputs(query, key, value, enable_gqa=enable_gqa)
+        bindings = self._bind(values)
+        if query.device.type != "cuda" and not interpreter_active():
+            raise RuntimeError(INTERPRETER_UNAVAILABLE)
+        launch.check_captures(bindings.tensors, query.device)
+        if block_mask is None:
+            block_mask = self._data_plan(bindings, shapes, query.device)
+        else:
+            launch.check_block_mask(block_mask, shapes, query.device)
+        has_mask = self.program.mask is not None
+        common = {"shapes": shapes, "dtype": query.dtype, "device": query.device, "timer": timer,
+                  "configs": configs, "progress": progress}
+
+        def forward(config: KernelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+            return launch.launch_forward(self.kernel(), query, key, value, shapes=shapes, scale=scale,
+                                         tensors=bindings.tensors, params=bindings.params, block_mask=block_mask,
+                                         config=config, has_mask=has_mask, interpret=query.device.type != "cuda")
+
+        chosen = {"forward": tuning.tune_kernel("forward", source=self.source.source, run=forward, **common)}
+        if not backward:
+            return chosen
+        with torch.no_grad():
+            out, lse = forward(chosen["forward"])
+        dout = torch.randn_like(out)
+        no_grads = [False] * len(self.backward_source.grad_slots)
+        current = self._backward_launch_configs(shapes, query)
+
+        def run_backward(configs: launch_backward.BackwardConfigs) -> None:
+            self._launch_backward(query, key, value, out, lse, dout, None, bindings.tensors, bindings, shapes, scale,
+                                  block_mask, configs, no_grads)
+
+        source = self.backward_source.source
+        chosen["backward_dkdv"] = tuning.tune_kernel(
+            "backward_dkdv", source=source, run=lambda c: run_backward(dataclasses.replace(current, dkdv=c)), **common)
+        current = dataclasses.replace(current, dkdv=chosen["backward_dkdv"])
+        chosen["backward_dq"] = tuning.tune_kernel(
+            "backward_dq", source=source, run=lambda c: run_backward(dataclasses.replace(current, dq=c)), **common)
+        return chosen
 
     def _data_plan(self, bindings: Any, shapes: launch.Shapes, device: torch.device) -> BlockMask | None:
         """For a mask that reads tensors (document ids, lengths), the block map attnc builds itself from
@@ -313,15 +384,20 @@ class Attention:
         return "\n\n".join(f"== {title} ==\n{body.rstrip()}" for title, body in sections)
 
     def resources(self, arch: str = "sm_90", dtype: torch.dtype = torch.bfloat16, head_dim: int = 128,
-                  head_dim_v: int | None = None, *, backward: bool = False) -> dict[str, dict[str, Any]]:
+                  head_dim_v: int | None = None, *, backward: bool = False, config: KernelConfig | None = None,
+                  backward_configs: launch_backward.BackwardConfigs | None = None,
+                  python: str | None = None) -> dict[str, dict[str, Any]]:
         """Compile the forward kernel for `arch` ahead of time (no GPU needed); return registers, spills
-        and shared memory, for the dense loop ("forward"), the BlockMask loop ("forward_block_mask") and, for a
-        masked variant, the block-map builder ("block_map", blocks of 128 x 128); with `backward=True` also the
-        backward kernels ("backward_dkdv", "backward_dq" and their "_block_mask" loops, every captured
-        gradient on)."""
+        and shared memory, for the closed-form loops ("forward"), the BlockMask loop ("forward_block_mask")
+        and, for a masked variant, the block-map builder ("block_map", blocks of 128 x 128); with
+        `backward=True` also the backward kernels ("backward_dkdv", "backward_dq" and their "_block_mask"
+        loops, every captured gradient on). `config` / `backward_configs`: the configs to compile (default:
+        the architecture's defaults); `python`: an interpreter with another Triton to compile with."""
         capability = aot.parse_arch(arch)
         head_dim_v = head_dim if head_dim_v is None else head_dim_v
-        config = default_config(head_dim, head_dim_v, interpret=False)
+        config = config or default_config(head_dim, head_dim_v, interpret=False)
+        backward_configs = backward_configs or launch_backward.backward_configs(head_dim, head_dim_v,
+                                                                                 interpret=False)
         path = kernel_cache().ensure_file(self.source.source)
         jobs = {name: aot.forward_job(path, self.program, dtype, head_dim, head_dim_v, config, use_block_mask,
                                       capability)
@@ -332,10 +408,8 @@ class Attention:
         if backward:
             backward_path = kernel_cache().ensure_file(self.backward_source.source)
             jobs |= aot.backward_jobs(backward_path, self.program, self.backward_source.grad_slots, dtype, head_dim,
-                                      head_dim_v, launch_backward.backward_configs(head_dim, head_dim_v,
-                                                                                   interpret=False), capability)
-        results = aot.compile_kernels(list(jobs.values()))
-        backward_configs = launch_backward.backward_configs(head_dim, head_dim_v, interpret=False)
+                                      head_dim_v, backward_configs, capability)
+        results = aot.compile_kernels(list(jobs.values()), python=python)
         used = {"forward": config, "forward_block_mask": config, "block_map": None,
                 "backward_dkdv": backward_configs.dkdv, "backward_dq": backward_configs.dq,
                 "backward_dkdv_block_mask": backward_configs.dkdv, "backward_dq_block_mask": backward_configs.dq}
@@ -373,29 +447,35 @@ def _scale(scale: float | None, shapes: launch.Shapes) -> float:
     return float(scale) if scale is not None else 1.0 / math.sqrt(shapes.D)
 
 
-def _backward_configs(shapes: launch.Shapes, interpret: bool,
-                      options: dict[str, int] | None) -> launch_backward.BackwardConfigs:
-    configs = launch_backward.backward_configs(shapes.D, shapes.Dv, interpret=interpret)
-    if not options or not {"BLOCK_M", "BLOCK_N"} & set(options):
+def _backward_with_options(configs: launch_backward.BackwardConfigs,
+                           options: dict[str, int] | None) -> launch_backward.BackwardConfigs:
+    if not options:
         return configs
 
     def bounded(config: KernelConfig) -> KernelConfig:
-        # tiles asked for the forward bound the backward's too (a BlockMask's blocks must still divide)
+        # tiles asked for the forward bound the backward's too (a BlockMask's blocks must still divide); the
+        # Hopper flags apply as given
+        flags = {KERNEL_OPTIONS[k]: bool(options[k]) for k in _FLAG_OPTIONS if k in options}
         return dataclasses.replace(config, block_m=min(config.block_m, options.get("BLOCK_M", config.block_m)),
-                                   block_n=min(config.block_n, options.get("BLOCK_N", config.block_n)))
+                                   block_n=min(config.block_n, options.get("BLOCK_N", config.block_n)), **flags)
 
     return launch_backward.BackwardConfigs(bounded(configs.dkdv), bounded(configs.dq))
 
 
-def _config(shapes: launch.Shapes, interpret: bool, options: dict[str, int] | None) -> KernelConfig:
-    config = default_config(shapes.D, shapes.Dv, interpret=interpret)
+def _with_options(config: KernelConfig, options: dict[str, int] | None) -> KernelConfig:
     if not options:
         return config
-    names = {"BLOCK_M": "block_m", "BLOCK_N": "block_n", "num_warps": "num_warps", "num_stages": "num_stages"}
-    unknown = set(options) - set(names)
+    unknown = set(options) - set(KERNEL_OPTIONS)
     if unknown:
-        raise ValueError(f"attnc: unknown kernel_options {sorted(unknown)}; known: {sorted(names)}")
-    return KernelConfig(**{**config.__dict__, **{names[k]: int(v) for k, v in options.items()}})
+        raise ValueError(f"attnc: unknown kernel_options {sorted(unknown)}; known: {sorted(KERNEL_OPTIONS)}")
+    fields = {KERNEL_OPTIONS[k]: (bool(v) if k in _FLAG_OPTIONS else int(v)) for k, v in options.items()}
+    return dataclasses.replace(config, **fields)
+
+
+# kernel_options names (FlexAttention's spelling where it has one) and the KernelConfig fields they set
+KERNEL_OPTIONS = {"BLOCK_M": "block_m", "BLOCK_N": "block_n", "num_warps": "num_warps", "num_stages": "num_stages",
+                  "USE_TMA": "tma", "WARP_SPECIALIZE": "warp_specialize"}
+_FLAG_OPTIONS = ("USE_TMA", "WARP_SPECIALIZE")
 
 
 _WARNED: set[str] = set()

@@ -82,24 +82,25 @@ def test_all_failing_raises_with_reasons(tmp_path: Path) -> None:
 def test_persisted_and_reused_by_a_fresh_tuner(tmp_path: Path) -> None:
     tune(Tuner(tmp_path), FakeGPU())
     document = json.loads((tmp_path / autotune.TUNING_FILE).read_text())
-    assert document["version"] == 1
+    assert document["version"] == autotune.TUNING_VERSION
     (entry,) = document["entries"].values()
-    assert entry == {"config": {"block_m": 64, "block_n": 32, "num_warps": 8, "num_stages": 2}, "ms": 0.5, "tried": 4}
+    assert entry == {"config": {"block_m": 64, "block_n": 32, "num_warps": 8, "num_stages": 2, "tma": False,
+                                "warp_specialize": False}, "ms": 0.5, "tried": 4}
     fresh, gpu = Tuner(tmp_path), FakeGPU()
     assert fresh.lookup(KEY) == CONFIGS[2]
     assert tune(fresh, gpu) == CONFIGS[2]
     assert gpu.timer_calls == 0
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"version": 2, "entries": {}}', "[1, 2]",
-                                     '{"version": 1, "entries": {"k": {"config": {"block_m": "64"}}}}'])
+@pytest.mark.parametrize("content", ["{not json", '{"version": 1, "entries": {}}', "[1, 2]",
+                                     '{"version": 2, "entries": {"k": {"config": {"block_m": "64"}}}}'])
 def test_corrupt_or_foreign_file_is_ignored_and_rewritten(tmp_path: Path, content: str) -> None:
     path = tmp_path / autotune.TUNING_FILE
     path.write_text(content)
     tuner = Tuner(tmp_path)
     assert tuner.lookup(KEY) is None
     assert tune(tuner, FakeGPU()) == CONFIGS[2]
-    assert json.loads(path.read_text())["version"] == 1
+    assert json.loads(path.read_text())["version"] == autotune.TUNING_VERSION
     assert Tuner(tmp_path).lookup(KEY) == CONFIGS[2]
 
 
@@ -157,8 +158,9 @@ def test_candidates_fit_the_estimates(arch: str, kind: str, head_dim: int) -> No
     for config in found:
         assert shared_memory_estimate(kind, config, head_dim, head_dim, 2) <= shared_memory_limit(arch)
         assert accumulator_registers(kind, config, head_dim, head_dim) <= autotune.ACCUMULATOR_REGISTER_LIMIT
-        assert 32 <= config.block_m <= 128 and 16 <= config.block_n <= 128
+        assert 16 <= config.block_m <= 128 and 16 <= config.block_n <= 128
         assert config.num_warps in (4, 8) and 1 <= config.num_stages <= 4
+        assert not config.tma and not config.warp_specialize  # the Hopper options come in a second round
 
 
 def test_smaller_shared_memory_prunes_more() -> None:

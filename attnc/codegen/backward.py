@@ -113,9 +113,11 @@ def _grad_lines(emitter: Emitter, program: Program, slots: tuple[int, ...]) -> l
 
 
 def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ranges: list[Range] | None = None,
-                      q_ranges: list[Range] | None = None) -> BackwardSource:
+                      q_ranges: list[Range] | None = None, kv_full: Range | None = None,
+                      q_full: Range | None = None) -> BackwardSource:
     """Both backward kernels for `program`, in one module. `tile_test`, `kv_ranges` and `q_ranges` (from
-    attnc.ir.tiles / attnc.ir.transpose) let them find their tiles from the mask's structure."""
+    attnc.ir.tiles / attnc.ir.transpose) let them find their tiles from the mask's structure; `kv_full` and
+    `q_full` (the full ranges) give them off-band loops, as in the forward."""
     tensor_args, param_args = capture_arg_names(program)
     captures = tensor_args + param_args
     slots = grad_slots(program)
@@ -128,15 +130,15 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
     score_kv, mask_kv = _score_lines(by_key, program), mask_lines(by_key, program.mask)
     hoisted_q, hoisted_kv = hoisted_names(by_query), hoisted_names(by_key)
 
-    dq_visit = ["dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,",
+    dq_visit = ["dq, q, do, lse, delta, K_head, V_head, K_desc, V_desc, stride_kn, stride_kd, stride_vn, stride_vd,",
                 "start_n, b_idx, h_idx, q_idx, q_in, q_lo, q_hi, sm_scale, KV_LEN,",
                 *(f"{name}," for name in captures + grad_call + hoisted_q),
-                "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION,"]
-    dkdv_visit = ["dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,",
+                "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,"]
+    dkdv_visit = ["dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,",
                   "stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,",
                   "start_m, b_idx, h_idx, kv_idx, kv_lo, kv_hi, sm_scale, Q_LEN,",
                   *(f"{name}," for name in captures + hoisted_kv),
-                  "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, Q_EVEN, UPCAST, DOT_PRECISION,"]
+                  "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,"]
     tile_lines = tile_test_lines(tile_test)
     holes = {
         **common_holes(captures, param_args),
@@ -157,8 +159,9 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
         "grad_accumulate": grads,
         "tile_test_q": tile_lines,
         "tile_test_kv": tile_lines,
-        "kv_ranges": range_loop_lines(kv_ranges or [(None, None)], "dq = _dq_visit(", dq_visit),
-        "q_ranges": range_loop_lines(q_ranges or [(None, None)], "dk, dv = _dkdv_visit(", dkdv_visit, axis="q"),
+        "kv_ranges": range_loop_lines(kv_ranges or [(None, None)], "dq = _dq_visit(", dq_visit, full=kv_full),
+        "q_ranges": range_loop_lines(q_ranges or [(None, None)], "dk, dv = _dkdv_visit(", dkdv_visit, axis="q",
+                                     full=q_full),
     }
     source = fill((TEMPLATES / "backward.py").read_text(), holes)
     grad_pointers = tuple(name for name in grad_call if not name.startswith("GRAD"))

@@ -42,17 +42,19 @@ def _score_lines(emitter: Emitter, root: Node | None) -> list[str]:
 
 
 def _visit_args(captures: list[str], hoisted: list[str]) -> list[str]:
-    return ["acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,",
+    return ["acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc, stride_kn, stride_kd, stride_vn, stride_vd,",
             "start_n, b_idx, h_idx, q_idx, q_lo, q_hi, sm_scale, KV_LEN,",
             *(f"{name}," for name in captures + hoisted),
-            "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION,"]
+            "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,"]
 
 
 def generate_forward(program: Program, tile_test: TileTest | None = None,
-                     kv_ranges: list[tuple[Node | None, Node | None]] | None = None) -> KernelSource:
+                     kv_ranges: list[tuple[Node | None, Node | None]] | None = None,
+                     kv_full: tuple[Node | None, Node | None] | None = None) -> KernelSource:
     """The forward kernel for `program`. `tile_test` and `kv_ranges` (from attnc.ir.tiles) let the kernel
     find its key tiles from the mask's structure when no BlockMask is given; without them it visits
-    every tile and masks each."""
+    every tile and masks each. `kv_full` (`attnc.ir.tiles.kv_full_range`) splits a single key range into
+    on-band tiles (tested, masked) and off-band tiles (neither)."""
     emitter = Emitter()
     score = _score_lines(emitter, program.score)
     mask = mask_lines(emitter, program.mask)
@@ -69,7 +71,7 @@ def generate_forward(program: Program, tile_test: TileTest | None = None,
         "mask_mod": mask,
         "tile_test": tile_test_lines(tile_test),
         "kv_ranges": range_loop_lines(kv_ranges or [(None, None)], "acc, l_i, m_i = _visit_tile(",
-                                      _visit_args(captures, hoisted)),
+                                      _visit_args(captures, hoisted), full=kv_full),
     }
     source = fill((TEMPLATES / "forward.py").read_text(), holes)
     placement = {

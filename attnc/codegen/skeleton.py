@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -162,12 +162,18 @@ def helper_lines() -> list[str]:
 
 
 def range_loop_lines(ranges: list[tuple[Node | None, Node | None]], call: str, call_args: list[str], *,
-                     axis: str = "kv") -> list[str]:
+                     axis: str = "kv", full: tuple[Node | None, Node | None] | None = None) -> list[str]:
     """Closed-form ranges of the other axis for this program's tile (from attnc.ir.tiles), then one loop
-    per range over its tiles, each calling `call` with `call_args`; a tile already covered by an earlier
-    range is not visited again. `axis` is the axis the loops walk: "kv" (query-major kernels) or "q"."""
+    per range over its tiles, each calling `call` with `call_args` and a last argument OFF_BAND (False); a
+    tile already covered by an earlier range is not visited again. `axis` is the axis the loops walk: "kv"
+    (query-major kernels) or "q".
+
+    With one range and a `full` range (every pair of the tile allowed inside it), the range's tiles that lie
+    wholly inside the full range and the sequence get their own loop with OFF_BAND True: a loop without
+    branches that Triton can pipeline (and warp-specialize), between the on-band tiles before and after."""
     start, length, block = ("start_n", "KV_LEN", "BLOCK_N") if axis == "kv" else ("start_m", "Q_LEN", "BLOCK_M")
-    present = [bound for pair in ranges for bound in pair if bound is not None]
+    split = full is not None and len(ranges) == 1
+    present = [bound for pair in ranges + ([full] if split else []) for bound in pair if bound is not None]
     block_lines, exprs = Emitter(prefix="r").emit_inline(present)
     lines, values = list(block_lines), iter(exprs)
     for i, (lo, hi) in enumerate(ranges):
@@ -175,13 +181,42 @@ def range_loop_lines(ranges: list[tuple[Node | None, Node | None]], call: str, c
         hi_expr = f"tl.minimum({next(values)}, {length} - 1)" if hi is not None else f"{length} - 1"
         lines += [f"range_lo{i} = (tl.cast({lo_expr}, tl.int32) // {block}) * {block}",
                   f"range_hi{i} = tl.cast({hi_expr}, tl.int32)"]
-    call_lines = [call, *(f"    {arg}" for arg in call_args), ")"]
+
+    def calls(off_band: bool) -> list[str]:
+        return [call, *(f"    {arg}" for arg in call_args), f"    {off_band},", ")"]
+
+    if split:
+        lines += _band_lines(full, values, start, length, block)
+        lines += [f"for {start} in range(range_lo0, band_lo, {block}):", *(f"    {c}" for c in calls(False))]
+        lines += [f"for {start} in tl.range(band_lo, band_end, {block}, warp_specialize=WARP_SPECIALIZE):",
+                  *(f"    {c}" for c in calls(True))]
+        lines += [f"for {start} in range(band_end, range_hi0 + 1, {block}):", *(f"    {c}" for c in calls(False))]
+        return lines
     for i in range(len(ranges)):
         lines.append(f"for {start} in range(range_lo{i}, range_hi{i} + 1, {block}):")
         unseen = " & ".join(f"(({start} < range_lo{j}) | ({start} > range_hi{j}))" for j in range(i))
-        body = [f"if {unseen}:", *(f"    {line}" for line in call_lines)] if unseen else call_lines
+        body = [f"if {unseen}:", *(f"    {line}" for line in calls(False))] if unseen else calls(False)
         lines += [f"    {line}" for line in body]
     return lines
+
+
+def _band_lines(full: tuple[Node | None, Node | None], values: Iterator[str], start: str, length: str,
+                block: str) -> list[str]:
+    """`band_lo` / `band_end`: the tile starts [band_lo, band_end) of range 0 whose tiles lie wholly inside the
+    full range and before `length`; both range_hi0 + 1 (no off-band tiles) where there are none."""
+    lo, hi = full
+    lo_expr = f"tl.minimum(tl.maximum({next(values)}, 0), {length})" if lo is not None else "0"
+    hi_expr = f"tl.minimum({next(values)}, {length} - 1)" if hi is not None else f"{length} - 1"
+    # all values are clamped non-negative before dividing: Triton's integer division truncates
+    return [
+        f"full_lo = tl.cast({lo_expr}, tl.int32)",
+        f"full_end = tl.maximum(tl.cast({hi_expr}, tl.int32) + 1, 0)",
+        f"band_lo = tl.maximum(((full_lo + {block} - 1) // {block}) * {block}, range_lo0)",
+        f"band_end = tl.minimum((full_end // {block}) * {block}, range_hi0 + 1)",
+        "band_none = band_end <= band_lo",
+        "band_lo = tl.where(band_none, range_hi0 + 1, band_lo)",
+        "band_end = tl.where(band_none, range_hi0 + 1, band_end)",
+    ]
 
 
 def mask_lines(emitter: Emitter, root: Node | None) -> list[str]:

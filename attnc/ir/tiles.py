@@ -1477,6 +1477,74 @@ def kv_ranges(mask: Node) -> list[tuple[Node | None, Node | None]]:
     return [(_index_bound(lo, ok, INT32_MIN), _index_bound(hi, ok, INT32_MAX)) for lo, hi in ranges]
 
 
+def kv_full_range(mask: Node) -> tuple[Node | None, Node | None] | None:
+    """Inclusive int32 key bounds for a query tile [q_lo, q_hi] inside which every pair of the tile is
+    allowed (None: unbounded on that side), so key tiles there need neither the tile test nor the mask (the
+    off-band loop of a mask with a diagonal). None where the analysis knows no such keys (data-dependent
+    masks, parts it cannot bound); at run time the range is empty (lo > hi) wherever the mask's arithmetic
+    might wrap around.
+
+    The dual of `kv_ranges`: each atom's bound is taken at the end of the query tile that tightens it,
+    conjunctions intersect, and a disjunction keeps what one of its parts guarantees (or their union where
+    they share an end)."""
+    low = _Lowering(mask, None)
+    full = _full_bounds(low.formula(mask))
+    if full is None or any("kv" in check.deps for check in low.checks):
+        return None
+    (lo, hi), conditions = full
+    key_guards = [g for g in low.guards if any("kv" in k.deps for k in g.terms)]
+    for guard in key_guards:  # keys where key-side arithmetic may wrap are never full
+        bad_lo, bad_hi = _wrap_range(guard)
+        if (bad_lo is None) == (bad_hi is None):
+            return None
+        if bad_lo is not None:
+            hi = _join(Op.MIN, [hi, bad_lo.shift(-1)], any_none=False)
+        else:
+            lo = _join(Op.MAX, [lo, bad_hi.shift(1)], any_none=False)
+    ok = all_([*(guard_holds(g) for g in low.guards if g not in key_guards), *low.checks, *conditions])
+    if ok is FALSE_N:
+        return None
+    if ok is not TRUE_N:  # an unbounded side still needs a bound that can make the range empty
+        lo, hi = (number(INT32_MIN) if lo is None else lo), (number(INT32_MAX) if hi is None else hi)
+    return _index_bound(lo, ok, INT32_MAX), _index_bound(hi, ok, INT32_MIN)
+
+
+FullBounds = tuple[tuple[Bound, Bound], tuple[Node, ...]]  # (key range, tile-constant conditions)
+
+
+def _full_bounds(f: Formula) -> FullBounds | None:
+    if isinstance(f, Atom):
+        if not any(KV in free_vars(lin_of(k)) for k in f.lin.unknowns()):  # a condition on the query tile
+            weakest = _over_query_tile(f.lin, maximise=False)
+            return None if weakest is None else ((None, None), (guard_holds(weakest),))
+        bounds = _atom_kv_bounds(f.lin, tighten=True)
+        return None if bounds == (None, None) else (bounds, ())
+    if isinstance(f, Cond):
+        if f.node is FALSE_N:
+            return None
+        return (None, None), (() if f.node is TRUE_N else (f.node,))
+    if isinstance(f, And):
+        parts = [_full_bounds(p) for p in f.parts]
+        if any(p is None for p in parts):
+            return None
+        lo = _join(Op.MAX, [p[0][0] for p in parts], any_none=False)
+        hi = _join(Op.MIN, [p[0][1] for p in parts], any_none=False)
+        return (lo, hi), tuple(c for p in parts for c in p[1])
+    if isinstance(f, Or):
+        known = [p for p in map(_full_bounds, f.parts) if p is not None]
+        if not known:
+            return None
+        plain = [bounds for bounds, conditions in known if not conditions]
+        if len(plain) > 1:  # ranges sharing an end unite into one
+            los, his = {lo for lo, _ in plain}, {hi for _, hi in plain}
+            if len(los) == 1:
+                return (plain[0][0], _join(Op.MAX, [hi for _, hi in plain], any_none=True)), ()
+            if len(his) == 1:
+                return (_join(Op.MIN, [lo for lo, _ in plain], any_none=True), plain[0][1]), ()
+        return known[0]  # a subset of the disjunction's full keys is still full
+    return None
+
+
 def _wrap_range(guard: Lin) -> tuple[Bound, Bound]:
     """The keys where a no-wrap-around guard over the key tile fails (a key tile of one key: kv_lo = kv_hi);
     everything when the key tile bounds occur inside other terms."""
@@ -1507,15 +1575,16 @@ def _join(op: Op, bounds: list[Bound], any_none: bool) -> Bound:
     return _extreme(op, known)
 
 
-def _atom_kv_bounds(lin: Lin) -> tuple[Bound, Bound]:
+def _atom_kv_bounds(lin: Lin, tighten: bool = False) -> tuple[Bound, Bound]:
     """From `a * K + rest(q) >= 0` with K = kv or (kv + s) // d: K >= ceil(-rest / a) for a > 0,
-    K <= floor(rest / -a) for a < 0, loosest over the query tile."""
+    K <= floor(rest / -a) for a < 0, loosest over the query tile: the keys some query of the tile may
+    attend to (`tighten`: tightest, the keys every query of the tile attends to)."""
     keys = [k for k in lin.unknowns() if KV in free_vars(lin_of(k))]
     if len(keys) != 1 or isinstance(keys[0], Mod):
         return None, None
     key, a = keys[0], lin.terms[keys[0]]
     shift = key.arg - lin_of(KV) if isinstance(key, Div) else number(0)
-    rest = _over_query_tile(lin - Lin({key: a}), maximise=True)
+    rest = _over_query_tile(lin - Lin({key: a}), maximise=not tighten)
     if rest is None or shift.unknowns() or (isinstance(key, Div) and key.arg.terms[KV] != 1):
         return None, None
     if a > 0:  # (kv + s) // d >= m  <=>  kv >= d * m - s

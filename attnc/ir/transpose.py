@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from attnc.ir.node import Node, node, var
-from attnc.ir.tiles import kv_ranges
+from attnc.ir.tiles import kv_full_range, kv_ranges
 
 Range = tuple[Node | None, Node | None]
 
@@ -43,3 +43,10 @@ def q_ranges(mask: Node) -> list[Range]:
 
 def _renamed(bound: Node | None) -> Node | None:
     return None if bound is None else substitute(bound, _SWAP_TILES)
+
+
+def q_full_range(mask: Node) -> Range | None:
+    """Inclusive int32 query bounds for a key tile [kv_lo, kv_hi] inside which every pair of the tile is
+    allowed (`attnc.ir.tiles.kv_full_range` of the swapped mask); None where none are known."""
+    full = kv_full_range(substitute(mask, _SWAP_INDICES))
+    return None if full is None else (_renamed(full[0]), _renamed(full[1]))

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 WORKER = "attnc.runtime.aot_worker"
@@ -29,13 +30,15 @@ def parse_arch(arch: str) -> int:
     return int(match[1])
 
 
-def compile_kernels(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def compile_kernels(jobs: list[dict[str, Any]], python: str | None = None) -> list[dict[str, Any]]:
     """Compile each job ({path, kernel, signature, constexprs, num_warps, num_stages, capability}) in one
-    child process; return {registers, spills, shared_memory} per job."""
+    child process; return {registers, spills, shared_memory} per job. `python`: the interpreter to compile
+    with (default: this one), e.g. one with another Triton release installed; the worker needs only Triton."""
     # "0", not unset: attnc's import would otherwise turn the interpreter on in a process without a GPU.
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    proc = subprocess.run([sys.executable, "-m", WORKER], input=json.dumps(jobs), capture_output=True,
-                          text=True, env=env, check=False)
+    worker = str(Path(__file__).with_name("aot_worker.py"))
+    command = [sys.executable, "-m", WORKER] if python is None else [python, worker]
+    proc = subprocess.run(command, input=json.dumps(jobs), capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         # Triton's own message (e.g. "NameError(...)") precedes the echoed source; keep both.
         lines = proc.stderr.strip().splitlines()

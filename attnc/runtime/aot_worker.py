@@ -60,7 +60,10 @@ def compile_job(job: dict[str, Any]) -> dict[str, Any]:
     options = {"num_warps": job["num_warps"], "num_stages": job["num_stages"]}
     compiled = triton.compile(source, target=GPUTarget("cuda", job["capability"], 32), options=options)
     registers, spills = _registers(compiled.asm["ptx"], job["capability"])
-    return {"registers": registers, "spills": spills, "shared_memory": compiled.metadata.shared}
+    ttgir = compiled.asm.get("ttgir", "")
+    return {"registers": registers, "spills": spills, "shared_memory": compiled.metadata.shared,
+            # whether Triton split a loop into warp partitions, and whether it issues TMA copies
+            "warp_specialized": "ttg.warp_specialize" in ttgir, "tma": "async_tma" in ttgir}
 
 
 def main() -> None:

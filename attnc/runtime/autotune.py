@@ -2,15 +2,17 @@
 
 Nothing here touches a GPU. `candidates` enumerates tile shapes and drops those that cannot fit by
 estimate; `prune_by_resources` drops those an ahead-of-time compile showed to spill; a `Tuner` times the
-rest with a timer it is given (the median of `triton.testing.do_bench` on a GPU) and remembers the fastest
+rest with a timer it is given (`gpu_timer` on a GPU: the median of `triton.testing.do_bench`), then the
+Hopper options (`hopper_options`: TMA, warp specialization) on the fastest few, and remembers the fastest
 per (GPU model, kernel, shape bucket) in `tuning.json` inside the kernel cache directory, so a later process
-reuses the choice without benchmarking. Without a tuned entry, `default_for` gives a per-architecture
-default; on sm_90 those are exactly the tiles `default_config` and `backward_configs` use.
+reuses the choice without benchmarking (`select`). Without a tuned entry, `default_for` gives a
+per-architecture default; on sm_90 those are exactly the tiles `default_config` and `backward_configs` use.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -23,7 +25,7 @@ from attnc.runtime.config import KernelConfig
 
 KINDS = ("forward", "backward_dkdv", "backward_dq")
 TUNING_FILE = "tuning.json"
-TUNING_VERSION = 1
+TUNING_VERSION = 2  # 2: configs carry the Hopper options
 
 # Shared memory one block may use, in bytes (opt-in maximum). Unknown architectures get the smallest.
 SHARED_MEMORY_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024}
@@ -32,10 +34,18 @@ _SMALLEST_SHARED_MEMORY = min(SHARED_MEMORY_LIMIT.values())
 # 255-register budget (scores, pointers, the mods' own values) and spill.
 ACCUMULATOR_REGISTER_LIMIT = 128
 
-_BLOCK_M = (32, 64, 128)
-_BLOCK_N = (16, 32, 64, 128)
-_WARPS = (4, 8)
-_STAGES = (1, 2, 3, 4)
+# The search space per kernel (block_m, block_n, num_warps, num_stages): each kernel's loop streams the
+# other axis' tiles, and its accumulators live along its own axis (the forward's [BLOCK_M, Dv], dK/dV's two
+# [BLOCK_N, D]), so the sizes that can pay differ.
+_SPACE = {
+    "forward": ((64, 128), (32, 64, 128), (4, 8), (2, 3, 4)),
+    "backward_dkdv": ((16, 32, 64), (32, 64, 128), (4, 8), (1, 2, 3)),
+    "backward_dq": ((32, 64, 128), (16, 32, 64), (4, 8), (1, 2, 3)),
+}
+# Architectures with TMA and warp specialization in Triton (Hopper and later).
+_HOPPER_OPTIONS_FROM = 90
+# How many of the fastest tile shapes get the Hopper options tried on top.
+REFINE_TOP = 3
 
 
 class TuneError(Exception):
@@ -77,16 +87,32 @@ def shared_memory_limit(arch: str) -> int:
 
 
 def candidates(kind: str, head_dim: int, head_dim_v: int, dtype_bytes: int, arch: str) -> list[KernelConfig]:
-    """Every tile shape in the search space that fits the architecture by estimate (see
+    """Every tile shape in the kernel's search space that fits the architecture by estimate (see
     `shared_memory_estimate` and `accumulator_registers`), smallest tiles first."""
+    if kind not in _SPACE:
+        raise ValueError(f"attnc: unknown kernel kind {kind!r}; expected one of {KINDS}")
     limit = shared_memory_limit(arch)
     found = []
-    for block_m, block_n, warps, stages in itertools.product(_BLOCK_M, _BLOCK_N, _WARPS, _STAGES):
+    for block_m, block_n, warps, stages in itertools.product(*_SPACE[kind]):
         config = KernelConfig(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages)
         fits = shared_memory_estimate(kind, config, head_dim, head_dim_v, dtype_bytes) <= limit
         if fits and accumulator_registers(kind, config, head_dim, head_dim_v) <= ACCUMULATOR_REGISTER_LIMIT:
             found.append(config)
     return found
+
+
+def hopper_options(configs: Iterable[KernelConfig], arch: str, kind: str = "forward") -> list[KernelConfig]:
+    """Each config with TMA, with warp specialization and with both, on architectures that have them
+    (sm_90 and later); nothing elsewhere. The dQ kernel gets TMA only (its launcher never warp-specializes)."""
+    if _capability(arch) < _HOPPER_OPTIONS_FROM:
+        return []
+    flags = ((True, False),) if kind == "backward_dq" else ((True, False), (False, True), (True, True))
+    return [dataclasses.replace(c, tma=tma, warp_specialize=ws) for c in configs for tma, ws in flags]
+
+
+def _capability(arch: str) -> int:
+    digits = "".join(ch for ch in arch if ch.isdigit())
+    return int(digits) if digits else 0
 
 
 def prune_by_resources(configs: Iterable[KernelConfig],
@@ -191,8 +217,10 @@ class TuneEntry:
         """The entry, or None if `raw` is not exactly what `to_json` writes."""
         try:
             config, ms, tried = raw["config"], raw["ms"], raw["tried"]
-            fields = {field.name for field in dataclasses.fields(KernelConfig)}
-            valid = (set(config) == fields and all(type(v) is int and v > 0 for v in config.values())
+            types = {field.name: field.type for field in dataclasses.fields(KernelConfig)}
+            valid = (set(config) == set(types)
+                     and all(type(v) is bool if types[k] == "bool" else (type(v) is int and v > 0)
+                             for k, v in config.items())
                      and type(ms) in (int, float) and math.isfinite(ms) and type(tried) is int)
         except (TypeError, KeyError):
             return None
@@ -212,14 +240,30 @@ class Tuner:
         return entry.config if entry is not None else None
 
     def tune(self, key: TuneKey, configs: Iterable[KernelConfig], run: Callable[[KernelConfig], None],
-             timer: Callable[[Callable[[], None]], float]) -> KernelConfig:
+             timer: Callable[[Callable[[], None]], float], *,
+             refine: Callable[[list[KernelConfig]], Iterable[KernelConfig]] | None = None,
+             progress: Callable[[KernelConfig, float | None], None] | None = None) -> KernelConfig:
         """The stored config for `key`, or else the fastest of `configs` under `timer`, then stored.
-        A config whose run raises (or times as non-finite) is skipped and its reason kept in `failures`."""
+        `refine(fastest)` may add configs derived from the REFINE_TOP fastest (the Hopper options), timed in
+        a second round. A config whose run raises (or times as non-finite) is skipped and its reason kept in
+        `failures`. `progress(config, ms)` is told each timing (ms None: skipped)."""
         stored = self.lookup(key)
         if stored is not None:
             return stored
         self.failures = {}
-        timings = {config: self._time(config, run, timer) for config in dict.fromkeys(configs)}
+        timings: dict[KernelConfig, float | None] = {}
+
+        def time_all(batch: Iterable[KernelConfig]) -> None:
+            for config in dict.fromkeys(batch):
+                if config not in timings:
+                    timings[config] = self._time(config, run, timer)
+                    if progress is not None:
+                        progress(config, timings[config])
+
+        time_all(configs)
+        if refine is not None:
+            ranked = sorted((c for c, ms in timings.items() if ms is not None), key=lambda c: timings[c])
+            time_all(refine(ranked[:REFINE_TOP]))
         timed = {config: ms for config, ms in timings.items() if ms is not None}
         if not timed:
             reasons = "; ".join(f"{config}: {why}" for config, why in self.failures.items()) or "no candidates"
@@ -270,3 +314,43 @@ def _read_entries(path: Path) -> dict[str, TuneEntry]:
         return {}
     entries = {key: TuneEntry.from_json(value) for key, value in raw.items()}
     return {key: entry for key, entry in entries.items() if entry is not None}
+
+
+# ---- at launch ----
+
+
+def device_arch(device: Any) -> str:
+    """"sm_XY" of a CUDA device."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
+def kernel_key(source: str, dtype: Any) -> str:
+    """Identifies a generated kernel for tuning: its source's hash and the element type it runs on."""
+    return f"{hashlib.sha256(source.encode()).hexdigest()[:24]}/{str(dtype).removeprefix('torch.')}"
+
+
+def select(tuner: Tuner | None, kind: str, *, gpu: str, arch: str, kernel: str, B: int, H: int, Q_LEN: int,
+           KV_LEN: int, D: int, Dv: int) -> KernelConfig:
+    """The config a launch uses: the tuned one for (gpu, kernel, shape bucket) if `tuner` has it, else the
+    architecture's default. Never benchmarks."""
+    if tuner is not None:
+        tuned = tuner.lookup(tune_key(kind, gpu=gpu, kernel=kernel, B=B, H=H, Q_LEN=Q_LEN, KV_LEN=KV_LEN, D=D, Dv=Dv))
+        if tuned is not None:
+            return tuned
+    return default_for(kind, arch, D, Dv)
+
+
+def tune_key(kind: str, *, gpu: str, kernel: str, B: int, H: int, Q_LEN: int, KV_LEN: int, D: int,
+             Dv: int) -> TuneKey:
+    """The key one kernel of a module (`kind`) is tuned and looked up under."""
+    return TuneKey(gpu, f"{kernel}#{kind}", shape_bucket(B, H, Q_LEN, KV_LEN, D, Dv))
+
+
+def gpu_timer(fn: Callable[[], None]) -> float:
+    """Milliseconds per call on the GPU: the median of `triton.testing.do_bench` (warm-up included)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))

@@ -1,7 +1,7 @@
 """Settings read in one place, and the default tile configuration per head dim.
 
 `Settings` is the only reader of the environment; `KernelConfig` is the tile shape and launch
-parameters of one kernel (autotuning, which picks among them per GPU, comes later).
+parameters of one kernel (`attnc.runtime.autotune` picks among them per GPU).
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ class KernelConfig:
     block_n: int
     num_warps: int
     num_stages: int
+    # Hopper options: stream the looped operands through tensor descriptors (TMA), and split the loops
+    # without branches into producer and consumer warps. Both are ignored where they cannot apply (TMA
+    # needs unit last strides and 16-byte aligned rows; the launcher checks).
+    tma: bool = False
+    warp_specialize: bool = False
 
     def fit_to_blocks(self, q_block: int, kv_block: int) -> KernelConfig:
         """Shrink the tiles so they divide a BlockMask's block sizes."""

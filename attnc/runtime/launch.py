@@ -100,7 +100,44 @@ def constexprs(shapes: Shapes, config: KernelConfig, dtype: torch.dtype, *, bloc
         "UPCAST": interpret,
         # float32 inputs get exact float32 products, not TF32.
         "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",
+        "USE_TMA": config.tma, "WARP_SPECIALIZE": config.warp_specialize,
     }
+
+
+def tma_ready(*tensors: torch.Tensor) -> bool:
+    """Whether tensor descriptors can stream rows of these [B, H, L, D] tensors: a unit last stride, and
+    16-byte aligned base addresses and strides (TMA's requirements)."""
+    for t in tensors:
+        size = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(s * size % 16 for s in t.stride()[:-1]):
+            return False
+    return True
+
+
+def with_tma_if_ready(config: KernelConfig, *tensors: torch.Tensor) -> KernelConfig:
+    """`config`, without TMA where the tensors do not allow it (the results are the same either way)."""
+    if config.tma and not tma_ready(*tensors):
+        return dataclasses.replace(config, tma=False)
+    if config.tma:
+        ensure_allocator()
+    return config
+
+
+def ensure_allocator() -> None:
+    """Device-side tensor descriptors live in scratch memory Triton asks an allocator for: give it torch's
+    unless the program installed its own."""
+    try:
+        from triton.runtime import _allocation
+
+        if not isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+            return
+    except (ImportError, AttributeError):  # another Triton layout: installing ours is still correct
+        pass
+    triton.set_allocator(_torch_scratch)
+
+
+def _torch_scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
 def block_mask_args(block_mask: Any, shapes: Shapes, dummy: torch.Tensor, side: str = "kv") -> tuple[list[Any], bool]:
@@ -155,6 +192,7 @@ def launch_forward(kernel: Any, query: torch.Tensor, key: torch.Tensor, value: t
     block_sizes = check_block_mask(block_mask, shapes, query.device) if block_mask is not None else None
     if block_sizes is not None:
         config = config.fit_to_blocks(*block_sizes)
+    config = with_tma_if_ready(config, key, value)
     bm_args, has_full = block_mask_args(block_mask, shapes, lse)
     sm_scale = scale if scale is not None else 1.0 / math.sqrt(shapes.D)
     grid = (triton.cdiv(shapes.Q_LEN, config.block_m), shapes.B * shapes.Hq)

@@ -15,7 +15,14 @@ import torch
 import triton
 
 from attnc.runtime.config import INTERPRETER_TILES, KernelConfig
-from attnc.runtime.launch import Shapes, block_mask_args, capture_args, check_block_mask, constexprs
+from attnc.runtime.launch import (
+    Shapes,
+    block_mask_args,
+    capture_args,
+    check_block_mask,
+    constexprs,
+    with_tma_if_ready,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +84,10 @@ def launch_backward(dkdv_kernel: Any, dq_kernel: Any, query: torch.Tensor, key: 
     block_sizes = check_block_mask(block_mask, shapes, query.device) if block_mask is not None else None
     if block_sizes is not None:
         configs = configs.fit_to_blocks(*block_sizes)
+    # each kernel streams two operands through descriptors when TMA is on: dK/dV q and dO, dQ k and v.
+    # The dQ loop is never warp-specialized: Triton's pass fails on it (seen for a softcap at D = 64).
+    dq_config = dataclasses.replace(configs.dq, warp_specialize=False)
+    configs = BackwardConfigs(with_tma_if_ready(configs.dkdv, query, dout), with_tma_if_ready(dq_config, key, value))
     sm_scale = float(scale if scale is not None else 1.0 / math.sqrt(shapes.D))
     captured = capture_args(tensors, params)
     grad_args, grad_flags, buffers = _grad_buffers(tensors, grad_slots, grad_wanted, lse)

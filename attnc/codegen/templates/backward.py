@@ -12,6 +12,10 @@
 # depends on). The dK/dV kernel works on transposed tiles [BLOCK_N, BLOCK_M] so that its accumulators are
 # key-major; index expressions broadcast the same way in both orientations.
 #
+# Hopper options (constexprs), as in the forward: USE_TMA streams the looped operands (Q and dO in the
+# dK/dV kernel, K and V in the dQ kernel) through tensor descriptors; WARP_SPECIALIZE splits the loops
+# without branches (no mask, off-band) into producer and consumer warps.
+#
 # Holes (per kernel; `_kv` / `_q` suffixes name the dK/dV and dQ versions):
 #   helpers, constants, capture_args, capture_pass     as in the forward skeleton
 #   grad_args, grad_pass                               gradient buffers of captured tensors (dQ kernel)
@@ -36,24 +40,28 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 @triton.jit
 def _dkdv_tile(
-    dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
+    dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
     stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
     start_m, b_idx, h_idx, kv_idx, sm_scale, Q_LEN,
     # HOLE: capture_args
     # HOLE: hoisted_params_kv
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, apply_mask, CHECK_Q: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
     offs_dv = tl.arange(0, DV_PAD)
     q_idx = offs_m[None, :]
     q_in = offs_m < Q_LEN
-    qt = tl.load(Q_head + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd,
-                 mask=q_in[None, :] & (offs_d[:, None] < HEAD_D), other=0.0)
-    do = tl.load(DO_head + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
-                 mask=q_in[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
+    if USE_TMA:  # the descriptors' bounds zero the rows past Q_LEN and the columns past the head dims
+        qt = tl.trans(Q_desc.load([start_m, 0]))
+        do = DO_desc.load([start_m, 0])
+    else:
+        qt = tl.load(Q_head + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd,
+                     mask=q_in[None, :] & (offs_d[:, None] < HEAD_D), other=0.0)
+        do = tl.load(DO_head + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
+                     mask=q_in[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
     if UPCAST:
         qt = qt.to(tl.float32)
         do = do.to(tl.float32)
@@ -82,26 +90,37 @@ def _dkdv_tile(
 
 @triton.jit
 def _dkdv_visit(
-    dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
+    dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
     stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
     start_m, b_idx, h_idx, kv_idx, kv_lo, kv_hi, sm_scale, Q_LEN,
     # HOLE: capture_args
     # HOLE: hoisted_params_kv
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, Q_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr, OFF_BAND: tl.constexpr,
 ):
-    q_lo = start_m
-    q_hi = tl.minimum(start_m + BLOCK_M, Q_LEN) - 1
-    # HOLE: tile_test_kv
-    if may_true:
+    if OFF_BAND:  # inside the full range, before Q_LEN: nothing to test or mask
         dk, dv = _dkdv_tile(
-            dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
+            dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
             stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
             start_m, b_idx, h_idx, kv_idx, sm_scale, Q_LEN,
             # HOLE: capture_pass
             # HOLE: hoisted_pass_kv
-            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, may_false, not Q_EVEN, UPCAST, DOT_PRECISION,
+            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, False, UPCAST, DOT_PRECISION, USE_TMA,
         )
+    else:
+        q_lo = start_m
+        q_hi = tl.minimum(start_m + BLOCK_M, Q_LEN) - 1
+        # HOLE: tile_test_kv
+        if may_true:
+            dk, dv = _dkdv_tile(
+                dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
+                stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+                start_m, b_idx, h_idx, kv_idx, sm_scale, Q_LEN,
+                # HOLE: capture_pass
+                # HOLE: hoisted_pass_kv
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, may_false, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
+            )
     return dk, dv
 
 
@@ -127,6 +146,7 @@ def attnc_backward_dkdv(
     SPARSE_Q_BLOCK: tl.constexpr, SPARSE_KV_BLOCK: tl.constexpr,
     USE_BLOCK_MASK: tl.constexpr, HAS_FULL_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
     Q_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
 ):
     # One program: BLOCK_N keys of one (batch, kv head), summed over the query heads that share them.
     start_n = tl.program_id(0) * BLOCK_N
@@ -157,6 +177,14 @@ def attnc_backward_dkdv(
         DO_head = DO + off_b.to(tl.int64) * stride_dob + off_h.to(tl.int64) * stride_doh
         LSE_head = LSE + off_b * stride_lb + off_h * stride_lh
         DELTA_head = DELTA + off_b * stride_lb + off_h * stride_lh
+        if USE_TMA:
+            Q_desc = tl.make_tensor_descriptor(Q_head, shape=[Q_LEN, HEAD_D], strides=[stride_qm, 1],
+                                               block_shape=[BLOCK_M, D_PAD])
+            DO_desc = tl.make_tensor_descriptor(DO_head, shape=[Q_LEN, HEAD_DV], strides=[stride_dom, 1],
+                                                block_shape=[BLOCK_M, DV_PAD])
+        else:
+            Q_desc = Q_head
+            DO_desc = DO_head
         # HOLE: hoist_program_kv
         # HOLE: hoist_kv
         if USE_BLOCK_MASK:
@@ -168,12 +196,12 @@ def attnc_backward_dkdv(
                 block = tl.load(partial_list + i * stride_im)
                 for j in range(SPARSE_Q_BLOCK // BLOCK_M):
                     dk, dv = _dkdv_tile(
-                        dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
+                        dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
                         stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
                         block * SPARSE_Q_BLOCK + j * BLOCK_M, b_idx, h_idx, kv_idx, sm_scale, Q_LEN,
                         # HOLE: capture_pass
                         # HOLE: hoisted_pass_kv
-                        HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, HAS_MASK, True, UPCAST, DOT_PRECISION,
+                        HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, HAS_MASK, True, UPCAST, DOT_PRECISION, USE_TMA,
                     )
             if HAS_FULL_BLOCKS:
                 n_full = tl.load(FULL_Q_NUM_BLOCKS + off_b * stride_fnb + off_h * stride_fnh
@@ -183,26 +211,26 @@ def attnc_backward_dkdv(
                     block = tl.load(full_list + i * stride_fim)
                     for j in range(SPARSE_Q_BLOCK // BLOCK_M):
                         dk, dv = _dkdv_tile(
-                            dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
+                            dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
                             stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
                             block * SPARSE_Q_BLOCK + j * BLOCK_M, b_idx, h_idx, kv_idx, sm_scale, Q_LEN,
                             # HOLE: capture_pass
                             # HOLE: hoisted_pass_kv
-                            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, not Q_EVEN, UPCAST, DOT_PRECISION,
+                            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
                         )
         elif HAS_MASK:
             kv_lo = start_n
             kv_hi = tl.minimum(start_n + BLOCK_N, KV_LEN) - 1
             # HOLE: q_ranges
         else:
-            for start_m in range(0, Q_LEN, BLOCK_M):
+            for start_m in tl.range(0, Q_LEN, BLOCK_M, warp_specialize=WARP_SPECIALIZE):
                 dk, dv = _dkdv_tile(
-                    dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head,
+                    dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
                     stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
                     start_m, b_idx, h_idx, kv_idx, sm_scale, Q_LEN,
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass_kv
-                    HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, not Q_EVEN, UPCAST, DOT_PRECISION,
+                    HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
                 )
     dk = dk * sm_scale
     tl.store(DK + off_b.to(tl.int64) * stride_dkb + off_hkv.to(tl.int64) * stride_dkh
@@ -215,7 +243,7 @@ def attnc_backward_dkdv(
 
 @triton.jit
 def _dq_tile(
-    dq, q, do, lse, delta, K_head, V_head,
+    dq, q, do, lse, delta, K_head, V_head, K_desc, V_desc,
     stride_kn, stride_kd, stride_vn, stride_vd,
     start_n, b_idx, h_idx, q_idx, q_in, sm_scale, KV_LEN,
     # HOLE: capture_args
@@ -223,17 +251,21 @@ def _dq_tile(
     # HOLE: hoisted_params_q
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, apply_mask, CHECK_KV: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
     offs_dv = tl.arange(0, DV_PAD)
     kv_idx = offs_n[None, :]
     kv_in = offs_n < KV_LEN
-    kt = tl.load(K_head + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                 mask=kv_in[None, :] & (offs_d[:, None] < HEAD_D), other=0.0)
-    vt = tl.load(V_head + offs_n[None, :] * stride_vn + offs_dv[:, None] * stride_vd,
-                 mask=kv_in[None, :] & (offs_dv[:, None] < HEAD_DV), other=0.0)
+    if USE_TMA:
+        kt = tl.trans(K_desc.load([start_n, 0]))
+        vt = tl.trans(V_desc.load([start_n, 0]))
+    else:
+        kt = tl.load(K_head + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                     mask=kv_in[None, :] & (offs_d[:, None] < HEAD_D), other=0.0)
+        vt = tl.load(V_head + offs_n[None, :] * stride_vn + offs_dv[:, None] * stride_vd,
+                     mask=kv_in[None, :] & (offs_dv[:, None] < HEAD_DV), other=0.0)
     if UPCAST:
         kt = kt.to(tl.float32)
         vt = vt.to(tl.float32)
@@ -257,7 +289,7 @@ def _dq_tile(
 
 @triton.jit
 def _dq_visit(
-    dq, q, do, lse, delta, K_head, V_head,
+    dq, q, do, lse, delta, K_head, V_head, K_desc, V_desc,
     stride_kn, stride_kd, stride_vn, stride_vd,
     start_n, b_idx, h_idx, q_idx, q_in, q_lo, q_hi, sm_scale, KV_LEN,
     # HOLE: capture_args
@@ -265,19 +297,32 @@ def _dq_visit(
     # HOLE: hoisted_params_q
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr, OFF_BAND: tl.constexpr,
 ):
-    kv_lo = start_n
-    kv_hi = tl.minimum(start_n + BLOCK_N, KV_LEN) - 1
-    # HOLE: tile_test_q
-    if may_true:
+    if OFF_BAND:  # inside the full range, before KV_LEN: nothing to test or mask
         dq = _dq_tile(
-            dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
+            dq, q, do, lse, delta, K_head, V_head, K_desc, V_desc,
+            stride_kn, stride_kd, stride_vn, stride_vd,
             start_n, b_idx, h_idx, q_idx, q_in, sm_scale, KV_LEN,
             # HOLE: capture_pass
             # HOLE: grad_pass
             # HOLE: hoisted_pass_q
-            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, not KV_EVEN, UPCAST, DOT_PRECISION,
+            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, False, UPCAST, DOT_PRECISION, USE_TMA,
         )
+    else:
+        kv_lo = start_n
+        kv_hi = tl.minimum(start_n + BLOCK_N, KV_LEN) - 1
+        # HOLE: tile_test_q
+        if may_true:
+            dq = _dq_tile(
+                dq, q, do, lse, delta, K_head, V_head, K_desc, V_desc,
+                stride_kn, stride_kd, stride_vn, stride_vd,
+                start_n, b_idx, h_idx, q_idx, q_in, sm_scale, KV_LEN,
+                # HOLE: capture_pass
+                # HOLE: grad_pass
+                # HOLE: hoisted_pass_q
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
+            )
     return dq
 
 
@@ -303,6 +348,7 @@ def attnc_backward_dq(
     SPARSE_Q_BLOCK: tl.constexpr, SPARSE_KV_BLOCK: tl.constexpr,
     USE_BLOCK_MASK: tl.constexpr, HAS_FULL_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
     KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
 ):
     # One program: BLOCK_M query rows of one (batch, query head), over the key tiles they attend to.
     start_m = tl.program_id(0)
@@ -329,6 +375,14 @@ def attnc_backward_dq(
     delta = tl.load(DELTA + off_b * stride_lb + off_h * stride_lh + offs_m * stride_lm, mask=q_in, other=0.0)
     K_head = K + off_b.to(tl.int64) * stride_kb + off_hkv.to(tl.int64) * stride_kh
     V_head = V + off_b.to(tl.int64) * stride_vb + off_hkv.to(tl.int64) * stride_vh
+    if USE_TMA:
+        K_desc = tl.make_tensor_descriptor(K_head, shape=[KV_LEN, HEAD_D], strides=[stride_kn, 1],
+                                           block_shape=[BLOCK_N, D_PAD])
+        V_desc = tl.make_tensor_descriptor(V_head, shape=[KV_LEN, HEAD_DV], strides=[stride_vn, 1],
+                                           block_shape=[BLOCK_N, DV_PAD])
+    else:
+        K_desc = K_head
+        V_desc = V_head
     dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
 
     b_idx = off_b
@@ -345,12 +399,13 @@ def attnc_backward_dq(
             block = tl.load(partial_list + i * stride_in)
             for j in range(SPARSE_KV_BLOCK // BLOCK_N):
                 dq = _dq_tile(
-                    dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
+                    dq, q, do, lse, delta, K_head, V_head, K_desc, V_desc,
+                    stride_kn, stride_kd, stride_vn, stride_vd,
                     block * SPARSE_KV_BLOCK + j * BLOCK_N, b_idx, h_idx, q_idx, q_in, sm_scale, KV_LEN,
                     # HOLE: capture_pass
                     # HOLE: grad_pass
                     # HOLE: hoisted_pass_q
-                    HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, True, UPCAST, DOT_PRECISION,
+                    HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, True, UPCAST, DOT_PRECISION, USE_TMA,
                 )
         if HAS_FULL_BLOCKS:
             n_full = tl.load(FULL_KV_NUM_BLOCKS + off_b * stride_fnb + off_h * stride_fnh
@@ -360,26 +415,28 @@ def attnc_backward_dq(
                 block = tl.load(full_list + i * stride_fin)
                 for j in range(SPARSE_KV_BLOCK // BLOCK_N):
                     dq = _dq_tile(
-                        dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
+                        dq, q, do, lse, delta, K_head, V_head, K_desc, V_desc,
+                        stride_kn, stride_kd, stride_vn, stride_vd,
                         block * SPARSE_KV_BLOCK + j * BLOCK_N, b_idx, h_idx, q_idx, q_in, sm_scale, KV_LEN,
                         # HOLE: capture_pass
                         # HOLE: grad_pass
                         # HOLE: hoisted_pass_q
-                        HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION,
+                        HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
                     )
     elif HAS_MASK:
         q_lo = start_m * BLOCK_M
         q_hi = tl.minimum(q_lo + BLOCK_M, Q_LEN) - 1
         # HOLE: kv_ranges
     else:
-        for start_n in range(0, KV_LEN, BLOCK_N):
+        for start_n in tl.range(0, KV_LEN, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
             dq = _dq_tile(
-                dq, q, do, lse, delta, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
+                dq, q, do, lse, delta, K_head, V_head, K_desc, V_desc,
+                stride_kn, stride_kd, stride_vn, stride_vd,
                 start_n, b_idx, h_idx, q_idx, q_in, sm_scale, KV_LEN,
                 # HOLE: capture_pass
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
-                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION,
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
             )
     dq = dq * sm_scale
     tl.store(DQ + off_b.to(tl.int64) * stride_dqb + off_h.to(tl.int64) * stride_dqh

@@ -18,7 +18,13 @@
 #   tile_test      computes `may_true` / `may_false` for the tile box [q_lo, q_hi] x [kv_lo, kv_hi]
 #                  (attnc.ir.tiles): False / False means the tile is empty / full
 #   kv_ranges      computes the closed-form key ranges of this query tile and loops over their tiles,
-#                  calling _visit_tile once per tile (tiles shared by two ranges are visited once)
+#                  calling _visit_tile once per tile (tiles shared by two ranges are visited once); with
+#                  one range and a known full range (a mask with a diagonal band), the tiles inside the
+#                  full range get a loop of their own (off-band: no tile test, no mask, pipelined)
+#
+# Hopper options (constexprs): USE_TMA loads K and V through tensor descriptors (TMA; the launcher sets it
+# only for unit last strides and 16-byte aligned rows); WARP_SPECIALIZE splits the loops without branches
+# (no mask, off-band) into producer and consumer warps.
 import triton
 import triton.language as tl
 
@@ -33,14 +39,14 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 @triton.jit
 def _attend_tile(
-    acc, l_i, m_i, q, K_head, V_head,
+    acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
     stride_kn, stride_kd, stride_vn, stride_vd,
     start_n, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
     # HOLE: capture_args
     # HOLE: hoisted_params
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, apply_mask, CHECK_KV: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     # apply_mask is a literal (a compile-time branch) on the BlockMask paths and the tile test's verdict
     # (a branch uniform across the program) on the analytic path.
@@ -49,8 +55,11 @@ def _attend_tile(
     offs_dv = tl.arange(0, DV_PAD)
     kv_idx = offs_n[None, :]
     kv_in = offs_n < KV_LEN
-    kt = tl.load(K_head + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                 mask=kv_in[None, :] & (offs_d[:, None] < HEAD_D), other=0.0)
+    if USE_TMA:  # the descriptor's bounds zero the rows past KV_LEN and the columns past HEAD_D
+        kt = tl.trans(K_desc.load([start_n, 0]))
+    else:
+        kt = tl.load(K_head + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                     mask=kv_in[None, :] & (offs_d[:, None] < HEAD_D), other=0.0)
     if UPCAST:
         kt = kt.to(tl.float32)
     qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
@@ -69,8 +78,11 @@ def _attend_tile(
     p = tl.exp2(score - m_safe[:, None])
     alpha = tl.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(V_head + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                mask=kv_in[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
+    if USE_TMA:
+        v = V_desc.load([start_n, 0])
+    else:
+        v = tl.load(V_head + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                    mask=kv_in[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
     if UPCAST:
         v = v.to(tl.float32)
     acc = acc * alpha[:, None]
@@ -80,28 +92,41 @@ def _attend_tile(
 
 @triton.jit
 def _visit_tile(
-    acc, l_i, m_i, q, K_head, V_head,
+    acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
     stride_kn, stride_kd, stride_vn, stride_vd,
     start_n, b_idx, h_idx, q_idx, q_lo, q_hi, sm_scale, KV_LEN,
     # HOLE: capture_args
     # HOLE: hoisted_params
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr, OFF_BAND: tl.constexpr,
 ):
-    # Classify the tile from the mask's structure: empty tiles cost this scalar test only, full tiles
-    # skip the mask, partial tiles evaluate it.
-    kv_lo = start_n
-    kv_hi = tl.minimum(start_n + BLOCK_N, KV_LEN) - 1
-    # HOLE: tile_test
-    if may_true:
-        # one attend call for partial and full tiles: the mask is evaluated only when may_false holds
+    if OFF_BAND:
+        # inside the full range, before KV_LEN: every pair is allowed, nothing to test or mask
         acc, l_i, m_i = _attend_tile(
-            acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
+            acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
+            stride_kn, stride_kd, stride_vn, stride_vd,
             start_n, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
             # HOLE: capture_pass
             # HOLE: hoisted_pass
-            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, not KV_EVEN, UPCAST, DOT_PRECISION,
+            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, False, UPCAST, DOT_PRECISION, USE_TMA,
         )
+    else:
+        # Classify the tile from the mask's structure: empty tiles cost this scalar test only, full tiles
+        # skip the mask, partial tiles evaluate it.
+        kv_lo = start_n
+        kv_hi = tl.minimum(start_n + BLOCK_N, KV_LEN) - 1
+        # HOLE: tile_test
+        if may_true:
+            # one attend call for partial and full tiles: the mask is evaluated only when may_false holds
+            acc, l_i, m_i = _attend_tile(
+                acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
+                stride_kn, stride_kd, stride_vn, stride_vd,
+                start_n, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
+                # HOLE: capture_pass
+                # HOLE: hoisted_pass
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
+            )
     return acc, l_i, m_i
 
 
@@ -125,6 +150,7 @@ def attnc_forward(
     SPARSE_Q_BLOCK: tl.constexpr, SPARSE_KV_BLOCK: tl.constexpr,
     USE_BLOCK_MASK: tl.constexpr, HAS_FULL_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
     KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
 ):
     # Three ways to find the key tiles: a BlockMask's lists (USE_BLOCK_MASK), the mask's own closed-form
     # ranges and tile test (HAS_MASK), or every tile (no mask).
@@ -145,6 +171,14 @@ def attnc_forward(
         q = q.to(tl.float32)
     K_head = K + off_b.to(tl.int64) * stride_kb + off_hkv.to(tl.int64) * stride_kh
     V_head = V + off_b.to(tl.int64) * stride_vb + off_hkv.to(tl.int64) * stride_vh
+    if USE_TMA:
+        K_desc = tl.make_tensor_descriptor(K_head, shape=[KV_LEN, HEAD_D], strides=[stride_kn, 1],
+                                           block_shape=[BLOCK_N, D_PAD])
+        V_desc = tl.make_tensor_descriptor(V_head, shape=[KV_LEN, HEAD_DV], strides=[stride_vn, 1],
+                                           block_shape=[BLOCK_N, DV_PAD])
+    else:
+        K_desc = K_head
+        V_desc = V_head
 
     b_idx = off_b
     h_idx = off_h
@@ -165,11 +199,12 @@ def attnc_forward(
             block = tl.load(partial_list + i * stride_in)
             for j in range(SPARSE_KV_BLOCK // BLOCK_N):
                 acc, l_i, m_i = _attend_tile(
-                    acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
+                    acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
+                    stride_kn, stride_kd, stride_vn, stride_vd,
                     block * SPARSE_KV_BLOCK + j * BLOCK_N, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass
-                    HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, True, UPCAST, DOT_PRECISION,
+                    HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, True, UPCAST, DOT_PRECISION, USE_TMA,
                 )
         if HAS_FULL_BLOCKS:
             n_full = tl.load(FULL_KV_NUM_BLOCKS + off_b * stride_fnb + off_h * stride_fnh
@@ -179,24 +214,26 @@ def attnc_forward(
                 block = tl.load(full_list + i * stride_fin)
                 for j in range(SPARSE_KV_BLOCK // BLOCK_N):
                     acc, l_i, m_i = _attend_tile(
-                        acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
+                        acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
+                        stride_kn, stride_kd, stride_vn, stride_vd,
                         block * SPARSE_KV_BLOCK + j * BLOCK_N, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
                         # HOLE: capture_pass
                         # HOLE: hoisted_pass
-                        HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION,
+                        HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
                     )
     elif HAS_MASK:
         q_lo = start_m * BLOCK_M
         q_hi = tl.minimum(q_lo + BLOCK_M, Q_LEN) - 1
         # HOLE: kv_ranges
     else:
-        for start_n in range(0, KV_LEN, BLOCK_N):
+        for start_n in tl.range(0, KV_LEN, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
             acc, l_i, m_i = _attend_tile(
-                acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
+                acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
+                stride_kn, stride_kd, stride_vn, stride_vd,
                 start_n, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
-                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION,
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
             )
 
     # Rows with no allowed key: l = 0, so the output is 0 and the lse is -inf (never NaN).

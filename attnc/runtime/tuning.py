@@ -1,0 +1,76 @@
+"""Tuned configs at launch, and tuning a variant's kernels on its real inputs.
+
+A launch on a GPU uses the config tuned for (GPU model, kernel, shape bucket) if `tuning.json` beside the
+kernel cache has one, else its architecture's default (`autotune.select`); it never benchmarks. Tuning
+(`Attention.tune`, `attnc tune`) runs the variant's own kernels on the given inputs, so the tiles are timed
+on the variant's real sparsity (its closed-form ranges, or the block map it builds for data it reads), not
+on dense metadata. In the Triton interpreter launches use `INTERPRETER_TILES`; tuning there (with a timer
+given) exercises the same path under the name "interpreter", for tests.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from attnc.runtime import autotune
+from attnc.runtime.autotune import Tuner
+from attnc.runtime.config import INTERPRETER_TILES, KernelConfig, Settings
+from attnc.runtime.launch import Shapes
+
+INTERPRETER = "interpreter"  # the GPU name tuning in the interpreter is stored under
+Progress = Callable[[str, KernelConfig, float | None], None]  # (kind, config, ms or None when it failed)
+
+
+@functools.cache
+def shared_tuner() -> Tuner:
+    """The process-wide tuner, on `tuning.json` in the kernel cache directory `Settings` names."""
+    return Tuner(Settings.from_environment().cache_dir)
+
+
+def identity(device: torch.device) -> tuple[str, str]:
+    """(GPU model, architecture) of a CUDA device; ("interpreter", "sm_90") elsewhere (the interpreter
+    stands in for the architecture attnc's defaults are written for)."""
+    if device.type != "cuda":
+        return INTERPRETER, "sm_90"
+    return torch.cuda.get_device_name(device), autotune.device_arch(device)
+
+
+def launch_config(kind: str, shapes: Shapes, source: str, dtype: torch.dtype, device: torch.device) -> KernelConfig:
+    """The config a launch of `kind` uses (see the module docstring)."""
+    if device.type != "cuda":
+        return INTERPRETER_TILES
+    gpu, arch = identity(device)
+    return autotune.select(shared_tuner(), kind, gpu=gpu, arch=arch, kernel=autotune.kernel_key(source, dtype),
+                           **_dims(shapes))
+
+
+def tune_kernel(kind: str, *, shapes: Shapes, source: str, dtype: torch.dtype, device: torch.device,
+                run: Callable[[KernelConfig], None], timer: Callable[[Callable[[], None]], float] | None = None,
+                configs: Sequence[KernelConfig] | None = None, progress: Progress | None = None,
+                tuner: Tuner | None = None) -> KernelConfig:
+    """The tuned config of one kernel for these shapes: stored, or found by timing `run(config)` over the
+    architecture's default and candidates (or `configs`), then the Hopper options on the fastest few."""
+    gpu, arch = identity(device)
+    if timer is None:
+        if device.type != "cuda":
+            raise RuntimeError("attnc: tuning times kernels on a CUDA GPU; these tensors are on "
+                               f"{device.type} (pass timer= to tune in the Triton interpreter)")
+        timer = autotune.gpu_timer
+    dims = _dims(shapes)
+    if configs is None:
+        default = autotune.default_for(kind, arch, shapes.D, shapes.Dv)
+        configs = [default, *autotune.candidates(kind, shapes.D, shapes.Dv, dtype.itemsize, arch)]
+    key = autotune.tune_key(kind, gpu=gpu, kernel=autotune.kernel_key(source, dtype), **dims)
+    tell = None if progress is None else functools.partial(progress, kind)
+    return (tuner or shared_tuner()).tune(key, configs, run, timer,
+                                          refine=lambda best: autotune.hopper_options(best, arch, kind),
+                                          progress=tell)
+
+
+def _dims(shapes: Shapes) -> dict[str, Any]:
+    return {"B": shapes.B, "H": shapes.Hq, "Q_LEN": shapes.Q_LEN, "KV_LEN": shapes.KV_LEN, "D": shapes.D,
+            "Dv": shapes.Dv}
