@@ -281,13 +281,14 @@ class Attention:
     def tune(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None, *,
              block_mask: Any = None, enable_gqa: bool = True, backward: bool = False,
              timer: Callable[[Callable[[], None]], float] | None = None,
-             configs: Sequence[KernelConfig] | None = None, progress: tuning.Progress | None = None,
-             **values: Any) -> dict[str, KernelConfig]:
+             configs: Sequence[KernelConfig] | None = None, limit: int | None = None,
+             progress: tuning.Progress | None = None, **values: Any) -> dict[str, KernelConfig]:
         """Tune this variant's kernels for these inputs' shape bucket on this GPU, and remember the choice in
         `tuning.json` beside the kernel cache: later calls (in any process) launch with it, without
         benchmarking. The kernels run on these inputs, with the variant's own block sparsity. With
         `backward=True` the dK/dV and dQ kernels are tuned too. `configs`: the candidates (default: the
-        architecture's default and every candidate that fits, then the Hopper options on the fastest).
+        architecture's default and every candidate that fits, at most `limit` of them, then the Hopper options on
+        the fastest).
         `timer(fn) -> ms` defaults to CUDA-event timing on a GPU; in the Triton interpreter one must be given.
         Returns the config chosen per kernel ("forward", "backward_dkdv", "backward_dq")."""
         shapes = launch.check_inputs(query, key, value, enable_gqa=enable_gqa)
@@ -301,7 +302,7 @@ class Attention:
             launch.check_block_mask(block_mask, shapes, query.device)
         has_mask = self.program.mask is not None
         common = {"shapes": shapes, "dtype": query.dtype, "device": query.device, "timer": timer,
-                  "configs": configs, "progress": progress}
+                  "configs": configs, "limit": limit, "progress": progress}
 
         def forward(config: KernelConfig) -> tuple[torch.Tensor, torch.Tensor]:
             return launch.launch_forward(self.kernel(), query, key, value, shapes=shapes, scale=scale,

@@ -364,3 +364,49 @@ def test_cache_without_a_directory(tmp_path: pathlib.Path, monkeypatch: pytest.M
         assert main(["cache", action]) == 0
         assert "no kernel cache at" in capsys.readouterr().out
     assert not (tmp_path / "absent").exists()
+
+
+# ---- attnc tune ----
+
+
+def test_tune_dry_run_lists_candidates_and_hopper_options(capsys) -> None:
+    assert main(["tune", "sliding_window(1024)", "--shape", "4,16,2048,64", "--dry-run", "--backward",
+                 "--limit", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("tile candidates for sm_90") == 3
+    assert "(default)" in out and "Hopper variants" in out
+
+
+def test_tune_dry_run_aot_reports_registers_and_spills(capsys) -> None:
+    assert main(["tune", "causal", "--shape", "1,1,1024,64", "--dry-run", "--aot", "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("registers") == 2 and "spills" in out
+
+
+def test_tune_without_a_gpu_exits_3_and_says_what_to_do(capsys) -> None:
+    assert main(["tune", "causal", "--shape", "1,1,64,64"]) == 3
+    assert "--dry-run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["tune", "causal", "--shape", "1,1,64"], ["tune", "causal", "--shape", "0,1,64,64"],
+                                  ["tune", "causal", "--shape", "1,1,64,64", "--aot"]])
+def test_tune_usage_errors(argv) -> None:
+    assert main(argv) == 2
+
+
+@pytest.mark.parametrize("with_tqdm", [True, False])
+def test_tune_progress_reports_each_config(with_tqdm, monkeypatch, capsys) -> None:
+    from attnc.cli import tune
+    from attnc.runtime.config import KernelConfig
+
+    if not with_tqdm:
+        monkeypatch.setitem(sys.modules, "tqdm", None)  # import fails
+    config = KernelConfig(64, 32, 4, 2, tma=True)
+    with tune._progress("4x16x2048x64") as tell:
+        tell("forward", config, 0.25)
+        tell("forward", config, None)
+    err = capsys.readouterr().err
+    if with_tqdm:
+        assert "forward0.250ms" in err.replace(" ", "") and "4x16x2048x64" in err
+    else:
+        assert "0.250 ms" in err and "tma" in err

@@ -4,6 +4,7 @@
     attnc viz causal -o causal.png              a picture of the mask and its tile classes (needs matplotlib)
     attnc check 'causal, alibi(8)' --backward   the generated kernels against the float64 reference
     attnc bench 'sliding_window(1024)'          time attnc (and torch's flex_attention and SDPA on a GPU)
+    attnc tune causal --shape 8,16,4096,128     pre-tune the kernels per GPU and shape (--dry-run without one)
     attnc cache ls | clear | info               the kernel cache directory
 
 A variant is a family of `attnc.variants.FAMILIES` called with literal arguments, or a `.attn` file (see
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from attnc.dsl.errors import TraceError
 from attnc.runtime.cache import CacheError
 
-from . import bench, cache, check, show, viz
+from . import bench, cache, check, show, tune, viz
 from .errors import EXIT_CODES, CliError, Exit
 
 __all__ = ["Exit", "main"]
@@ -44,11 +45,12 @@ examples:
   attnc check 'causal() & sliding_window(64)' --backward
   attnc check examples/alibi_window.attn --tensor slopes=slopes.pt --param window=64
   attnc bench causal --seq 4096 8192 --pass fwd+bwd
+  attnc tune causal --shape 8,16,4096,128 --backward
   attnc cache info
 
 {EXIT_CODES}"""
 
-COMMANDS = (show, viz, check, bench, cache)
+COMMANDS = (show, viz, check, bench, tune, cache)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -50,8 +50,8 @@ def launch_config(kind: str, shapes: Shapes, source: str, dtype: torch.dtype, de
 
 def tune_kernel(kind: str, *, shapes: Shapes, source: str, dtype: torch.dtype, device: torch.device,
                 run: Callable[[KernelConfig], None], timer: Callable[[Callable[[], None]], float] | None = None,
-                configs: Sequence[KernelConfig] | None = None, progress: Progress | None = None,
-                tuner: Tuner | None = None) -> KernelConfig:
+                configs: Sequence[KernelConfig] | None = None, limit: int | None = None,
+                progress: Progress | None = None, tuner: Tuner | None = None) -> KernelConfig:
     """The tuned config of one kernel for these shapes: stored, or found by timing `run(config)` over the
     architecture's default and candidates (or `configs`), then the Hopper options on the fastest few."""
     gpu, arch = identity(device)
@@ -63,7 +63,8 @@ def tune_kernel(kind: str, *, shapes: Shapes, source: str, dtype: torch.dtype, d
     dims = _dims(shapes)
     if configs is None:
         default = autotune.default_for(kind, arch, shapes.D, shapes.Dv)
-        configs = [default, *autotune.candidates(kind, shapes.D, shapes.Dv, dtype.itemsize, arch)]
+        configs = list(dict.fromkeys([default, *autotune.candidates(kind, shapes.D, shapes.Dv, dtype.itemsize,
+                                                                     arch)]))[:limit]
     key = autotune.tune_key(kind, gpu=gpu, kernel=autotune.kernel_key(source, dtype), **dims)
     tell = None if progress is None else functools.partial(progress, kind)
     return (tuner or shared_tuner()).tune(key, configs, run, timer,
@@ -74,3 +75,28 @@ def tune_kernel(kind: str, *, shapes: Shapes, source: str, dtype: torch.dtype, d
 def _dims(shapes: Shapes) -> dict[str, Any]:
     return {"B": shapes.B, "H": shapes.Hq, "Q_LEN": shapes.Q_LEN, "KV_LEN": shapes.KV_LEN, "D": shapes.D,
             "Dv": shapes.Dv}
+
+
+def aot_report(attn: Any, kind: str, configs: Sequence[KernelConfig], *, arch: str, dtype: torch.dtype, D: int,
+               Dv: int) -> dict[KernelConfig, dict[str, Any]]:
+    """Registers, spills and shared memory of `kind` compiled ahead of time for `arch` (no GPU) with each
+    config, in the loop the variant runs (a BlockMask's lists for masks that read data, else the closed-form
+    ranges); for `autotune.prune_by_resources`."""
+    from attnc.api import kernel_cache
+    from attnc.runtime import aot, sparsity
+    from attnc.runtime.launch_backward import BackwardConfigs
+
+    capability = aot.parse_arch(arch)
+    program = attn.program
+    block_loop = program.mask is not None and sparsity.reads_data(program.mask)
+    jobs = []
+    for config in configs:
+        if kind == "forward":
+            path = kernel_cache().ensure_file(attn.source.source)
+            jobs.append(aot.forward_job(path, program, dtype, D, Dv, config, block_loop, capability))
+            continue
+        path = kernel_cache().ensure_file(attn.backward_source.source)
+        pair = BackwardConfigs(config, config)
+        both = aot.backward_jobs(path, program, attn.backward_source.grad_slots, dtype, D, Dv, pair, capability)
+        jobs.append(both[kind + ("_block_mask" if block_loop else "")])
+    return dict(zip(configs, aot.compile_kernels(jobs), strict=True))
