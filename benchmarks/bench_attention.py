@@ -1,6 +1,6 @@
 """Attention throughput: attnc against FlexAttention (torch.compile) and SDPA, forward or forward + backward.
 
-    python benchmarks/bench_attention.py                    # forward; S = 2048 4096 8192 16384; D = 64 128
+    python benchmarks/bench_attention.py                    # forward; S = 1024 .. 16384; D = 64 128
     python benchmarks/bench_attention.py --pass fwd+bwd     # forward + backward (dq, dk, dv)
     python benchmarks/bench_attention.py --quick            # S = 4096 only, shorter timing
     python benchmarks/bench_attention.py --seq 8192 --head-dim 128 --variant causal alibi --no-save
@@ -66,8 +66,11 @@ import attnc  # noqa: E402
 Tensor = torch.Tensor
 Step = Callable[[], tuple[Tensor, ...]]  # one timed call: (out,) or (out, dq, dk, dv)
 
-SEQ_LENS, HEAD_DIMS, HEADS, DTYPE = (2048, 4096, 8192, 16384), (64, 128), 16, torch.bfloat16
-TOKENS = 8 * 16 * 4096  # B * H * S, the same at every sequence length
+SEQ_LENS, HEAD_DIMS, HEADS, DTYPE = (1024, 2048, 4096, 8192, 16384), (64, 128), 16, torch.bfloat16
+# B * H * S, kept near constant as attention-gym's benchmarks do: B = 16 at S = 2048, 8 at 4096, 4 at 8192,
+# within BATCH_RANGE (so B = 16 at S = 1024 and 4 at S = 16384)
+TOKENS = 16 * 16 * 2048
+BATCH_RANGE = (4, 16)
 WINDOW = 1024
 SMOKE_SEQ, SMOKE_DIM, SMOKE_HEADS = 128, 32, 2
 SMOKE_WINDOW = WINDOW * SMOKE_SEQ // 4096  # the window's share of a 4096-token sequence, kept
@@ -383,6 +386,8 @@ def device_name(device: torch.device) -> str:
 def make_case(variant: str, seq_len: int, head_dim: int, settings: Settings) -> Case:
     """Fresh unit-normal inputs (never zeros) for one case; seeded by the shape, so runs are comparable."""
     batch = max(1, settings.tokens // (settings.heads * seq_len))
+    if settings.device.type == "cuda":
+        batch = min(max(batch, BATCH_RANGE[0]), BATCH_RANGE[1])
     gen = torch.Generator(device=settings.device).manual_seed(seq_len * 1000 + head_dim)
     shape = (batch, settings.heads, seq_len, head_dim)
     backward = settings.pass_name == "fwd+bwd"
@@ -571,7 +576,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pass", dest="pass_name", choices=tuple(FLOPS_PER_PAIR), default="fwd",
                         help="time the forward, or forward + backward (default: fwd)")
-    parser.add_argument("--seq", type=int, nargs="+", help="sequence lengths (default: 2048 4096 8192 16384)")
+    parser.add_argument("--seq", type=int, nargs="+", help="sequence lengths (default: 1024 2048 4096 8192 16384)")
     parser.add_argument("--head-dim", type=int, nargs="+", help="head dimensions (default: 64 128)")
     parser.add_argument("--variant", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS),
                         help="variants (default: all)")
