@@ -37,43 +37,28 @@ def _dense(name: str):
     return attn, bindings, dense
 
 
+@pytest.mark.parametrize("axis", ["kv", "q"])
 @pytest.mark.parametrize("name", sorted(families()))
-def test_full_key_ranges_hold_only_allowed_pairs(name):
+def test_full_ranges_hold_only_allowed_pairs(name, axis):
+    """axis "kv": the full keys of each query tile; "q": the full queries of each key tile."""
     attn, bindings, dense = _dense(name)
     B, H, q_len, kv_len = dense.shape
-    full = kv_full_range(attn.program.mask)
+    full = (kv_full_range if axis == "kv" else q_full_range)(attn.program.mask)
     if full is None:
         assert name not in BANDED
         return
+    tile_len, other_len = (q_len, kv_len) if axis == "kv" else (kv_len, q_len)
     covered = 0
     for b in range(B):
         for h in range(H):
-            for q_lo in range(0, q_len, BLOCK):
-                q_hi = min(q_lo + BLOCK, q_len) - 1
-                keys = _full_keys(full, _scalar_env(bindings, b, h, q_lo=q_lo, q_hi=q_hi), kv_len)
-                if len(keys):
-                    assert bool(dense[b, h, q_lo:q_hi + 1, keys.start:keys.stop].all()), (b, h, q_lo, keys)
-                covered += len(keys)
-    assert covered > 0 or name not in BANDED
-
-
-@pytest.mark.parametrize("name", sorted(families()))
-def test_full_query_ranges_hold_only_allowed_pairs(name):
-    attn, bindings, dense = _dense(name)
-    B, H, q_len, kv_len = dense.shape
-    full = q_full_range(attn.program.mask)
-    if full is None:
-        assert name not in BANDED
-        return
-    covered = 0
-    for b in range(B):
-        for h in range(H):
-            for kv_lo in range(0, kv_len, BLOCK):
-                kv_hi = min(kv_lo + BLOCK, kv_len) - 1
-                queries = _full_keys(full, _scalar_env(bindings, b, h, kv_lo=kv_lo, kv_hi=kv_hi), q_len)
-                if len(queries):
-                    assert bool(dense[b, h, queries.start:queries.stop, kv_lo:kv_hi + 1].all()), (b, h, kv_lo)
-                covered += len(queries)
+            for lo in range(0, tile_len, BLOCK):
+                hi = min(lo + BLOCK, tile_len) - 1
+                tile = {"q_lo": lo, "q_hi": hi} if axis == "kv" else {"kv_lo": lo, "kv_hi": hi}
+                inside = _full_keys(full, _scalar_env(bindings, b, h, **tile), other_len)
+                block = dense[b, h, lo:hi + 1, inside.start:inside.stop] if axis == "kv" else \
+                    dense[b, h, inside.start:inside.stop, lo:hi + 1]
+                assert len(inside) == 0 or bool(block.all()), (b, h, lo, inside)
+                covered += len(inside)
     assert covered > 0 or name not in BANDED
 
 
