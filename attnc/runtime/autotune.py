@@ -135,7 +135,8 @@ _kc = KernelConfig  # positional: block_m, block_n, num_warps, num_stages
 # (q, kv) element (bias tables) free of spills at head dims up to 128; BLOCK_M = 64 since the off-band
 # loop's extra code made 128 rows spill 12 bytes for a causal relative bias at D = 128. Backward: neither
 # loop (closed-form ranges or a BlockMask's lists, whose two call sites cost registers) spills for bias
-# tables, document ids and softcaps at D = 64, 128 and 256. Both checked by `Attention.resources` in the tests; not tuned for speed.
+# tables, document ids and softcaps at D = 64, 128 and 256. Both checked by `Attention.resources` in the
+# tests; not tuned for speed.
 _HOPPER: dict[str, DefaultRows] = {
     "forward": ((128, _kc(64, 32, 8, 3)), (math.inf, _kc(64, 32, 8, 2))),
     "backward_dkdv": ((64, _kc(32, 64, 8, 2)), (128, _kc(32, 32, 8, 2)), (math.inf, _kc(16, 32, 8, 1))),
