@@ -220,13 +220,10 @@ class Attention:
                 bindings: Any, block_mask: Any, shapes: launch.Shapes, kernel_options: dict[str, int] | None,
                 deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
         interpret = query.device.type != "cuda"
-        if interpret and not interpreter_active():
-            raise RuntimeError(INTERPRETER_UNAVAILABLE)
-        launch.check_captures(bindings.tensors, query.device)
+        given = block_mask
+        block_mask = self._kernel_block_mask(query, bindings, shapes, block_mask)
         config = _with_options(self._launch_config("forward", shapes, query), kernel_options)
-        if block_mask is None:
-            block_mask = self._data_plan(bindings, shapes, query.device)
-        elif needs_grad(query, key, value, *bindings.tensors):
+        if given is not None and needs_grad(query, key, value, *bindings.tensors):
             launch.check_block_mask(block_mask, shapes, query.device)
             _check_transposed_lists(block_mask)
 
@@ -258,6 +255,14 @@ class Attention:
 
         plan = GradientPlan(shapes, forward, backward)
         return AttentionFunction.apply(plan, query, key, value, *bindings.tensors)
+
+    def _kernel_block_mask(self, query: torch.Tensor, bindings: Any, shapes: launch.Shapes, block_mask: Any) -> Any:
+        """What every kernel launch checks first (a way to run kernels, captures on the inputs' device), and
+        the block map the kernels use: the caller's, else the one built for a mask that reads data."""
+        if query.device.type != "cuda" and not interpreter_active():
+            raise RuntimeError(INTERPRETER_UNAVAILABLE)
+        launch.check_captures(bindings.tensors, query.device)
+        return self._data_plan(bindings, shapes, query.device) if block_mask is None else block_mask
 
     def _launch_config(self, kind: str, shapes: launch.Shapes, query: torch.Tensor) -> KernelConfig:
         source = self.source.source if kind == "forward" else self.backward_source.source
@@ -293,13 +298,9 @@ class Attention:
         Returns the config chosen per kernel ("forward", "backward_dkdv", "backward_dq")."""
         shapes = launch.check_inputs(query, key, value, enable_gqa=enable_gqa)
         bindings = self._bind(values)
-        if query.device.type != "cuda" and not interpreter_active():
-            raise RuntimeError(INTERPRETER_UNAVAILABLE)
-        launch.check_captures(bindings.tensors, query.device)
-        if block_mask is None:
-            block_mask = self._data_plan(bindings, shapes, query.device)
-        else:
+        if block_mask is not None:
             launch.check_block_mask(block_mask, shapes, query.device)
+        block_mask = self._kernel_block_mask(query, bindings, shapes, block_mask)
         has_mask = self.program.mask is not None
         common = {"shapes": shapes, "dtype": query.dtype, "device": query.device, "timer": timer,
                   "configs": configs, "limit": limit, "progress": progress}

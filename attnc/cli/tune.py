@@ -102,8 +102,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     for B, H, S, D in args.shape:
         for kind in _kinds(args.backward):
             default = autotune.default_for(kind, args.arch, D, D)
-            configs = list(dict.fromkeys([default, *autotune.candidates(kind, D, D, dtype.itemsize, args.arch)]))
-            configs = configs[:args.limit] if args.limit else configs
+            configs = autotune.tile_candidates(kind, args.arch, D, D, dtype.itemsize, args.limit)
             print(f"B={B} H={H} S={S} D={D} {kind}: {len(configs)} tile candidates for {args.arch} "
                   f"(bucket {dataclasses.astuple(autotune.shape_bucket(B, H, S, S, D, D))})")
             report: dict[KernelConfig, dict[str, Any]] = {}

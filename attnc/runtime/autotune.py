@@ -12,7 +12,7 @@ per-architecture default; on sm_90 those are exactly the tiles `default_config` 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
 import itertools
 import json
 import math
@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from attnc.runtime.cache import CacheError, atomic_write, require_private
+from attnc.runtime.aot import parse_arch
+from attnc.runtime.cache import CacheError, atomic_write, content_hash, require_private
 from attnc.runtime.config import KernelConfig
 
 KINDS = ("forward", "backward_dkdv", "backward_dq")
@@ -104,15 +105,19 @@ def candidates(kind: str, head_dim: int, head_dim_v: int, dtype_bytes: int, arch
 def hopper_options(configs: Iterable[KernelConfig], arch: str, kind: str = "forward") -> list[KernelConfig]:
     """Each config with TMA, with warp specialization and with both, on architectures that have them
     (sm_90 and later); nothing elsewhere. The dQ kernel gets TMA only (its launcher never warp-specializes)."""
-    if _capability(arch) < _HOPPER_OPTIONS_FROM:
+    if parse_arch(arch) < _HOPPER_OPTIONS_FROM:
         return []
     flags = ((True, False),) if kind == "backward_dq" else ((True, False), (False, True), (True, True))
     return [dataclasses.replace(c, tma=tma, warp_specialize=ws) for c in configs for tma, ws in flags]
 
 
-def _capability(arch: str) -> int:
-    digits = "".join(ch for ch in arch if ch.isdigit())
-    return int(digits) if digits else 0
+def tile_candidates(kind: str, arch: str, head_dim: int, head_dim_v: int, dtype_bytes: int,
+                    limit: int | None = None) -> list[KernelConfig]:
+    """What tuning times first: the architecture's default, then every candidate that fits (at most `limit`
+    in all)."""
+    default = default_for(kind, arch, head_dim, head_dim_v)
+    found = candidates(kind, head_dim, head_dim_v, dtype_bytes, arch)
+    return list(dict.fromkeys([default, *found]))[:limit]
 
 
 def prune_by_resources(configs: Iterable[KernelConfig],
@@ -329,9 +334,11 @@ def device_arch(device: Any) -> str:
     return f"sm_{major}{minor}"
 
 
+@functools.lru_cache(maxsize=256)
 def kernel_key(source: str, dtype: Any) -> str:
-    """Identifies a generated kernel for tuning: its source's hash and the element type it runs on."""
-    return f"{hashlib.sha256(source.encode()).hexdigest()[:24]}/{str(dtype).removeprefix('torch.')}"
+    """Identifies a generated kernel for tuning: its source's hash and the element type it runs on.
+    Cached: every launch on a GPU asks, with the same source object."""
+    return f"{content_hash(source)[:24]}/{str(dtype).removeprefix('torch.')}"
 
 
 def select(tuner: Tuner | None, kind: str, *, gpu: str, arch: str, kernel: str, B: int, H: int, Q_LEN: int,

@@ -31,9 +31,10 @@ def shared_tuner() -> Tuner:
     return Tuner(Settings.from_environment().cache_dir)
 
 
+@functools.lru_cache(maxsize=16)
 def identity(device: torch.device) -> tuple[str, str]:
     """(GPU model, architecture) of a CUDA device; ("interpreter", "sm_90") elsewhere (the interpreter
-    stands in for the architecture attnc's defaults are written for)."""
+    stands in for the architecture attnc's defaults are written for). Cached: every launch asks."""
     if device.type != "cuda":
         return INTERPRETER, "sm_90"
     return torch.cuda.get_device_name(device), autotune.device_arch(device)
@@ -62,9 +63,7 @@ def tune_kernel(kind: str, *, shapes: Shapes, source: str, dtype: torch.dtype, d
         timer = autotune.gpu_timer
     dims = _dims(shapes)
     if configs is None:
-        default = autotune.default_for(kind, arch, shapes.D, shapes.Dv)
-        configs = list(dict.fromkeys([default, *autotune.candidates(kind, shapes.D, shapes.Dv, dtype.itemsize,
-                                                                     arch)]))[:limit]
+        configs = autotune.tile_candidates(kind, arch, shapes.D, shapes.Dv, dtype.itemsize, limit)
     key = autotune.tune_key(kind, gpu=gpu, kernel=autotune.kernel_key(source, dtype), **dims)
     tell = None if progress is None else functools.partial(progress, kind)
     return (tuner or shared_tuner()).tune(key, configs, run, timer,
