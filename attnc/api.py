@@ -38,7 +38,7 @@ from attnc.runtime import aot, launch, launch_backward, sparsity, tuning
 from attnc.runtime.autograd import AttentionFunction, GradientPlan, needs_grad
 from attnc.runtime.block_mask import BlockMask, block_size_pair, build_block_mask
 from attnc.runtime.cache import KernelCache
-from attnc.runtime.config import KernelConfig, Settings, default_config
+from attnc.runtime.config import KernelConfig, Settings
 from attnc.runtime.deterministic import captured_gradients
 from attnc.runtime.device_block_map import device_block_classes
 from attnc.runtime.interpreter import INTERPRETER_UNAVAILABLE, interpreter_active
@@ -266,7 +266,7 @@ class Attention:
 
     def _launch_config(self, kind: str, shapes: launch.Shapes, query: torch.Tensor) -> KernelConfig:
         source = self.source.source if kind == "forward" else self.backward_source.source
-        return tuning.launch_config(kind, shapes, source, query.dtype, query.device)
+        return tuning.launch_config(kind, shapes, source, query.dtype, query.device, attn=self)
 
     def _backward_launch_configs(self, shapes: launch.Shapes, query: torch.Tensor) -> launch_backward.BackwardConfigs:
         return launch_backward.BackwardConfigs(self._launch_config("backward_dkdv", shapes, query),
@@ -394,12 +394,18 @@ class Attention:
         and, for a masked variant, the block-map builder ("block_map", blocks of 128 x 128); with
         `backward=True` also the backward kernels ("backward_dkdv", "backward_dq" and their "_block_mask"
         loops, every captured gradient on). `config` / `backward_configs`: the configs to compile (default:
-        the architecture's defaults); `python`: an interpreter with another Triton to compile with."""
+        what a launch on `arch` uses untuned, `tuning.spill_free_default`); `python`: an interpreter with
+        another Triton to compile with."""
         capability = aot.parse_arch(arch)
         head_dim_v = head_dim if head_dim_v is None else head_dim_v
-        config = config or default_config(head_dim, head_dim_v, interpret=False)
-        backward_configs = backward_configs or launch_backward.backward_configs(head_dim, head_dim_v,
-                                                                                 interpret=False)
+
+        def default(kind: str) -> KernelConfig:  # what a launch on `arch` uses untuned
+            return tuning.spill_free_default(self, kind, arch=arch, dtype=dtype, D=head_dim, Dv=head_dim_v)
+
+        config = config or default("forward")
+        if backward:
+            backward_configs = backward_configs or launch_backward.BackwardConfigs(default("backward_dkdv"),
+                                                                                   default("backward_dq"))
         path = kernel_cache().ensure_file(self.source.source)
         jobs = {name: aot.forward_job(path, self.program, dtype, head_dim, head_dim_v, config, use_block_mask,
                                       capability)
@@ -412,9 +418,10 @@ class Attention:
             jobs |= aot.backward_jobs(backward_path, self.program, self.backward_source.grad_slots, dtype, head_dim,
                                       head_dim_v, backward_configs, capability)
         results = aot.compile_kernels(list(jobs.values()), python=python)
-        used = {"forward": config, "forward_block_mask": config, "block_map": None,
-                "backward_dkdv": backward_configs.dkdv, "backward_dq": backward_configs.dq,
-                "backward_dkdv_block_mask": backward_configs.dkdv, "backward_dq_block_mask": backward_configs.dq}
+        used: dict[str, KernelConfig | None] = {"forward": config, "forward_block_mask": config, "block_map": None}
+        if backward_configs is not None:
+            used |= {"backward_dkdv": backward_configs.dkdv, "backward_dq": backward_configs.dq,
+                     "backward_dkdv_block_mask": backward_configs.dkdv, "backward_dq_block_mask": backward_configs.dq}
         return {name: {**result, "config": used[name]} for name, result in zip(jobs, results, strict=True)}
 
 

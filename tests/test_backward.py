@@ -234,3 +234,20 @@ def test_head_dims_value_dims_and_dtypes(D, Dv, dtype):
         assert got.dtype == dtype and torch.isfinite(got).all()
         scale = float(expected.grad.abs().max())
         torch.testing.assert_close(got.double(), expected.grad, atol=tol * scale, rtol=tol)
+
+
+@pytest.mark.parametrize("scale", [-0.4, 0.0])
+@pytest.mark.parametrize("name", ["causal", "softcap"])
+def test_non_positive_scales_match_the_reference(name, scale):
+    """A positive scale is folded into the row maximum and the exponent's multiply-add; a negative or zero
+    one takes the plain path (forward and backward), with the same results as the reference."""
+    case = CASES[name]
+    attn = attnc.compile(case.mask_mod, case.score_mod)
+    inputs = _inputs(1, 2, 1, 37, 45, 16, 16)
+    got = _gradients(attn, inputs, [], "triton", scale=scale, enable_gqa=True)
+    expected = _gradients(attn, inputs, [], "reference", scale=scale, enable_gqa=True)
+    _assert_close_grads(got, expected, ["dq", "dk", "dv"])
+    out, lse = attn(*inputs, return_lse=True, backend="triton", scale=scale, enable_gqa=True)
+    ref_out, ref_lse = attn(*inputs, return_lse=True, backend="reference", scale=scale, enable_gqa=True)
+    torch.testing.assert_close(out, ref_out, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(lse, ref_lse, atol=2e-5, rtol=2e-5)

@@ -130,18 +130,22 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
     score_kv, mask_kv = _score_lines(by_key, program), mask_lines(by_key, program.mask)
     hoisted_q, hoisted_kv = hoisted_names(by_query), hoisted_names(by_key)
 
-    dq_visit = ["dq, q, do, lse, delta, K_head, V_head, K_desc, V_desc, stride_kn, stride_kd, stride_vn, stride_vd,",
-                "start_n, b_idx, h_idx, q_idx, q_in, q_lo, q_hi, sm_scale, KV_LEN,",
+    dq_visit = ["dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc, stride_kn, stride_kd, stride_vn, stride_vd,",
+                "start_n, b_idx, h_idx, q_idx, q_in, q_lo, q_hi, sm_scale, qk_scale, KV_LEN,",
                 *(f"{name}," for name in captures + grad_call + hoisted_q),
-                "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,"]
+                "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
+                "SCALE_POSITIVE, FAST_MATH,"]
     dkdv_visit = ["dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,",
                   "stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,",
-                  "start_m, b_idx, h_idx, kv_idx, kv_lo, kv_hi, sm_scale, Q_LEN,",
+                  "start_m, b_idx, h_idx, kv_idx, kv_lo, kv_hi, sm_scale, qk_scale, Q_LEN,",
                   *(f"{name}," for name in captures + hoisted_kv),
-                  "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,"]
+                  "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
+                  "SCALE_POSITIVE, FAST_MATH,"]
     tile_lines = tile_test_lines(tile_test)
+    common = common_holes(captures, param_args)
+    common["constants"].append(f"HAS_SCORE_MOD = tl.constexpr({program.score is not None})")
     holes = {
-        **common_holes(captures, param_args),
+        **common,
         "grad_args": [f"{name}," for name in grad_signature],
         "grad_pass": [f"{name}," for name in grad_call],
         "hoisted_params_q": [f"{name}," for name in hoisted_q],

@@ -146,7 +146,7 @@ RENDER: dict[Op, Renderer] = {
     Op.LOG1P: _unary("_log1p"),
     Op.SQRT: _unary("tl.sqrt"),
     Op.RSQRT: _unary("tl.rsqrt"),
-    Op.TANH: _unary("_tanh"),
+    Op.TANH: lambda n, a: _in_f32(n.dtype, lambda x: f"_tanh({x}, FAST_MATH)")(n, a),
     Op.SIGMOID: _unary("tl.sigmoid"),
     Op.SIN: _unary("tl.sin"),
     Op.COS: _unary("tl.cos"),

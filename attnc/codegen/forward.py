@@ -43,9 +43,10 @@ def _score_lines(emitter: Emitter, root: Node | None) -> list[str]:
 
 def _visit_args(captures: list[str], hoisted: list[str]) -> list[str]:
     return ["acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc, stride_kn, stride_kd, stride_vn, stride_vd,",
-            "start_n, b_idx, h_idx, q_idx, q_lo, q_hi, sm_scale, KV_LEN,",
+            "start_n, b_idx, h_idx, q_idx, q_lo, q_hi, sm_scale, qk_scale, KV_LEN,",
             *(f"{name}," for name in captures + hoisted),
-            "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,"]
+            "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
+            "SCALE_POSITIVE, FAST_MATH,"]
 
 
 def generate_forward(program: Program, tile_test: TileTest | None = None,
@@ -61,8 +62,11 @@ def generate_forward(program: Program, tile_test: TileTest | None = None,
     hoisted = hoisted_names(emitter)
     tensor_args, param_args = capture_arg_names(program)
     captures = tensor_args + param_args
+    common = common_holes(captures, param_args)
+    # without a score mod the scale folds into the exponent's multiply-add (see the skeleton)
+    common["constants"].append(f"HAS_SCORE_MOD = tl.constexpr({program.score is not None})")
     holes = {
-        **common_holes(captures, param_args),
+        **common,
         "hoisted_params": [f"{name}," for name in hoisted],
         "hoisted_pass": [f"{name}," for name in hoisted],
         "hoist_program": emitter.lines[Level.PROGRAM],

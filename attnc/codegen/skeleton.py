@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from attnc.codegen.emit import RENDER, literal
 from attnc.ir.dtypes import DType
-from attnc.ir.node import Node
+from attnc.ir.node import Node, const, node
 from attnc.ir.ops import Op
 from attnc.ir.program import Program
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 TEMPLATES = Path(__file__).parent / "templates"
 # Part of every cached kernel file's header: bump it when generated code changes meaning.
-CODEGEN_VERSION = "2"
+CODEGEN_VERSION = "3"
 _HOLE = re.compile(r"(?P<indent>[ \t]*)# HOLE: (?P<name>\w+)")
 
 
@@ -126,7 +126,19 @@ class Emitter:
     def render(self, n: Node) -> str:
         if n.op is Op.LOAD:
             return render_load(n, [self.expr(s) for s in n.src])
+        if self._divides_by_hoisted(n):
+            # x / c with c known outside the loop (a softcap, a temperature): one reciprocal where c is
+            # computed, one multiply per element instead of a division (within an ulp of the quotient).
+            reciprocal = node(Op.TRUEDIV, n.dtype, const(1.0, n.dtype), n.src[1])
+            self.emit(reciprocal, [])  # hoisted: lands in self.lines, never in the tile's lines
+            self.tile_reads.add(reciprocal)
+            return RENDER[Op.MUL](n, [self.expr(n.src[0]), self.expr(reciprocal)])
         return RENDER[n.op](n, [self.expr(s) for s in n.src])
+
+    def _divides_by_hoisted(self, n: Node) -> bool:
+        if n.op is not Op.TRUEDIV or not n.dtype.is_float or n.src[1].op is Op.CONST:
+            return False
+        return self.level_of(n) is Level.TILE and self.level_of(n.src[1]) is not Level.TILE
 
 
 def render_load(n: Node, index: list[str]) -> str:
@@ -163,14 +175,15 @@ def helper_lines() -> list[str]:
 
 def range_loop_lines(ranges: list[tuple[Node | None, Node | None]], call: str, call_args: list[str], *,
                      axis: str = "kv", full: tuple[Node | None, Node | None] | None = None) -> list[str]:
-    """Closed-form ranges of the other axis for this program's tile (from attnc.ir.tiles), then one loop
-    per range over its tiles, each calling `call` with `call_args` and a last argument OFF_BAND (False); a
-    tile already covered by an earlier range is not visited again. `axis` is the axis the loops walk: "kv"
-    (query-major kernels) or "q".
+    """Closed-form ranges of the other axis for this program's tile (from attnc.ir.tiles), then loops over
+    their tiles, each calling `call` with `call_args` and a last argument, the tile kind (TESTED: the tile
+    test decides; a tile already covered by an earlier range is not visited again). `axis` is the axis the
+    loops walk: "kv" (query-major kernels) or "q".
 
     With one range and a `full` range (every pair of the tile allowed inside it), the range's tiles that lie
-    wholly inside the full range and the sequence get their own loop with OFF_BAND True: a loop without
-    branches that Triton can pipeline (and warp-specialize), between the on-band tiles before and after."""
+    wholly inside the full range and the sequence come first, in a loop of their own (OFF_BAND: no test, no
+    mask, no branch, so Triton pipelines and may warp-specialize it); the rest of the range, before and after
+    the band, follows as one flat loop of masked tiles (ON_BAND), also without a branch."""
     start, length, block = ("start_n", "KV_LEN", "BLOCK_N") if axis == "kv" else ("start_m", "Q_LEN", "BLOCK_M")
     split = full is not None and len(ranges) == 1
     present = [bound for pair in ranges + ([full] if split else []) for bound in pair if bound is not None]
@@ -182,20 +195,25 @@ def range_loop_lines(ranges: list[tuple[Node | None, Node | None]], call: str, c
         lines += [f"range_lo{i} = (tl.cast({lo_expr}, tl.int32) // {block}) * {block}",
                   f"range_hi{i} = tl.cast({hi_expr}, tl.int32)"]
 
-    def calls(off_band: bool) -> list[str]:
-        return [call, *(f"    {arg}" for arg in call_args), f"    {off_band},", ")"]
+    def calls(kind: str) -> list[str]:
+        return [f"    {line}" for line in [call, *(f"    {arg}" for arg in call_args), f"    {kind},", ")"]]
 
     if split:
         lines += _band_lines(full, values, start, length, block)
-        lines += [f"for {start} in range(range_lo0, band_lo, {block}):", *(f"    {c}" for c in calls(False))]
         lines += [f"for {start} in tl.range(band_lo, band_end, {block}, warp_specialize=WARP_SPECIALIZE):",
-                  *(f"    {c}" for c in calls(True))]
-        lines += [f"for {start} in range(band_end, range_hi0 + 1, {block}):", *(f"    {c}" for c in calls(False))]
+                  *calls("OFF_BAND")]
+        # the on-band tiles: n_before from range_lo0 up to the band, then the rest from band_end
+        lines += [f"n_before = (tl.maximum(band_lo - range_lo0, 0) + {block} - 1) // {block}",
+                  f"n_on_band = n_before + (tl.maximum(range_hi0 + 1 - band_end, 0) + {block} - 1) // {block}",
+                  "for tile in tl.range(0, n_on_band):",
+                  f"    {start} = tl.where(tile < n_before, range_lo0 + tile * {block},"
+                  f" band_end + (tile - n_before) * {block})",
+                  *calls("ON_BAND")]
         return lines
     for i in range(len(ranges)):
         lines.append(f"for {start} in range(range_lo{i}, range_hi{i} + 1, {block}):")
         unseen = " & ".join(f"(({start} < range_lo{j}) | ({start} > range_hi{j}))" for j in range(i))
-        body = [f"if {unseen}:", *(f"    {line}" for line in calls(False))] if unseen else calls(False)
+        body = [f"if {unseen}:", *calls("TESTED")] if unseen else [line[4:] for line in calls("TESTED")]
         lines += [f"    {line}" for line in body]
     return lines
 

@@ -129,27 +129,47 @@ def prune_by_resources(configs: Iterable[KernelConfig],
 
 # ---- defaults per architecture ----
 
-# (widest head dim up to, config) in increasing order; the last row catches everything wider.
-DefaultRows = tuple[tuple[float, KernelConfig], ...]
+# (widest head dim up to, ladder of configs) in increasing order; the last row catches everything wider. A
+# ladder is tried in order and the first config whose kernel compiles without spills is the default
+# (`first_spill_free`); its first rung is what `default_for` names.
+DefaultRows = tuple[tuple[float, tuple[KernelConfig, ...]], ...]
 
 
-_kc = KernelConfig  # positional: block_m, block_n, num_warps, num_stages
+def _kc(block_m: int, block_n: int, warps: int, stages: int, tma: bool = False) -> KernelConfig:
+    return KernelConfig(block_m, block_n, warps, stages, tma=tma)
 
-# The tiles attnc launches on Hopper until a tuned config exists (runtime.config.default_config and
-# launch_backward.backward_configs read these rows). Forward: BLOCK_N = 32 keeps score mods that gather per
-# (q, kv) element (bias tables) free of spills at head dims up to 128; BLOCK_M = 64 since the off-band
-# loop's extra code made 128 rows spill 12 bytes for a causal relative bias at D = 128. Backward: neither
-# loop (closed-form ranges or a BlockMask's lists, whose two call sites cost registers) spills for bias
-# tables, document ids and softcaps at D = 64, 128 and 256. Both checked by `Attention.resources` in the
-# tests; not tuned for speed.
+
+# Hopper, forward: 128 query rows as two warpgroups of 64 (wgmma's M; no two warpgroups compute the same
+# score tile), 128 keys per tile so the accumulator's rescale is amortised over as many scores as the
+# best Hopper kernels, K and V through TMA. Mods that gather per score element need more registers: the
+# ladder steps down to 64 keys, then to one warpgroup. Backward: dK/dV's wgmma runs along its keys (M = 64
+# per warpgroup), dQ's along its queries; at D = 128 two [BLOCK_N, 128] float32 accumulators fill most of
+# the register file, so dK/dV falls back to the mma.sync tiles that never spill there.
 _HOPPER: dict[str, DefaultRows] = {
-    "forward": ((128, _kc(64, 32, 8, 3)), (math.inf, _kc(64, 32, 8, 2))),
-    "backward_dkdv": ((64, _kc(32, 64, 8, 2)), (128, _kc(32, 32, 8, 2)), (math.inf, _kc(16, 32, 8, 1))),
-    "backward_dq": ((64, _kc(64, 32, 4, 2)), (128, _kc(64, 32, 8, 2)), (math.inf, _kc(16, 16, 8, 1))),
+    "forward": (
+        (64, (_kc(128, 128, 8, 2, True), _kc(128, 64, 8, 2, True), _kc(64, 64, 4, 2, True), _kc(64, 32, 8, 3))),
+        (128, (_kc(128, 128, 8, 2, True), _kc(128, 64, 8, 2, True), _kc(64, 64, 4, 2, True), _kc(64, 32, 8, 3))),
+        (math.inf, (_kc(128, 64, 8, 2, True), _kc(64, 64, 4, 2, True), _kc(64, 32, 8, 2))),
+    ),
+    "backward_dkdv": (
+        (64, (_kc(64, 128, 8, 2, True), _kc(32, 128, 8, 2, True), _kc(32, 64, 8, 2), _kc(16, 32, 8, 1))),
+        (128, (_kc(32, 128, 8, 2, True), _kc(32, 64, 4, 2, True), _kc(32, 32, 8, 2), _kc(16, 32, 8, 1))),
+        (math.inf, (_kc(16, 32, 8, 1), _kc(16, 16, 4, 1))),
+    ),
+    "backward_dq": (
+        (64, (_kc(128, 64, 8, 2, True), _kc(64, 64, 4, 2, True), _kc(64, 32, 4, 2), _kc(32, 16, 4, 1))),
+        (128, (_kc(64, 64, 4, 2, True), _kc(64, 32, 8, 2), _kc(32, 16, 4, 1))),
+        (math.inf, (_kc(16, 16, 8, 1), _kc(16, 16, 4, 1))),
+    ),
 }
-# Ampere and Ada have less shared memory than Hopper: one pipeline stage fewer where Hopper uses three.
-_AMPERE: dict[str, DefaultRows] = {**_HOPPER, "forward": ((128, _kc(64, 32, 8, 2)), (math.inf, _kc(64, 32, 8, 2)))}
-_ADA: dict[str, DefaultRows] = {**_HOPPER, "forward": ((128, _kc(64, 32, 4, 2)), (math.inf, _kc(64, 32, 8, 1)))}
+# Ampere and Ada (mma.sync, no TMA): the tiles attnc has launched there, which spill for none of the
+# library's variants; less shared memory than Hopper, so fewer pipeline stages.
+_AMPERE: dict[str, DefaultRows] = {
+    "forward": ((128, (_kc(64, 32, 8, 2),)), (math.inf, (_kc(64, 32, 8, 2),))),
+    "backward_dkdv": ((64, (_kc(32, 64, 8, 2),)), (128, (_kc(32, 32, 8, 2),)), (math.inf, (_kc(16, 32, 8, 1),))),
+    "backward_dq": ((64, (_kc(64, 32, 4, 2),)), (128, (_kc(64, 32, 8, 2),)), (math.inf, (_kc(16, 16, 8, 1),))),
+}
+_ADA: dict[str, DefaultRows] = {**_AMPERE, "forward": ((128, (_kc(64, 32, 4, 2),)), (math.inf, (_kc(64, 32, 8, 1),)))}
 
 DEFAULTS_BY_ARCH: dict[str, dict[str, DefaultRows]] = {
     "sm_80": _AMPERE,
@@ -159,13 +179,26 @@ DEFAULTS_BY_ARCH: dict[str, dict[str, DefaultRows]] = {
 }
 
 
-def default_for(kind: str, arch: str, head_dim: int, head_dim_v: int) -> KernelConfig:
-    """The untuned tiles for `kind` on `arch` (an unknown architecture gets the generic row)."""
+def default_ladder(kind: str, arch: str, head_dim: int, head_dim_v: int) -> tuple[KernelConfig, ...]:
+    """The untuned configs for `kind` on `arch`, preferred first (an unknown architecture gets the generic
+    rows)."""
     rows = DEFAULTS_BY_ARCH.get(arch, DEFAULTS_BY_ARCH["generic"]).get(kind)
     if rows is None:
         raise ValueError(f"attnc: unknown kernel kind {kind!r}; expected one of {KINDS}")
     widest = max(head_dim, head_dim_v)
-    return next(config for upto, config in rows if widest <= upto)
+    return next(ladder for upto, ladder in rows if widest <= upto)
+
+
+def default_for(kind: str, arch: str, head_dim: int, head_dim_v: int) -> KernelConfig:
+    """The preferred untuned tiles for `kind` on `arch`: the first rung of its ladder."""
+    return default_ladder(kind, arch, head_dim, head_dim_v)[0]
+
+
+def first_spill_free(ladder: Iterable[KernelConfig], spills: Callable[[KernelConfig], int]) -> KernelConfig:
+    """The first config of `ladder` whose kernels spill nothing by `spills(config)` (bytes, from an
+    ahead-of-time compile); the last one where all spill, since it is the smallest."""
+    configs = list(ladder)
+    return next((config for config in configs[:-1] if spills(config) == 0), configs[-1])
 
 
 # ---- keys ----

@@ -87,8 +87,9 @@ def check_captures(tensors: Sequence[torch.Tensor], device: torch.device) -> Non
 
 
 def constexprs(shapes: Shapes, config: KernelConfig, dtype: torch.dtype, *, block_sizes: tuple[int, int] | None,
-               has_full: bool, has_mask: bool, interpret: bool) -> dict[str, Any]:
+               has_full: bool, has_mask: bool, interpret: bool, scale: float | None = None) -> dict[str, Any]:
     q_block, kv_block = block_sizes or (config.block_m, config.block_n)
+    sm_scale = default_scale(shapes) if scale is None else scale
     return {
         "HEAD_D": shapes.D, "HEAD_DV": shapes.Dv,
         "D_PAD": next_power_of_two(shapes.D), "DV_PAD": next_power_of_two(shapes.Dv),
@@ -101,7 +102,16 @@ def constexprs(shapes: Shapes, config: KernelConfig, dtype: torch.dtype, *, bloc
         # float32 inputs get exact float32 products, not TF32.
         "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",
         "USE_TMA": config.tma, "WARP_SPECIALIZE": config.warp_specialize,
+        # A positive scale keeps the row maximum in place, so it scales the maximum instead of each score.
+        "SCALE_POSITIVE": sm_scale > 0,
+        # Single-instruction transcendentals where their error is below the inputs' own precision; the
+        # interpreter cannot run inline PTX.
+        "FAST_MATH": not interpret and dtype in (torch.float16, torch.bfloat16),
     }
+
+
+def default_scale(shapes: Shapes) -> float:
+    return 1.0 / math.sqrt(shapes.D)
 
 
 def tma_ready(*tensors: torch.Tensor) -> bool:
@@ -194,12 +204,12 @@ def launch_forward(kernel: Any, query: torch.Tensor, key: torch.Tensor, value: t
         config = config.fit_to_blocks(*block_sizes)
     config = with_tma_if_ready(config, key, value)
     bm_args, has_full = block_mask_args(block_mask, shapes, lse)
-    sm_scale = scale if scale is not None else 1.0 / math.sqrt(shapes.D)
+    sm_scale = scale if scale is not None else default_scale(shapes)
     grid = (triton.cdiv(shapes.Q_LEN, config.block_m), shapes.B * shapes.Hq)
     _run(kernel, grid, config, query, key, value, out, lse, bm_args, sm_scale, shapes,
          capture_args(tensors, params),
          constexprs(shapes, config, query.dtype, block_sizes=block_sizes, has_full=has_full,
-                    has_mask=has_mask, interpret=interpret))
+                    has_mask=has_mask, interpret=interpret, scale=sm_scale))
     return out, lse
 
 

@@ -97,7 +97,7 @@ def launch_backward(dkdv_kernel: Any, dq_kernel: Any, query: torch.Tensor, key: 
 
     def consts(config: KernelConfig, has_full: bool) -> dict[str, Any]:
         c = constexprs(shapes, config, query.dtype, block_sizes=block_sizes, has_full=has_full, has_mask=has_mask,
-                       interpret=interpret)
+                       interpret=interpret, scale=sm_scale)
         c["Q_EVEN"] = shapes.Q_LEN % config.block_m == 0
         return c
 

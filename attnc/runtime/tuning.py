@@ -1,7 +1,9 @@
 """Tuned configs at launch, and tuning a variant's kernels on its real inputs.
 
 A launch on a GPU uses the config tuned for (GPU model, kernel, shape bucket) if `tuning.json` beside the
-kernel cache has one, else its architecture's default (`autotune.select`); it never benchmarks. Tuning
+kernel cache has one, else the first config of its architecture's default ladder that compiles without
+spills for the variant (`spill_free_default`, an ahead-of-time compile per variant and shape class); it never
+benchmarks. Tuning
 (`Attention.tune`, `attnc tune`) runs the variant's own kernels on the given inputs, so the tiles are timed
 on the variant's real sparsity (its closed-form ranges, or the block map it builds for data it reads), not
 on dense metadata. In the Triton interpreter launches use `INTERPRETER_TILES`; tuning there (with a timer
@@ -18,6 +20,7 @@ import torch
 
 from attnc.runtime import autotune
 from attnc.runtime.autotune import Tuner
+from attnc.runtime.cache import content_hash
 from attnc.runtime.config import INTERPRETER_TILES, KernelConfig, Settings
 from attnc.runtime.launch import Shapes
 
@@ -40,13 +43,61 @@ def identity(device: torch.device) -> tuple[str, str]:
     return torch.cuda.get_device_name(device), autotune.device_arch(device)
 
 
-def launch_config(kind: str, shapes: Shapes, source: str, dtype: torch.dtype, device: torch.device) -> KernelConfig:
-    """The config a launch of `kind` uses (see the module docstring)."""
+def launch_config(kind: str, shapes: Shapes, source: str, dtype: torch.dtype, device: torch.device,
+                  attn: Any = None) -> KernelConfig:
+    """The config a launch of `kind` uses (see the module docstring): the tuned one, else the first rung of the
+    architecture's default ladder that compiles without spills for `attn`'s kernel (`spill_free_default`;
+    the first rung when no `attn` is given)."""
     if device.type != "cuda":
         return INTERPRETER_TILES
     gpu, arch = identity(device)
-    return autotune.select(shared_tuner(), kind, gpu=gpu, arch=arch, kernel=autotune.kernel_key(source, dtype),
-                           **_dims(shapes))
+    key = autotune.tune_key(kind, gpu=gpu, kernel=autotune.kernel_key(source, dtype), **_dims(shapes))
+    tuned = shared_tuner().lookup(key)
+    if tuned is not None:
+        return tuned
+    if attn is None:
+        return autotune.default_for(kind, arch, shapes.D, shapes.Dv)
+    return spill_free_default(attn, kind, arch=arch, dtype=dtype, D=shapes.D, Dv=shapes.Dv)
+
+
+_SPILL_FREE: dict[tuple[Any, ...], KernelConfig] = {}
+
+
+def spill_free_default(attn: Any, kind: str, *, arch: str, dtype: torch.dtype, D: int, Dv: int) -> KernelConfig:
+    """The first config of the default ladder (`autotune.default_ladder`) whose kernel, compiled ahead of
+    time in the loop the variant runs (`aot_report`), spills nothing: a mod that gathers per score element
+    needs more registers than the largest tiles leave. Remembered per kernel source, kind, arch, dtype and
+    head dims for the life of the process."""
+    ladder = autotune.default_ladder(kind, arch, D, Dv)
+    source = attn.source.source if kind == "forward" else attn.backward_source.source
+    key = (content_hash(source), kind, arch, dtype, D, Dv)
+    if key not in _SPILL_FREE:
+        def spills(config: KernelConfig) -> int:
+            return max(info["spills"] for info in _both_loops(attn, kind, config, arch, dtype, D, Dv))
+
+        _SPILL_FREE[key] = autotune.first_spill_free(ladder, spills)
+    return _SPILL_FREE[key]
+
+
+def _both_loops(attn: Any, kind: str, config: KernelConfig, arch: str, dtype: torch.dtype, D: int,
+                Dv: int) -> list[dict[str, Any]]:
+    """Compile reports of `kind` with `config` in both its loops: the closed-form ranges (`attn(...)`) and a
+    BlockMask's lists (`flex_attention` with a block mask, and masks that read data)."""
+    from attnc.api import kernel_cache
+    from attnc.runtime import aot
+    from attnc.runtime.launch_backward import BackwardConfigs
+
+    capability = aot.parse_arch(arch)
+    if kind == "forward":
+        path = kernel_cache().ensure_file(attn.source.source)
+        jobs = [aot.forward_job(path, attn.program, dtype, D, Dv, config, block_loop, capability)
+                for block_loop in (False, True)]
+    else:
+        path = kernel_cache().ensure_file(attn.backward_source.source)
+        both = aot.backward_jobs(path, attn.program, attn.backward_source.grad_slots, dtype, D, Dv,
+                                 BackwardConfigs(config, config), capability)
+        jobs = [both[kind], both[kind + "_block_mask"]]
+    return aot.compile_kernels(jobs)
 
 
 def tune_kernel(kind: str, *, shapes: Shapes, source: str, dtype: torch.dtype, device: torch.device,

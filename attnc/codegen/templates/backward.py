@@ -31,6 +31,11 @@ import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)
+# How the visit functions treat a tile: inside the full range (no test, no mask), beside it (masked, no
+# test), or anywhere else (the tile test decides).
+OFF_BAND = tl.constexpr(0)
+ON_BAND = tl.constexpr(1)
+TESTED = tl.constexpr(2)
 
 # HOLE: constants
 
@@ -39,52 +44,74 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
+def _base2_lse(lse):
+    # The log-sum-exp in base 2; rows with no allowed key (lse = -inf) get +inf so that their p is exactly 0.
+    return tl.where(lse == float("-inf"), float("inf"), lse) * LOG2E
+
+
+@triton.jit
 def _dkdv_tile(
     dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
     stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
-    start_m, b_idx, h_idx, kv_idx, sm_scale, Q_LEN,
+    start_m, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN,
     # HOLE: capture_args
     # HOLE: hoisted_params_kv
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, apply_mask, CHECK_Q: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
+    FAST_MATH: tl.constexpr,
 ):
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
     offs_dv = tl.arange(0, DV_PAD)
     q_idx = offs_m[None, :]
     q_in = offs_m < Q_LEN
+    # q and dO stay in their row-major [BLOCK_M, D] layout: each feeds two matmuls, one of them through a
+    # transposed view, which the tensor cores read from shared memory without a copy through registers
     if USE_TMA:  # the descriptors' bounds zero the rows past Q_LEN and the columns past the head dims
-        qt = tl.trans(Q_desc.load([start_m, 0]))
+        q = Q_desc.load([start_m, 0])
         do = DO_desc.load([start_m, 0])
-    else:
-        qt = tl.load(Q_head + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd,
-                     mask=q_in[None, :] & (offs_d[:, None] < HEAD_D), other=0.0)
+    elif CHECK_Q or HEAD_D != D_PAD or HEAD_DV != DV_PAD:
+        q = tl.load(Q_head + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                    mask=q_in[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
         do = tl.load(DO_head + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
                      mask=q_in[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
+    else:
+        q = tl.load(Q_head + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd)
+        do = tl.load(DO_head + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod)
     if UPCAST:
-        qt = qt.to(tl.float32)
+        q = q.to(tl.float32)
         do = do.to(tl.float32)
-    # Rows with no allowed key (lse = -inf) and rows past the end get lse = +inf: their p is exactly 0.
-    lse = tl.load(LSE_head + offs_m * stride_lm, mask=q_in, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    lse2 = _base2_lse(tl.load(LSE_head + offs_m * stride_lm, mask=q_in, other=float("inf")))
     delta = tl.load(DELTA_head + offs_m * stride_lm, mask=q_in, other=0.0)
-    # raw_score stays unmodified: the derivatives of the score mod read it
-    raw_score = tl.dot(k, qt, input_precision=DOT_PRECISION) * sm_scale
-    score = raw_score
-    dscore = 1.0
-    # HOLE: score_mod_kv
+    qkt = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
+    if HAS_SCORE_MOD:
+        # raw_score stays unmodified: the derivatives of the score mod read it
+        raw_score = qkt * sm_scale
+        score = raw_score
+        dscore = 1.0
+        # HOLE: score_mod_kv
+    else:
+        score = qkt if SCALE_POSITIVE else qkt * qk_scale
     if apply_mask:
         # HOLE: mask_mod_kv
         score = tl.where(mask, score, float("-inf"))
     if CHECK_Q:
         score = tl.where(q_in[None, :], score, float("-inf"))
-    pt = tl.exp2(score * LOG2E - lse[None, :] * LOG2E)
+    if HAS_SCORE_MOD:
+        pt = tl.exp2(score * LOG2E - lse2[None, :])
+    elif SCALE_POSITIVE:  # the scale and log2(e) ride on the multiply-add that subtracts the lse
+        pt = tl.exp2(score * qk_scale - lse2[None, :])
+    else:
+        pt = tl.exp2(score - lse2[None, :])
     dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PRECISION)
     dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-    # where p is 0 the pair contributes nothing, even where dz/dscore is not finite (a masked pair)
-    dst = tl.where(pt == 0.0, 0.0, pt * (dpt - delta[None, :]) * dscore)
-    dk += tl.dot(dst.to(qt.dtype), tl.trans(qt), input_precision=DOT_PRECISION)
+    if HAS_SCORE_MOD:
+        # where p is 0 the pair contributes nothing, even where dz/dscore is not finite (a masked pair)
+        dst = tl.where(pt == 0.0, 0.0, pt * (dpt - delta[None, :]) * dscore)
+    else:
+        dst = pt * (dpt - delta[None, :])
+    dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PRECISION)
     return dk, dv
 
 
@@ -92,21 +119,33 @@ def _dkdv_tile(
 def _dkdv_visit(
     dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
     stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
-    start_m, b_idx, h_idx, kv_idx, kv_lo, kv_hi, sm_scale, Q_LEN,
+    start_m, b_idx, h_idx, kv_idx, kv_lo, kv_hi, sm_scale, qk_scale, Q_LEN,
     # HOLE: capture_args
     # HOLE: hoisted_params_kv
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, Q_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, OFF_BAND: tl.constexpr,
+    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr,
+    TILE_KIND: tl.constexpr,
 ):
-    if OFF_BAND:  # inside the full range, before Q_LEN: nothing to test or mask
+    if TILE_KIND == OFF_BAND:  # inside the full range, before Q_LEN: nothing to test or mask
         dk, dv = _dkdv_tile(
             dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
             stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
-            start_m, b_idx, h_idx, kv_idx, sm_scale, Q_LEN,
+            start_m, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN,
             # HOLE: capture_pass
             # HOLE: hoisted_pass_kv
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, False, UPCAST, DOT_PRECISION, USE_TMA,
+            SCALE_POSITIVE, FAST_MATH,
+        )
+    elif TILE_KIND == ON_BAND:  # beside the full range: masked, untested, so the loop has no branch
+        dk, dv = _dkdv_tile(
+            dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
+            stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+            start_m, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN,
+            # HOLE: capture_pass
+            # HOLE: hoisted_pass_kv
+            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, True, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
+            SCALE_POSITIVE, FAST_MATH,
         )
     else:
         q_lo = start_m
@@ -116,10 +155,11 @@ def _dkdv_visit(
             dk, dv = _dkdv_tile(
                 dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
                 stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
-                start_m, b_idx, h_idx, kv_idx, sm_scale, Q_LEN,
+                start_m, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN,
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass_kv
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, may_false, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
+                SCALE_POSITIVE, FAST_MATH,
             )
     return dk, dv
 
@@ -146,7 +186,8 @@ def attnc_backward_dkdv(
     SPARSE_Q_BLOCK: tl.constexpr, SPARSE_KV_BLOCK: tl.constexpr,
     USE_BLOCK_MASK: tl.constexpr, HAS_FULL_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
     Q_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
+    FAST_MATH: tl.constexpr,
 ):
     # One program: BLOCK_N keys of one (batch, kv head), summed over the query heads that share them.
     start_n = tl.program_id(0) * BLOCK_N
@@ -167,6 +208,7 @@ def attnc_backward_dkdv(
         k = k.to(tl.float32)
         v = v.to(tl.float32)
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    qk_scale = sm_scale * LOG2E
     dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
     b_idx = off_b
     kv_idx = offs_n[:, None]
@@ -187,50 +229,68 @@ def attnc_backward_dkdv(
             DO_desc = DO_head
         # HOLE: hoist_program_kv
         # HOLE: hoist_kv
+        # As in the forward: the tiles known to be free of masking first, in branch-free loops, then the rest.
         if USE_BLOCK_MASK:
-            # the BlockMask's query-side lists: for this key block, its partial and full query blocks
+            # the BlockMask's query-side lists: for this key block, its full and partial query blocks, each
+            # walked as one flat loop over its tiles
             sparse_col = start_n // SPARSE_KV_BLOCK
-            n_partial = tl.load(Q_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_col * stride_nn)
-            partial_list = Q_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_col * stride_in
-            for i in range(n_partial):
-                block = tl.load(partial_list + i * stride_im)
-                for j in range(SPARSE_Q_BLOCK // BLOCK_M):
-                    dk, dv = _dkdv_tile(
-                        dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
-                        stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
-                        block * SPARSE_Q_BLOCK + j * BLOCK_M, b_idx, h_idx, kv_idx, sm_scale, Q_LEN,
-                        # HOLE: capture_pass
-                        # HOLE: hoisted_pass_kv
-                        HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, HAS_MASK, True, UPCAST, DOT_PRECISION, USE_TMA,
-                    )
+            TILES_PER_BLOCK: tl.constexpr = SPARSE_Q_BLOCK // BLOCK_M
             if HAS_FULL_BLOCKS:
                 n_full = tl.load(FULL_Q_NUM_BLOCKS + off_b * stride_fnb + off_h * stride_fnh
                                  + sparse_col * stride_fnn)
                 full_list = FULL_Q_INDICES + off_b * stride_fib + off_h * stride_fih + sparse_col * stride_fin
-                for i in range(n_full):
-                    block = tl.load(full_list + i * stride_fim)
-                    for j in range(SPARSE_Q_BLOCK // BLOCK_M):
-                        dk, dv = _dkdv_tile(
-                            dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
-                            stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
-                            block * SPARSE_Q_BLOCK + j * BLOCK_M, b_idx, h_idx, kv_idx, sm_scale, Q_LEN,
-                            # HOLE: capture_pass
-                            # HOLE: hoisted_pass_kv
-                            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                        )
+                for t in tl.range(0, n_full * TILES_PER_BLOCK, warp_specialize=WARP_SPECIALIZE):
+                    block = tl.load(full_list + (t // TILES_PER_BLOCK) * stride_fim)
+                    dk, dv = _dkdv_tile(
+                        dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
+                        stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+                        block * SPARSE_Q_BLOCK + (t % TILES_PER_BLOCK) * BLOCK_M, b_idx, h_idx, kv_idx,
+                        sm_scale, qk_scale, Q_LEN,
+                        # HOLE: capture_pass
+                        # HOLE: hoisted_pass_kv
+                        HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
+                        SCALE_POSITIVE, FAST_MATH,
+                    )
+            n_partial = tl.load(Q_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_col * stride_nn)
+            partial_list = Q_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_col * stride_in
+            for t in tl.range(0, n_partial * TILES_PER_BLOCK):
+                block = tl.load(partial_list + (t // TILES_PER_BLOCK) * stride_im)
+                dk, dv = _dkdv_tile(
+                    dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
+                    stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+                    block * SPARSE_Q_BLOCK + (t % TILES_PER_BLOCK) * BLOCK_M, b_idx, h_idx, kv_idx,
+                        sm_scale, qk_scale, Q_LEN,
+                    # HOLE: capture_pass
+                    # HOLE: hoisted_pass_kv
+                    HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, HAS_MASK, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
+                    SCALE_POSITIVE, FAST_MATH,
+                )
         elif HAS_MASK:
             kv_lo = start_n
             kv_hi = tl.minimum(start_n + BLOCK_N, KV_LEN) - 1
             # HOLE: q_ranges
         else:
-            for start_m in tl.range(0, Q_LEN, BLOCK_M, warp_specialize=WARP_SPECIALIZE):
+            # every query tile: the whole ones in the pipelined loop, the one reaching past Q_LEN after it
+            q_whole = (Q_LEN // BLOCK_M) * BLOCK_M
+            for start_m in tl.range(0, q_whole, BLOCK_M, warp_specialize=WARP_SPECIALIZE):
                 dk, dv = _dkdv_tile(
                     dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
                     stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
-                    start_m, b_idx, h_idx, kv_idx, sm_scale, Q_LEN,
+                    start_m, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN,
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass_kv
-                    HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
+                    HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, False, UPCAST, DOT_PRECISION, USE_TMA,
+                    SCALE_POSITIVE, FAST_MATH,
+                )
+            if not Q_EVEN:
+                dk, dv = _dkdv_tile(
+                    dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
+                    stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+                    q_whole, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN,
+                    # HOLE: capture_pass
+                    # HOLE: hoisted_pass_kv
+                    HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, True, UPCAST, DOT_PRECISION, USE_TMA,
+                    SCALE_POSITIVE, FAST_MATH,
                 )
     dk = dk * sm_scale
     tl.store(DK + off_b.to(tl.int64) * stride_dkb + off_hkv.to(tl.int64) * stride_dkh
@@ -243,15 +303,16 @@ def attnc_backward_dkdv(
 
 @triton.jit
 def _dq_tile(
-    dq, q, do, lse, delta, K_head, V_head, K_desc, V_desc,
+    dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc,
     stride_kn, stride_kd, stride_vn, stride_vd,
-    start_n, b_idx, h_idx, q_idx, q_in, sm_scale, KV_LEN,
+    start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN,
     # HOLE: capture_args
     # HOLE: grad_args
     # HOLE: hoisted_params_q
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, apply_mask, CHECK_KV: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
+    FAST_MATH: tl.constexpr,
 ):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
@@ -261,27 +322,42 @@ def _dq_tile(
     if USE_TMA:
         kt = tl.trans(K_desc.load([start_n, 0]))
         vt = tl.trans(V_desc.load([start_n, 0]))
-    else:
+    elif CHECK_KV or HEAD_D != D_PAD or HEAD_DV != DV_PAD:
         kt = tl.load(K_head + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
                      mask=kv_in[None, :] & (offs_d[:, None] < HEAD_D), other=0.0)
         vt = tl.load(V_head + offs_n[None, :] * stride_vn + offs_dv[:, None] * stride_vd,
                      mask=kv_in[None, :] & (offs_dv[:, None] < HEAD_DV), other=0.0)
+    else:
+        kt = tl.load(K_head + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd)
+        vt = tl.load(V_head + offs_n[None, :] * stride_vn + offs_dv[:, None] * stride_vd)
     if UPCAST:
         kt = kt.to(tl.float32)
         vt = vt.to(tl.float32)
-    raw_score = tl.dot(q, kt, input_precision=DOT_PRECISION) * sm_scale
-    score = raw_score
-    dscore = 1.0
-    # HOLE: score_mod_q
+    qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
+    if HAS_SCORE_MOD:
+        raw_score = qk * sm_scale
+        score = raw_score
+        dscore = 1.0
+        # HOLE: score_mod_q
+    else:
+        score = qk if SCALE_POSITIVE else qk * qk_scale
     if apply_mask:
         # HOLE: mask_mod_q
         score = tl.where(mask, score, float("-inf"))
     if CHECK_KV:
         score = tl.where(kv_in[None, :], score, float("-inf"))
-    p = tl.exp2(score * LOG2E - lse[:, None] * LOG2E)
+    if HAS_SCORE_MOD:
+        p = tl.exp2(score * LOG2E - lse2[:, None])
+    elif SCALE_POSITIVE:  # the scale and log2(e) ride on the multiply-add that subtracts the lse
+        p = tl.exp2(score * qk_scale - lse2[:, None])
+    else:
+        p = tl.exp2(score - lse2[:, None])
     dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
-    dz = tl.where(p == 0.0, 0.0, p * (dp - delta[:, None]))
-    ds = tl.where(p == 0.0, 0.0, dz * dscore)
+    if HAS_SCORE_MOD:
+        dz = tl.where(p == 0.0, 0.0, p * (dp - delta[:, None]))
+        ds = tl.where(p == 0.0, 0.0, dz * dscore)
+    else:
+        ds = p * (dp - delta[:, None])
     dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=DOT_PRECISION)
     # HOLE: grad_accumulate
     return dq
@@ -289,25 +365,38 @@ def _dq_tile(
 
 @triton.jit
 def _dq_visit(
-    dq, q, do, lse, delta, K_head, V_head, K_desc, V_desc,
+    dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc,
     stride_kn, stride_kd, stride_vn, stride_vd,
-    start_n, b_idx, h_idx, q_idx, q_in, q_lo, q_hi, sm_scale, KV_LEN,
+    start_n, b_idx, h_idx, q_idx, q_in, q_lo, q_hi, sm_scale, qk_scale, KV_LEN,
     # HOLE: capture_args
     # HOLE: grad_args
     # HOLE: hoisted_params_q
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, OFF_BAND: tl.constexpr,
+    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr,
+    TILE_KIND: tl.constexpr,
 ):
-    if OFF_BAND:  # inside the full range, before KV_LEN: nothing to test or mask
+    if TILE_KIND == OFF_BAND:  # inside the full range, before KV_LEN: nothing to test or mask
         dq = _dq_tile(
-            dq, q, do, lse, delta, K_head, V_head, K_desc, V_desc,
+            dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc,
             stride_kn, stride_kd, stride_vn, stride_vd,
-            start_n, b_idx, h_idx, q_idx, q_in, sm_scale, KV_LEN,
+            start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN,
             # HOLE: capture_pass
             # HOLE: grad_pass
             # HOLE: hoisted_pass_q
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, False, UPCAST, DOT_PRECISION, USE_TMA,
+            SCALE_POSITIVE, FAST_MATH,
+        )
+    elif TILE_KIND == ON_BAND:  # beside the full range: masked, untested, so the loop has no branch
+        dq = _dq_tile(
+            dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc,
+            stride_kn, stride_kd, stride_vn, stride_vd,
+            start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN,
+            # HOLE: capture_pass
+            # HOLE: grad_pass
+            # HOLE: hoisted_pass_q
+            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, True, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
+            SCALE_POSITIVE, FAST_MATH,
         )
     else:
         kv_lo = start_n
@@ -315,13 +404,14 @@ def _dq_visit(
         # HOLE: tile_test_q
         if may_true:
             dq = _dq_tile(
-                dq, q, do, lse, delta, K_head, V_head, K_desc, V_desc,
+                dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc,
                 stride_kn, stride_kd, stride_vn, stride_vd,
-                start_n, b_idx, h_idx, q_idx, q_in, sm_scale, KV_LEN,
+                start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN,
                 # HOLE: capture_pass
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
+                SCALE_POSITIVE, FAST_MATH,
             )
     return dq
 
@@ -348,7 +438,8 @@ def attnc_backward_dq(
     SPARSE_Q_BLOCK: tl.constexpr, SPARSE_KV_BLOCK: tl.constexpr,
     USE_BLOCK_MASK: tl.constexpr, HAS_FULL_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
     KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
+    FAST_MATH: tl.constexpr,
 ):
     # One program: BLOCK_M query rows of one (batch, query head), over the key tiles they attend to.
     start_m = tl.program_id(0)
@@ -369,9 +460,8 @@ def attnc_backward_dq(
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
-    lse = tl.load(LSE + off_b * stride_lb + off_h * stride_lh + offs_m * stride_lm, mask=q_in,
-                  other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    lse2 = _base2_lse(tl.load(LSE + off_b * stride_lb + off_h * stride_lh + offs_m * stride_lm, mask=q_in,
+                              other=float("inf")))
     delta = tl.load(DELTA + off_b * stride_lb + off_h * stride_lh + offs_m * stride_lm, mask=q_in, other=0.0)
     K_head = K + off_b.to(tl.int64) * stride_kb + off_hkv.to(tl.int64) * stride_kh
     V_head = V + off_b.to(tl.int64) * stride_vb + off_hkv.to(tl.int64) * stride_vh
@@ -384,6 +474,7 @@ def attnc_backward_dq(
         K_desc = K_head
         V_desc = V_head
     dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    qk_scale = sm_scale * LOG2E
 
     b_idx = off_b
     h_idx = off_h
@@ -393,50 +484,66 @@ def attnc_backward_dq(
 
     if USE_BLOCK_MASK:
         sparse_row = (start_m * BLOCK_M) // SPARSE_Q_BLOCK
-        n_partial = tl.load(KV_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_row * stride_nm)
-        partial_list = KV_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_row * stride_im
-        for i in range(n_partial):
-            block = tl.load(partial_list + i * stride_in)
-            for j in range(SPARSE_KV_BLOCK // BLOCK_N):
-                dq = _dq_tile(
-                    dq, q, do, lse, delta, K_head, V_head, K_desc, V_desc,
-                    stride_kn, stride_kd, stride_vn, stride_vd,
-                    block * SPARSE_KV_BLOCK + j * BLOCK_N, b_idx, h_idx, q_idx, q_in, sm_scale, KV_LEN,
-                    # HOLE: capture_pass
-                    # HOLE: grad_pass
-                    # HOLE: hoisted_pass_q
-                    HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, True, UPCAST, DOT_PRECISION, USE_TMA,
-                )
+        TILES_PER_BLOCK: tl.constexpr = SPARSE_KV_BLOCK // BLOCK_N
         if HAS_FULL_BLOCKS:
             n_full = tl.load(FULL_KV_NUM_BLOCKS + off_b * stride_fnb + off_h * stride_fnh
                              + sparse_row * stride_fnm)
             full_list = FULL_KV_INDICES + off_b * stride_fib + off_h * stride_fih + sparse_row * stride_fim
-            for i in range(n_full):
-                block = tl.load(full_list + i * stride_fin)
-                for j in range(SPARSE_KV_BLOCK // BLOCK_N):
-                    dq = _dq_tile(
-                        dq, q, do, lse, delta, K_head, V_head, K_desc, V_desc,
-                        stride_kn, stride_kd, stride_vn, stride_vd,
-                        block * SPARSE_KV_BLOCK + j * BLOCK_N, b_idx, h_idx, q_idx, q_in, sm_scale, KV_LEN,
-                        # HOLE: capture_pass
-                        # HOLE: grad_pass
-                        # HOLE: hoisted_pass_q
-                        HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                    )
+            for t in tl.range(0, n_full * TILES_PER_BLOCK, warp_specialize=WARP_SPECIALIZE):
+                block = tl.load(full_list + (t // TILES_PER_BLOCK) * stride_fin)
+                dq = _dq_tile(
+                    dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc,
+                    stride_kn, stride_kd, stride_vn, stride_vd,
+                    block * SPARSE_KV_BLOCK + (t % TILES_PER_BLOCK) * BLOCK_N, b_idx, h_idx, q_idx, q_in,
+                sm_scale, qk_scale, KV_LEN,
+                    # HOLE: capture_pass
+                    # HOLE: grad_pass
+                    # HOLE: hoisted_pass_q
+                    HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
+                    SCALE_POSITIVE, FAST_MATH,
+                )
+        n_partial = tl.load(KV_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_row * stride_nm)
+        partial_list = KV_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_row * stride_im
+        for t in tl.range(0, n_partial * TILES_PER_BLOCK):
+            block = tl.load(partial_list + (t // TILES_PER_BLOCK) * stride_in)
+            dq = _dq_tile(
+                dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc,
+                stride_kn, stride_kd, stride_vn, stride_vd,
+                block * SPARSE_KV_BLOCK + (t % TILES_PER_BLOCK) * BLOCK_N, b_idx, h_idx, q_idx, q_in,
+                sm_scale, qk_scale, KV_LEN,
+                # HOLE: capture_pass
+                # HOLE: grad_pass
+                # HOLE: hoisted_pass_q
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
+                SCALE_POSITIVE, FAST_MATH,
+            )
     elif HAS_MASK:
         q_lo = start_m * BLOCK_M
         q_hi = tl.minimum(q_lo + BLOCK_M, Q_LEN) - 1
         # HOLE: kv_ranges
     else:
-        for start_n in tl.range(0, KV_LEN, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
+        kv_whole = (KV_LEN // BLOCK_N) * BLOCK_N
+        for start_n in tl.range(0, kv_whole, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
             dq = _dq_tile(
-                dq, q, do, lse, delta, K_head, V_head, K_desc, V_desc,
+                dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc,
                 stride_kn, stride_kd, stride_vn, stride_vd,
-                start_n, b_idx, h_idx, q_idx, q_in, sm_scale, KV_LEN,
+                start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN,
                 # HOLE: capture_pass
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
-                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, False, UPCAST, DOT_PRECISION, USE_TMA,
+                SCALE_POSITIVE, FAST_MATH,
+            )
+        if not KV_EVEN:
+            dq = _dq_tile(
+                dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc,
+                stride_kn, stride_kd, stride_vn, stride_vd,
+                kv_whole, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN,
+                # HOLE: capture_pass
+                # HOLE: grad_pass
+                # HOLE: hoisted_pass_q
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, UPCAST, DOT_PRECISION, USE_TMA,
+                SCALE_POSITIVE, FAST_MATH,
             )
     dq = dq * sm_scale
     tl.store(DQ + off_b.to(tl.int64) * stride_dqb + off_h.to(tl.int64) * stride_dqh

@@ -20,7 +20,8 @@
 #   kv_ranges      computes the closed-form key ranges of this query tile and loops over their tiles,
 #                  calling _visit_tile once per tile (tiles shared by two ranges are visited once); with
 #                  one range and a known full range (a mask with a diagonal band), the tiles inside the
-#                  full range get a loop of their own (off-band: no tile test, no mask, pipelined)
+#                  full range come first in a loop of their own (OFF_BAND: no tile test, no mask), then
+#                  the rest of the range in one flat loop (ON_BAND: masked, untested); both pipelined
 #
 # Hopper options (constexprs): USE_TMA loads K and V through tensor descriptors (TMA; the launcher sets it
 # only for unit last strides and 16-byte aligned rows); WARP_SPECIALIZE splits the loops without branches
@@ -30,6 +31,11 @@ import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
+# How _visit_tile treats a tile: inside the full range (no test, no mask), beside it (masked, no test),
+# or anywhere else (the tile test decides).
+OFF_BAND = tl.constexpr(0)
+ON_BAND = tl.constexpr(1)
+TESTED = tl.constexpr(2)
 
 # HOLE: constants
 
@@ -38,18 +44,27 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
+def _finite_max(m):
+    # A row that has seen no allowed key keeps m = -inf; subtracting 0 instead keeps its exponents finite,
+    # so such rows accumulate exact zeros instead of NaN.
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@triton.jit
 def _attend_tile(
     acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
     stride_kn, stride_kd, stride_vn, stride_vd,
-    start_n, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
+    start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN,
     # HOLE: capture_args
     # HOLE: hoisted_params
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, apply_mask, CHECK_KV: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
+    SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr,
 ):
-    # apply_mask is a literal (a compile-time branch) on the BlockMask paths and the tile test's verdict
-    # (a branch uniform across the program) on the analytic path.
+    # apply_mask is a literal (a compile-time branch) on the loops that know their tiles' class, and the
+    # tile test's verdict (a branch uniform across the program) on the tested path. CHECK_KV: the tile may
+    # reach past KV_LEN (only the last tile of a sequence whose length is not a multiple of BLOCK_N).
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
     offs_dv = tl.arange(0, DV_PAD)
@@ -57,32 +72,47 @@ def _attend_tile(
     kv_in = offs_n < KV_LEN
     if USE_TMA:  # the descriptor's bounds zero the rows past KV_LEN and the columns past HEAD_D
         kt = tl.trans(K_desc.load([start_n, 0]))
-    else:
+    elif CHECK_KV or HEAD_D != D_PAD:
         kt = tl.load(K_head + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
                      mask=kv_in[None, :] & (offs_d[:, None] < HEAD_D), other=0.0)
+    else:
+        kt = tl.load(K_head + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd)
     if UPCAST:
         kt = kt.to(tl.float32)
     qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
-    score = qk * sm_scale
-    # HOLE: score_mod
+    # Online softmax in base 2: the running maximum m_i and the exponents are logits times log2(e), and
+    # the scale (with log2(e)) reaches each score in the same multiply-add that subtracts the maximum.
+    if HAS_SCORE_MOD:  # noqa: SIM108 (the hole is a block of statements)
+        score = qk * sm_scale
+        # HOLE: score_mod
+    else:
+        score = qk if SCALE_POSITIVE else qk * qk_scale
     if apply_mask:
         # HOLE: mask_mod
         score = tl.where(mask, score, float("-inf"))
     if CHECK_KV:
         score = tl.where(kv_in[None, :], score, float("-inf"))
-    # Online softmax in base 2. A row that has seen no allowed key keeps m = -inf; m_safe keeps the
-    # exponents finite so such rows accumulate exact zeros instead of NaN.
-    score = score * LOG2E
-    m_new = tl.maximum(m_i, tl.max(score, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.exp2(score - m_safe[:, None])
+    if HAS_SCORE_MOD:
+        m_new = tl.maximum(m_i, tl.max(score, 1) * LOG2E)
+        m_safe = _finite_max(m_new)
+        p = tl.exp2(score * LOG2E - m_safe[:, None])
+    elif SCALE_POSITIVE:  # the scaled maximum is the maximum of the scaled scores
+        m_new = tl.maximum(m_i, tl.max(score, 1) * qk_scale)
+        m_safe = _finite_max(m_new)
+        p = tl.exp2(score * qk_scale - m_safe[:, None])
+    else:
+        m_new = tl.maximum(m_i, tl.max(score, 1))
+        m_safe = _finite_max(m_new)
+        p = tl.exp2(score - m_safe[:, None])
     alpha = tl.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
     if USE_TMA:
         v = V_desc.load([start_n, 0])
-    else:
+    elif CHECK_KV or HEAD_DV != DV_PAD:
         v = tl.load(V_head + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
                     mask=kv_in[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
+    else:
+        v = tl.load(V_head + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd)
     if UPCAST:
         v = v.to(tl.float32)
     acc = acc * alpha[:, None]
@@ -94,22 +124,34 @@ def _attend_tile(
 def _visit_tile(
     acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
     stride_kn, stride_kd, stride_vn, stride_vd,
-    start_n, b_idx, h_idx, q_idx, q_lo, q_hi, sm_scale, KV_LEN,
+    start_n, b_idx, h_idx, q_idx, q_lo, q_hi, sm_scale, qk_scale, KV_LEN,
     # HOLE: capture_args
     # HOLE: hoisted_params
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, OFF_BAND: tl.constexpr,
+    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, TILE_KIND: tl.constexpr,
 ):
-    if OFF_BAND:
+    if TILE_KIND == OFF_BAND:
         # inside the full range, before KV_LEN: every pair is allowed, nothing to test or mask
         acc, l_i, m_i = _attend_tile(
             acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
             stride_kn, stride_kd, stride_vn, stride_vd,
-            start_n, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
+            start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN,
             # HOLE: capture_pass
             # HOLE: hoisted_pass
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, False, UPCAST, DOT_PRECISION, USE_TMA,
+            SCALE_POSITIVE, FAST_MATH,
+        )
+    elif TILE_KIND == ON_BAND:
+        # beside the full range: masked without a test, so that the loop has no branch and is pipelined
+        acc, l_i, m_i = _attend_tile(
+            acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
+            stride_kn, stride_kd, stride_vn, stride_vd,
+            start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN,
+            # HOLE: capture_pass
+            # HOLE: hoisted_pass
+            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, True, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
+            SCALE_POSITIVE, FAST_MATH,
         )
     else:
         # Classify the tile from the mask's structure: empty tiles cost this scalar test only, full tiles
@@ -122,10 +164,11 @@ def _visit_tile(
             acc, l_i, m_i = _attend_tile(
                 acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
                 stride_kn, stride_kd, stride_vn, stride_vd,
-                start_n, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
+                start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN,
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
-                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, not KV_EVEN, UPCAST, DOT_PRECISION,
+                USE_TMA, SCALE_POSITIVE, FAST_MATH,
             )
     return acc, l_i, m_i
 
@@ -150,7 +193,8 @@ def attnc_forward(
     SPARSE_Q_BLOCK: tl.constexpr, SPARSE_KV_BLOCK: tl.constexpr,
     USE_BLOCK_MASK: tl.constexpr, HAS_FULL_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
     KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
+    FAST_MATH: tl.constexpr,
 ):
     # Three ways to find the key tiles: a BlockMask's lists (USE_BLOCK_MASK), the mask's own closed-form
     # ranges and tile test (HAS_MASK), or every tile (no mask).
@@ -189,51 +233,72 @@ def attnc_forward(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
+    qk_scale = sm_scale * LOG2E
 
+    # Every path visits the tiles it knows to be free of masking first, in a loop without branches, then
+    # the tiles that need the mask: both loops are software-pipelined, and no masked work runs between the
+    # pipeline stages of the hot loop.
     if USE_BLOCK_MASK:
-        # FlexAttention's BlockMask layout: partial blocks evaluate the mask, full blocks never do.
+        # FlexAttention's BlockMask layout: full blocks never evaluate the mask, partial blocks do. Each
+        # list is walked as one flat loop over its tiles (a block holds SPARSE_KV_BLOCK // BLOCK_N tiles).
         sparse_row = (start_m * BLOCK_M) // SPARSE_Q_BLOCK
-        n_partial = tl.load(KV_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_row * stride_nm)
-        partial_list = KV_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_row * stride_im
-        for i in range(n_partial):
-            block = tl.load(partial_list + i * stride_in)
-            for j in range(SPARSE_KV_BLOCK // BLOCK_N):
-                acc, l_i, m_i = _attend_tile(
-                    acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
-                    stride_kn, stride_kd, stride_vn, stride_vd,
-                    block * SPARSE_KV_BLOCK + j * BLOCK_N, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
-                    # HOLE: capture_pass
-                    # HOLE: hoisted_pass
-                    HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, True, UPCAST, DOT_PRECISION, USE_TMA,
-                )
+        TILES_PER_BLOCK: tl.constexpr = SPARSE_KV_BLOCK // BLOCK_N
         if HAS_FULL_BLOCKS:
             n_full = tl.load(FULL_KV_NUM_BLOCKS + off_b * stride_fnb + off_h * stride_fnh
                              + sparse_row * stride_fnm)
             full_list = FULL_KV_INDICES + off_b * stride_fib + off_h * stride_fih + sparse_row * stride_fim
-            for i in range(n_full):
-                block = tl.load(full_list + i * stride_fin)
-                for j in range(SPARSE_KV_BLOCK // BLOCK_N):
-                    acc, l_i, m_i = _attend_tile(
-                        acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
-                        stride_kn, stride_kd, stride_vn, stride_vd,
-                        block * SPARSE_KV_BLOCK + j * BLOCK_N, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
-                        # HOLE: capture_pass
-                        # HOLE: hoisted_pass
-                        HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                    )
+            for t in tl.range(0, n_full * TILES_PER_BLOCK, warp_specialize=WARP_SPECIALIZE):
+                block = tl.load(full_list + (t // TILES_PER_BLOCK) * stride_fin)
+                acc, l_i, m_i = _attend_tile(
+                    acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
+                    stride_kn, stride_kd, stride_vn, stride_vd,
+                    block * SPARSE_KV_BLOCK + (t % TILES_PER_BLOCK) * BLOCK_N, b_idx, h_idx, q_idx,
+                    sm_scale, qk_scale, KV_LEN,
+                    # HOLE: capture_pass
+                    # HOLE: hoisted_pass
+                    HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
+                    SCALE_POSITIVE, FAST_MATH,
+                )
+        n_partial = tl.load(KV_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_row * stride_nm)
+        partial_list = KV_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_row * stride_im
+        for t in tl.range(0, n_partial * TILES_PER_BLOCK):
+            block = tl.load(partial_list + (t // TILES_PER_BLOCK) * stride_in)
+            acc, l_i, m_i = _attend_tile(
+                acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
+                stride_kn, stride_kd, stride_vn, stride_vd,
+                block * SPARSE_KV_BLOCK + (t % TILES_PER_BLOCK) * BLOCK_N, b_idx, h_idx, q_idx,
+                sm_scale, qk_scale, KV_LEN,
+                # HOLE: capture_pass
+                # HOLE: hoisted_pass
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
+                SCALE_POSITIVE, FAST_MATH,
+            )
     elif HAS_MASK:
         q_lo = start_m * BLOCK_M
         q_hi = tl.minimum(q_lo + BLOCK_M, Q_LEN) - 1
         # HOLE: kv_ranges
     else:
-        for start_n in tl.range(0, KV_LEN, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
+        # every tile: the whole ones in the pipelined loop, the one reaching past KV_LEN after it
+        kv_whole = (KV_LEN // BLOCK_N) * BLOCK_N
+        for start_n in tl.range(0, kv_whole, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
             acc, l_i, m_i = _attend_tile(
                 acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
                 stride_kn, stride_kd, stride_vn, stride_vd,
-                start_n, b_idx, h_idx, q_idx, sm_scale, KV_LEN,
+                start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN,
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
-                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, False, UPCAST, DOT_PRECISION, USE_TMA,
+                SCALE_POSITIVE, FAST_MATH,
+            )
+        if not KV_EVEN:
+            acc, l_i, m_i = _attend_tile(
+                acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
+                stride_kn, stride_kd, stride_vn, stride_vd,
+                kv_whole, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN,
+                # HOLE: capture_pass
+                # HOLE: hoisted_pass
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, UPCAST, DOT_PRECISION, USE_TMA,
+                SCALE_POSITIVE, FAST_MATH,
             )
 
     # Rows with no allowed key: l = 0, so the output is 0 and the lse is -inf (never NaN).
