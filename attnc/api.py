@@ -389,40 +389,41 @@ class Attention:
                   head_dim_v: int | None = None, *, backward: bool = False, config: KernelConfig | None = None,
                   backward_configs: launch_backward.BackwardConfigs | None = None,
                   python: str | None = None) -> dict[str, dict[str, Any]]:
-        """Compile the forward kernel for `arch` ahead of time (no GPU needed); return registers, spills
-        and shared memory, for the closed-form loops ("forward"), the BlockMask loop ("forward_block_mask")
-        and, for a masked variant, the block-map builder ("block_map", blocks of 128 x 128); with
-        `backward=True` also the backward kernels ("backward_dkdv", "backward_dq" and their "_block_mask"
-        loops, every captured gradient on). `config` / `backward_configs`: the configs to compile (default:
-        what a launch on `arch` uses untuned, `tuning.spill_free_default`); `python`: an interpreter with
-        another Triton to compile with."""
+        """Compile the kernels a call launches for `arch` ahead of time (no GPU needed), specialised on the
+        arguments of a launch at the benchmark's shape (B=2, H=16, S=4096) as Triton's JIT would; return
+        registers, spills and shared memory for the closed-form loops ("forward"), the BlockMask loop
+        ("forward_block_mask") and, for a masked variant, the block-map builder ("block_map", blocks of
+        128 x 128); with `backward=True` also the backward kernels ("backward_dkdv", "backward_dq" and their
+        "_block_mask" loops). `config` / `backward_configs`: the configs to compile (default: what a launch
+        on `arch` uses untuned, `tuning.spill_free_default`); `python`: an interpreter with another Triton
+        to compile with."""
+        from attnc.perf.launches import Shape, attnc_launches
+
         capability = aot.parse_arch(arch)
-        head_dim_v = head_dim if head_dim_v is None else head_dim_v
-
-        def default(kind: str) -> KernelConfig:  # what a launch on `arch` uses untuned
-            return tuning.spill_free_default(self, kind, arch=arch, dtype=dtype, D=head_dim, Dv=head_dim_v)
-
-        config = config or default("forward")
-        if backward:
-            backward_configs = backward_configs or launch_backward.BackwardConfigs(default("backward_dkdv"),
-                                                                                   default("backward_dq"))
-        path = kernel_cache().ensure_file(self.source.source)
-        jobs = {name: aot.forward_job(path, self.program, dtype, head_dim, head_dim_v, config, use_block_mask,
-                                      capability)
-                for name, use_block_mask in (("forward", False), ("forward_block_mask", True))}
+        shape = Shape(head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype)
+        launches = attnc_launches(self, shape, backward=backward, config=config, backward_configs=backward_configs,
+                                  arch=arch)
+        jobs = {name: launched.job(capability, disassemble=False) for name, launched in launches.items()}
         if self.program.mask is not None:
             builder_path = kernel_cache().ensure_file(self.block_map_source.source)
             jobs["block_map"] = aot.block_map_job(builder_path, self.program, capability)
-        if backward:
-            backward_path = kernel_cache().ensure_file(self.backward_source.source)
-            jobs |= aot.backward_jobs(backward_path, self.program, self.backward_source.grad_slots, dtype, head_dim,
-                                      head_dim_v, backward_configs, capability)
         results = aot.compile_kernels(list(jobs.values()), python=python)
-        used: dict[str, KernelConfig | None] = {"forward": config, "forward_block_mask": config, "block_map": None}
-        if backward_configs is not None:
-            used |= {"backward_dkdv": backward_configs.dkdv, "backward_dq": backward_configs.dq,
-                     "backward_dkdv_block_mask": backward_configs.dkdv, "backward_dq_block_mask": backward_configs.dq}
-        return {name: {**result, "config": used[name]} for name, result in zip(jobs, results, strict=True)}
+        configs = {name: launches[name].config if name in launches else None for name in jobs}
+        return {name: {**result, "config": configs[name]} for name, result in zip(jobs, results, strict=True)}
+
+    def inspect(self, arch: str = "sm_90", dtype: torch.dtype = torch.bfloat16, head_dim: int = 128,
+                head_dim_v: int | None = None, *, shape: tuple[int, int, int] = (2, 16, 4096), backward: bool = False,
+                config: KernelConfig | None = None, backward_configs: launch_backward.BackwardConfigs | None = None,
+                python: str | None = None, **values: Any) -> Any:
+        """The static performance report (`attnc.perf`): the kernels a call launches at `shape` = (B, H, S)
+        compiled for `arch` (no GPU needed) and disassembled, each loop against the yardstick, a plain dense
+        FlashAttention-2 compiled in the same run. `values`: a text variant's tensors and parameters by name."""
+        from attnc.perf.inspection import inspect_attention
+        from attnc.perf.launches import Shape
+
+        return inspect_attention(self, arch=arch, shape=Shape(*shape, head_dim, head_dim_v, dtype), backward=backward,
+                                 config=config, backward_configs=backward_configs, values=values or None,
+                                 python=python)
 
 
 def _structure(program: Program) -> tuple[TileTest | None, list[tuple[Any, Any]] | None]:

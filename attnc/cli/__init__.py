@@ -5,15 +5,16 @@
     attnc check 'causal, alibi(8)' --backward   the generated kernels against the float64 reference
     attnc bench 'sliding_window(1024)'          time attnc (and torch's flex_attention and SDPA on a GPU)
     attnc tune causal --shape 8,16,4096,128     pre-tune the kernels per GPU and shape (--dry-run without one)
+    attnc inspect causal --backward             static report of the kernels' SASS against a FlashAttention yardstick
     attnc cache ls | clear | info               the kernel cache directory
 
 A variant is a family of `attnc.variants.FAMILIES` called with literal arguments, or a `.attn` file (see
 `attnc.cli.target`). Also `python -m attnc`.
 
-Exit codes: 0 success; 1 check found errors above tolerance (bench: attnc disagrees with a peer); 2 a usage
-error or an invalid variant, file, tensor or parameter; 3 a missing optional dependency or no GPU (or Triton
-interpreter) where one is needed. Errors print their message on stderr, without a traceback unless
---traceback is given.
+Exit codes: 0 success; 1 check found errors above tolerance (bench: attnc disagrees with a peer; inspect: a
+kernel failed to compile); 2 a usage error or an invalid variant, file, tensor or parameter; 3 a missing
+optional dependency or no GPU (or Triton interpreter) where one is needed. Errors print their message on
+stderr, without a traceback unless --traceback is given.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 from attnc.dsl.errors import TraceError
 from attnc.runtime.cache import CacheError
 
-from . import bench, cache, check, show, tune, viz
+from . import bench, cache, check, inspect_cmd, show, tune, viz
 from .errors import EXIT_CODES, CliError, Exit
 
 __all__ = ["Exit", "main"]
@@ -46,11 +47,12 @@ examples:
   attnc check examples/alibi_window.attn --tensor slopes=slopes.pt --param window=64
   attnc bench causal --seq 4096 8192 --pass fwd+bwd
   attnc tune causal --shape 8,16,4096,128 --backward
+  attnc inspect causal --backward
   attnc cache info
 
 {EXIT_CODES}"""
 
-COMMANDS = (show, viz, check, bench, tune, cache)
+COMMANDS = (show, viz, check, bench, tune, inspect_cmd, cache)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ import enum
 
 class Exit(enum.IntEnum):
     OK = 0
-    CHECK_FAILED = 1  # check (or bench's comparison) found errors above tolerance
+    CHECK_FAILED = 1  # check (or bench's comparison) found errors above tolerance; inspect could not compile
     USAGE = 2  # a usage error, an invalid variant or file, a value attnc rejects
     MISSING = 3  # a missing optional dependency, or no GPU where one is required
 
@@ -19,7 +19,7 @@ class Exit(enum.IntEnum):
 EXIT_CODES = """\
 exit codes:
   0  success
-  1  check found errors above tolerance (bench: attnc disagrees with a peer)
+  1  check found errors above tolerance (bench: attnc disagrees with a peer; inspect: a kernel failed to compile)
   2  usage error, or an invalid variant, file, tensor or parameter
   3  a missing optional dependency (matplotlib for viz), or no GPU / Triton interpreter where one is needed"""
 

@@ -34,6 +34,21 @@ def compile_kernels(jobs: list[dict[str, Any]], python: str | None = None) -> li
     """Compile each job ({path, kernel, signature, constexprs, num_warps, num_stages, capability}) in one
     child process; return {registers, spills, shared_memory} per job. `python`: the interpreter to compile
     with (default: this one), e.g. one with another Triton release installed; the worker needs only Triton."""
+    keys = [json.dumps([python, job], sort_keys=True) for job in jobs]
+    missing = [job for key, job in zip(keys, jobs, strict=True) if key not in _REPORTS]
+    if missing:
+        fresh = _compile_in_child(missing, python)
+        _REPORTS.update(zip((json.dumps([python, job], sort_keys=True) for job in missing), fresh, strict=True))
+    return [dict(_REPORTS[key]) for key in keys]
+
+
+# Reports of jobs compiled in this process, by the job's text: a job names its kernel file, whose name is the
+# hash of its source, so the same text is the same compile (the default ladder's check and a later report
+# of the same kernel share one).
+_REPORTS: dict[str, dict[str, Any]] = {}
+
+
+def _compile_in_child(jobs: list[dict[str, Any]], python: str | None) -> list[dict[str, Any]]:
     # "0", not unset: attnc's import would otherwise turn the interpreter on in a process without a GPU.
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     worker = str(Path(__file__).with_name("aot_worker.py"))

@@ -81,22 +81,19 @@ def spill_free_default(attn: Any, kind: str, *, arch: str, dtype: torch.dtype, D
 
 def _both_loops(attn: Any, kind: str, config: KernelConfig, arch: str, dtype: torch.dtype, D: int,
                 Dv: int) -> list[dict[str, Any]]:
-    """Compile reports of `kind` with `config` in both its loops: the closed-form ranges (`attn(...)`) and a
-    BlockMask's lists (`flex_attention` with a block mask, and masks that read data)."""
-    from attnc.api import kernel_cache
+    """Compile reports of `kind` with `config` in both the loops a call can run: `attn(...)`'s and a BlockMask's
+    (`flex_attention` with a block mask). Compiled from launches recorded at the benchmark's shape and
+    specialised as Triton's JIT specialises them (`attnc.perf.launches`), so registers and spills are those of
+    the kernel a GPU runs."""
+    from attnc.perf.launches import Shape, attnc_launches
     from attnc.runtime import aot
     from attnc.runtime.launch_backward import BackwardConfigs
 
+    shape = Shape(head_dim=D, head_dim_v=Dv, dtype=dtype)
+    pair = BackwardConfigs(config, config)
+    launches = attnc_launches(attn, shape, backward=kind != "forward", config=config, backward_configs=pair)
     capability = aot.parse_arch(arch)
-    if kind == "forward":
-        path = kernel_cache().ensure_file(attn.source.source)
-        jobs = [aot.forward_job(path, attn.program, dtype, D, Dv, config, block_loop, capability)
-                for block_loop in (False, True)]
-    else:
-        path = kernel_cache().ensure_file(attn.backward_source.source)
-        both = aot.backward_jobs(path, attn.program, attn.backward_source.grad_slots, dtype, D, Dv,
-                                 BackwardConfigs(config, config), capability)
-        jobs = [both[kind], both[kind + "_block_mask"]]
+    jobs = [launches[name].job(capability, disassemble=False) for name in (kind, kind + "_block_mask")]
     return aot.compile_kernels(jobs)
 
 
@@ -130,23 +127,17 @@ def _dims(shapes: Shapes) -> dict[str, Any]:
 def aot_report(attn: Any, kind: str, configs: Sequence[KernelConfig], *, arch: str, dtype: torch.dtype, D: int,
                Dv: int) -> dict[KernelConfig, dict[str, Any]]:
     """Registers, spills and shared memory of `kind` compiled ahead of time for `arch` (no GPU) with each
-    config, in the loop the variant runs (a BlockMask's lists for masks that read data, else the closed-form
-    ranges); for `autotune.prune_by_resources`."""
-    from attnc.api import kernel_cache
-    from attnc.runtime import aot, sparsity
+    config, in the loop `attn(...)` runs (its own block map for masks that read data, else the closed-form
+    ranges), specialised as a launch at the benchmark's shape; for `autotune.prune_by_resources`."""
+    from attnc.perf.launches import Shape, attnc_launches
+    from attnc.runtime import aot
     from attnc.runtime.launch_backward import BackwardConfigs
 
     capability = aot.parse_arch(arch)
-    program = attn.program
-    block_loop = program.mask is not None and sparsity.reads_data(program.mask)
+    shape = Shape(head_dim=D, head_dim_v=Dv, dtype=dtype)
     jobs = []
     for config in configs:
-        if kind == "forward":
-            path = kernel_cache().ensure_file(attn.source.source)
-            jobs.append(aot.forward_job(path, program, dtype, D, Dv, config, block_loop, capability))
-            continue
-        path = kernel_cache().ensure_file(attn.backward_source.source)
-        pair = BackwardConfigs(config, config)
-        both = aot.backward_jobs(path, program, attn.backward_source.grad_slots, dtype, D, Dv, pair, capability)
-        jobs.append(both[kind + ("_block_mask" if block_loop else "")])
+        launches = attnc_launches(attn, shape, backward=kind != "forward", config=config,
+                                  backward_configs=BackwardConfigs(config, config), arch=arch)
+        jobs.append(launches[kind].job(capability, disassemble=False))
     return dict(zip(configs, aot.compile_kernels(jobs), strict=True))
