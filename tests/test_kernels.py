@@ -136,6 +136,6 @@ def test_full_tiles_never_evaluate_the_mask():
     assert "tl.load(buf" in mask_section  # the document ids are read only under apply_mask
     assert "tl.load(buf" not in tile_fn[:tile_fn.index("if apply_mask:")]
     full_loop = source[source.index("if HAS_FULL_BLOCKS:"):source.index("n_partial = tl.load")]
-    assert "HAS_MASK" not in full_loop and "False, not KV_EVEN" in full_loop
+    assert "HAS_MASK" not in full_loop and "False, True, not KV_EVEN" in full_loop
     visit = source[source.index("def _visit_tile"):source.index("def attnc_forward")]
-    assert "may_false, not KV_EVEN" in visit  # a tile the tile test calls full is attended unmasked
+    assert "may_false, may_true, not KV_EVEN" in visit  # a tile the tile test calls full is attended unmasked

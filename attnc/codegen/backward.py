@@ -27,7 +27,7 @@ from attnc.codegen.skeleton import (
     key_major_level,
     mask_lines,
     range_loop_lines,
-    tile_test_lines,
+    split_tile_test,
 )
 from attnc.ir.derivative import derivative, gradient_loads
 from attnc.ir.node import Node, score
@@ -129,19 +129,19 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
     by_key = Emitter(level_of=key_major_level, score_name="raw_score")
     score_kv, mask_kv = _score_lines(by_key, program), mask_lines(by_key, program.mask)
     hoisted_q, hoisted_kv = hoisted_names(by_query), hoisted_names(by_key)
+    test_q, test_kv = split_tile_test(tile_test), split_tile_test(tile_test, key_major_level)
 
     dq_visit = ["dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc, stride_kn, stride_kd, stride_vn, stride_vd,",
                 "start_n, b_idx, h_idx, q_idx, q_in, q_lo, q_hi, sm_scale, qk_scale, KV_LEN,",
-                *(f"{name}," for name in captures + grad_call + hoisted_q),
+                *(f"{name}," for name in captures + grad_call + hoisted_q + test_q.params),
                 "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
                 "SCALE_POSITIVE, FAST_MATH,"]
     dkdv_visit = ["dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,",
                   "stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,",
                   "start_m, b_idx, h_idx, kv_idx, kv_lo, kv_hi, sm_scale, qk_scale, Q_LEN,",
-                  *(f"{name}," for name in captures + hoisted_kv),
+                  *(f"{name}," for name in captures + hoisted_kv + test_kv.params),
                   "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
                   "SCALE_POSITIVE, FAST_MATH,"]
-    tile_lines = tile_test_lines(tile_test)
     common = common_holes(captures, param_args)
     common["constants"].append(f"HAS_SCORE_MOD = tl.constexpr({program.score is not None})")
     holes = {
@@ -161,8 +161,12 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
         "score_mod_kv": score_kv,
         "mask_mod_kv": mask_kv,
         "grad_accumulate": grads,
-        "tile_test_q": tile_lines,
-        "tile_test_kv": tile_lines,
+        "tile_test_q": test_q.per_tile,
+        "tile_test_kv": test_kv.per_tile,
+        "hoist_tile_test_q": test_q.hoisted,
+        "hoist_tile_test_kv": test_kv.hoisted,
+        "tile_test_params_q": [f"{name}," for name in test_q.params],
+        "tile_test_params_kv": [f"{name}," for name in test_kv.params],
         "kv_ranges": range_loop_lines(kv_ranges or [(None, None)], "dq = _dq_visit(", dq_visit, full=kv_full),
         "q_ranges": range_loop_lines(q_ranges or [(None, None)], "dk, dv = _dkdv_visit(", dkdv_visit, axis="q",
                                      full=q_full),

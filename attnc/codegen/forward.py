@@ -20,7 +20,7 @@ from attnc.codegen.skeleton import (
     hoisted_names,
     mask_lines,
     range_loop_lines,
-    tile_test_lines,
+    split_tile_test,
 )
 from attnc.ir.node import Node
 from attnc.ir.program import Program
@@ -41,10 +41,10 @@ def _score_lines(emitter: Emitter, root: Node | None) -> list[str]:
     return [*lines, f"score = {result}{broadcast}"]
 
 
-def _visit_args(captures: list[str], hoisted: list[str]) -> list[str]:
+def _visit_args(captures: list[str], hoisted: list[str], test_params: list[str]) -> list[str]:
     return ["acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc, stride_kn, stride_kd, stride_vn, stride_vd,",
             "start_n, b_idx, h_idx, q_idx, q_lo, q_hi, sm_scale, qk_scale, KV_LEN,",
-            *(f"{name}," for name in captures + hoisted),
+            *(f"{name}," for name in captures + hoisted + test_params),
             "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
             "SCALE_POSITIVE, FAST_MATH,"]
 
@@ -60,6 +60,7 @@ def generate_forward(program: Program, tile_test: TileTest | None = None,
     score = _score_lines(emitter, program.score)
     mask = mask_lines(emitter, program.mask)
     hoisted = hoisted_names(emitter)
+    test = split_tile_test(tile_test)
     tensor_args, param_args = capture_arg_names(program)
     captures = tensor_args + param_args
     common = common_holes(captures, param_args)
@@ -73,9 +74,11 @@ def generate_forward(program: Program, tile_test: TileTest | None = None,
         "hoist_q": emitter.lines[Level.QUERY],
         "score_mod": score,
         "mask_mod": mask,
-        "tile_test": tile_test_lines(tile_test),
+        "tile_test": test.per_tile,
+        "hoist_tile_test": test.hoisted,
+        "tile_test_params": [f"{name}," for name in test.params],
         "kv_ranges": range_loop_lines(kv_ranges or [(None, None)], "acc, l_i, m_i = _visit_tile(",
-                                      _visit_args(captures, hoisted), full=kv_full),
+                                      _visit_args(captures, hoisted, test.params), full=kv_full),
     }
     source = fill((TEMPLATES / "forward.py").read_text(), holes)
     placement = {

@@ -159,6 +159,30 @@ def tile_test_lines(test: TileTest | None) -> list[str]:
     return [*block, f"may_true = {may_true}", f"may_false = {may_false}"]
 
 
+@dataclasses.dataclass(frozen=True)
+class SplitTileTest:
+    """A tile test placed by what its terms depend on: `hoisted` lines run once per program tile (parameters,
+    b, h and this program's own tile bounds), `per_tile` lines in the loop (the other axis' tile bounds);
+    `params` are the hoisted values the per-tile lines read, passed to the visit function."""
+
+    hoisted: list[str]
+    params: list[str]
+    per_tile: list[str]
+
+
+def split_tile_test(test: TileTest | None, level_of: Callable[[Node], Level] = level) -> SplitTileTest:
+    """`tile_test_lines`, with everything that does not move with the loop hoisted out of it (`level_of`:
+    the kernel's levels; the tile bounds of the program's own axis count as that axis)."""
+    if test is None:
+        return SplitTileTest([], [], ["may_true = True", "may_false = True"])
+    emitter = Emitter(prefix="c", level_of=level_of)
+    per_tile: list[str] = []
+    may_true, may_false = (emitter.emit(root, per_tile) for root in (test.may_true, test.may_false))
+    hoisted = emitter.lines[Level.PROGRAM] + emitter.lines[Level.QUERY]
+    per_tile += [f"may_true = {may_true}", f"may_false = {may_false}"]
+    return SplitTileTest(hoisted, hoisted_names(emitter), per_tile)
+
+
 def fill(template: str, holes: dict[str, list[str]]) -> str:
     """Replace each `# HOLE: name` line by the hole's lines at that line's indentation."""
     out: list[str] = []
@@ -183,7 +207,8 @@ def range_loop_lines(ranges: list[tuple[Node | None, Node | None]], call: str, c
     With one range and a `full` range (every pair of the tile allowed inside it), the range's tiles that lie
     wholly inside the full range and the sequence come first, in a loop of their own (OFF_BAND: no test, no
     mask, no branch, so Triton pipelines and may warp-specialize it); the rest of the range, before and after
-    the band, follows as one flat loop of masked tiles (ON_BAND), also without a branch."""
+    the band, follows as one flat loop of masked tiles (ON_BAND), also without a branch. One range without a
+    full range is one loop of masked tiles; only several ranges keep the tile test (TESTED)."""
     start, length, block = ("start_n", "KV_LEN", "BLOCK_N") if axis == "kv" else ("start_m", "Q_LEN", "BLOCK_M")
     split = full is not None and len(ranges) == 1
     present = [bound for pair in ranges + ([full] if split else []) for bound in pair if bound is not None]
@@ -210,6 +235,11 @@ def range_loop_lines(ranges: list[tuple[Node | None, Node | None]], call: str, c
                   f" band_end + (tile - n_before) * {block})",
                   *calls("ON_BAND")]
         return lines
+    if len(ranges) == 1:
+        # One range and no full range: every tile masked, none tested, so the loop has no branch and Triton
+        # pipelines it (a branch around a tile's work keeps its loads out of the pipeline, which costs more
+        # than computing the range's few empty tiles)
+        return [*lines, f"for {start} in tl.range(range_lo0, range_hi0 + 1, {block}):", *calls("ON_BAND")]
     for i in range(len(ranges)):
         lines.append(f"for {start} in range(range_lo{i}, range_hi{i} + 1, {block}):")
         unseen = " & ".join(f"(({start} < range_lo{j}) | ({start} > range_hi{j}))" for j in range(i))

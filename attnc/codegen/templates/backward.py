@@ -122,6 +122,7 @@ def _dkdv_visit(
     start_m, b_idx, h_idx, kv_idx, kv_lo, kv_hi, sm_scale, qk_scale, Q_LEN,
     # HOLE: capture_args
     # HOLE: hoisted_params_kv
+    # HOLE: tile_test_params_kv
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, Q_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr,
@@ -268,6 +269,7 @@ def attnc_backward_dkdv(
         elif HAS_MASK:
             kv_lo = start_n
             kv_hi = tl.minimum(start_n + BLOCK_N, KV_LEN) - 1
+            # HOLE: hoist_tile_test_kv
             # HOLE: q_ranges
         else:
             # every query tile: the whole ones in the pipelined loop, the one reaching past Q_LEN after it
@@ -371,6 +373,7 @@ def _dq_visit(
     # HOLE: capture_args
     # HOLE: grad_args
     # HOLE: hoisted_params_q
+    # HOLE: tile_test_params_q
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr,
@@ -520,6 +523,7 @@ def attnc_backward_dq(
     elif HAS_MASK:
         q_lo = start_m * BLOCK_M
         q_hi = tl.minimum(q_lo + BLOCK_M, Q_LEN) - 1
+        # HOLE: hoist_tile_test_q
         # HOLE: kv_ranges
     else:
         kv_whole = (KV_LEN // BLOCK_N) * BLOCK_N

@@ -16,6 +16,8 @@
 #   score_mod      computes `score` from `score` (the scaled q.k) and the indices
 #   mask_mod       computes `mask` (bool); evaluated only on partial tiles
 #   tile_test      computes `may_true` / `may_false` for the tile box [q_lo, q_hi] x [kv_lo, kv_hi]
+#                  from the terms that move with the key tile; hoist_tile_test computes the rest once per
+#                  program, passed to _visit_tile as tile_test_params
 #                  (attnc.ir.tiles): False / False means the tile is empty / full
 #   kv_ranges      computes the closed-form key ranges of this query tile and loops over their tiles,
 #                  calling _visit_tile once per tile (tiles shared by two ranges are visited once); with
@@ -58,13 +60,14 @@ def _attend_tile(
     # HOLE: capture_args
     # HOLE: hoisted_params
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, apply_mask, CHECK_KV: tl.constexpr,
+    BLOCK_N: tl.constexpr, apply_mask, tile_live, CHECK_KV: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
     SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr,
 ):
-    # apply_mask is a literal (a compile-time branch) on the loops that know their tiles' class, and the
-    # tile test's verdict (a branch uniform across the program) on the tested path. CHECK_KV: the tile may
-    # reach past KV_LEN (only the last tile of a sequence whose length is not a multiple of BLOCK_N).
+    # apply_mask and tile_live are literals (compile-time branches) on the loops that know their tiles'
+    # class, and the tile test's verdicts (branches uniform across the program) on the tested path, where an
+    # empty tile is loaded (so that the loads stay in the software pipeline) but not computed. CHECK_KV: the
+    # tile may reach past KV_LEN (only the last tile of a sequence whose length is not a multiple of BLOCK_N).
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
     offs_dv = tl.arange(0, DV_PAD)
@@ -79,33 +82,6 @@ def _attend_tile(
         kt = tl.load(K_head + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd)
     if UPCAST:
         kt = kt.to(tl.float32)
-    qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
-    # Online softmax in base 2: the running maximum m_i and the exponents are logits times log2(e), and
-    # the scale (with log2(e)) reaches each score in the same multiply-add that subtracts the maximum.
-    if HAS_SCORE_MOD:  # noqa: SIM108 (the hole is a block of statements)
-        score = qk * sm_scale
-        # HOLE: score_mod
-    else:
-        score = qk if SCALE_POSITIVE else qk * qk_scale
-    if apply_mask:
-        # HOLE: mask_mod
-        score = tl.where(mask, score, float("-inf"))
-    if CHECK_KV:
-        score = tl.where(kv_in[None, :], score, float("-inf"))
-    if HAS_SCORE_MOD:
-        m_new = tl.maximum(m_i, tl.max(score, 1) * LOG2E)
-        m_safe = _finite_max(m_new)
-        p = tl.exp2(score * LOG2E - m_safe[:, None])
-    elif SCALE_POSITIVE:  # the scaled maximum is the maximum of the scaled scores
-        m_new = tl.maximum(m_i, tl.max(score, 1) * qk_scale)
-        m_safe = _finite_max(m_new)
-        p = tl.exp2(score * qk_scale - m_safe[:, None])
-    else:
-        m_new = tl.maximum(m_i, tl.max(score, 1))
-        m_safe = _finite_max(m_new)
-        p = tl.exp2(score - m_safe[:, None])
-    alpha = tl.exp2(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, 1)
     if USE_TMA:
         v = V_desc.load([start_n, 0])
     elif CHECK_KV or HEAD_DV != DV_PAD:
@@ -115,9 +91,38 @@ def _attend_tile(
         v = tl.load(V_head + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd)
     if UPCAST:
         v = v.to(tl.float32)
-    acc = acc * alpha[:, None]
-    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-    return acc, l_i, m_new
+    if tile_live:
+        qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
+        # Online softmax in base 2: the running maximum m_i and the exponents are logits times log2(e), and
+        # the scale (with log2(e)) reaches each score in the same multiply-add that subtracts the maximum.
+        if HAS_SCORE_MOD:  # noqa: SIM108 (the hole is a block of statements)
+            score = qk * sm_scale
+            # HOLE: score_mod
+        else:
+            score = qk if SCALE_POSITIVE else qk * qk_scale
+        if apply_mask:
+            # HOLE: mask_mod
+            score = tl.where(mask, score, float("-inf"))
+        if CHECK_KV:
+            score = tl.where(kv_in[None, :], score, float("-inf"))
+        if HAS_SCORE_MOD:
+            m_new = tl.maximum(m_i, tl.max(score, 1) * LOG2E)
+            m_safe = _finite_max(m_new)
+            p = tl.exp2(score * LOG2E - m_safe[:, None])
+        elif SCALE_POSITIVE:  # the scaled maximum is the maximum of the scaled scores
+            m_new = tl.maximum(m_i, tl.max(score, 1) * qk_scale)
+            m_safe = _finite_max(m_new)
+            p = tl.exp2(score * qk_scale - m_safe[:, None])
+        else:
+            m_new = tl.maximum(m_i, tl.max(score, 1))
+            m_safe = _finite_max(m_new)
+            p = tl.exp2(score - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
 
 
 @triton.jit
@@ -127,6 +132,7 @@ def _visit_tile(
     start_n, b_idx, h_idx, q_idx, q_lo, q_hi, sm_scale, qk_scale, KV_LEN,
     # HOLE: capture_args
     # HOLE: hoisted_params
+    # HOLE: tile_test_params
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, TILE_KIND: tl.constexpr,
@@ -139,7 +145,7 @@ def _visit_tile(
             start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN,
             # HOLE: capture_pass
             # HOLE: hoisted_pass
-            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, False, UPCAST, DOT_PRECISION, USE_TMA,
+            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, False, UPCAST, DOT_PRECISION, USE_TMA,
             SCALE_POSITIVE, FAST_MATH,
         )
     elif TILE_KIND == ON_BAND:
@@ -150,26 +156,26 @@ def _visit_tile(
             start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN,
             # HOLE: capture_pass
             # HOLE: hoisted_pass
-            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, True, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
+            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, True, True, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
             SCALE_POSITIVE, FAST_MATH,
         )
     else:
-        # Classify the tile from the mask's structure: empty tiles cost this scalar test only, full tiles
-        # skip the mask, partial tiles evaluate it.
+        # Classify the tile from the mask's structure: empty tiles cost their loads and this scalar test, full
+        # tiles skip the mask, partial tiles evaluate it.
         kv_lo = start_n
         kv_hi = tl.minimum(start_n + BLOCK_N, KV_LEN) - 1
         # HOLE: tile_test
-        if may_true:
-            # one attend call for partial and full tiles: the mask is evaluated only when may_false holds
-            acc, l_i, m_i = _attend_tile(
-                acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
-                stride_kn, stride_kd, stride_vn, stride_vd,
-                start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN,
-                # HOLE: capture_pass
-                # HOLE: hoisted_pass
-                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, not KV_EVEN, UPCAST, DOT_PRECISION,
-                USE_TMA, SCALE_POSITIVE, FAST_MATH,
-            )
+        # one attend call for empty, partial and full tiles: an empty tile is loaded but not computed, the
+        # mask is evaluated only when may_false holds
+        acc, l_i, m_i = _attend_tile(
+            acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
+            stride_kn, stride_kd, stride_vn, stride_vd,
+            start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN,
+            # HOLE: capture_pass
+            # HOLE: hoisted_pass
+            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, may_true, not KV_EVEN, UPCAST, DOT_PRECISION,
+            USE_TMA, SCALE_POSITIVE, FAST_MATH,
+        )
     return acc, l_i, m_i
 
 
@@ -256,8 +262,8 @@ def attnc_forward(
                     sm_scale, qk_scale, KV_LEN,
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass
-                    HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                    SCALE_POSITIVE, FAST_MATH,
+                    HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, not KV_EVEN, UPCAST, DOT_PRECISION,
+                    USE_TMA, SCALE_POSITIVE, FAST_MATH,
                 )
         n_partial = tl.load(KV_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_row * stride_nm)
         partial_list = KV_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_row * stride_im
@@ -270,12 +276,13 @@ def attnc_forward(
                 sm_scale, qk_scale, KV_LEN,
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
-                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH,
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, True, not KV_EVEN, UPCAST, DOT_PRECISION,
+                USE_TMA, SCALE_POSITIVE, FAST_MATH,
             )
     elif HAS_MASK:
         q_lo = start_m * BLOCK_M
         q_hi = tl.minimum(q_lo + BLOCK_M, Q_LEN) - 1
+        # HOLE: hoist_tile_test
         # HOLE: kv_ranges
     else:
         # every tile: the whole ones in the pipelined loop, the one reaching past KV_LEN after it
@@ -287,7 +294,7 @@ def attnc_forward(
                 start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN,
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
-                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, False, UPCAST, DOT_PRECISION, USE_TMA,
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, False, UPCAST, DOT_PRECISION, USE_TMA,
                 SCALE_POSITIVE, FAST_MATH,
             )
         if not KV_EVEN:
@@ -297,7 +304,7 @@ def attnc_forward(
                 kv_whole, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN,
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
-                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, UPCAST, DOT_PRECISION, USE_TMA,
+                HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, True, UPCAST, DOT_PRECISION, USE_TMA,
                 SCALE_POSITIVE, FAST_MATH,
             )
 
