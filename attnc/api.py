@@ -303,7 +303,7 @@ class Attention:
         block_mask = self._kernel_block_mask(query, bindings, shapes, block_mask)
         has_mask = self.program.mask is not None
         common = {"shapes": shapes, "dtype": query.dtype, "device": query.device, "timer": timer,
-                  "configs": configs, "limit": limit, "progress": progress}
+                  "configs": configs, "limit": limit, "progress": progress, "attn": self}
 
         def forward(config: KernelConfig) -> tuple[torch.Tensor, torch.Tensor]:
             return launch.launch_forward(self.kernel(), query, key, value, shapes=shapes, scale=scale,

@@ -13,6 +13,7 @@ import torch
 
 import attnc
 from attnc.runtime import autotune, tuning
+from attnc.runtime.aot import AOTError
 from attnc.runtime.autotune import TuneKey, Tuner, hopper_options, select, shape_bucket
 from attnc.runtime.config import INTERPRETER_TILES, KernelConfig
 from attnc.runtime.launch import Shapes
@@ -136,3 +137,27 @@ def test_tune_runs_the_variants_kernels_on_its_real_sparsity(tmp_path: Path, mon
     again = CountingTimer()
     assert attn.tune(q, k, v, backward=True, timer=again, configs=[SMALL, LARGE]) == chosen
     assert again.calls == 0
+
+
+def test_warp_specialization_is_offered_only_where_it_takes_effect() -> None:
+    """A warp-specialized option the compile check rejects is dropped; TMA-only options stay."""
+    options = hopper_options([SMALL], "sm_90", "forward", specializes=lambda config: False)
+    assert {(c.tma, c.warp_specialize) for c in options} == {(True, False)}
+    checked: list[KernelConfig] = []
+    options = hopper_options([SMALL], "sm_90", "forward", specializes=lambda c: checked.append(c) or True)
+    assert {(c.tma, c.warp_specialize) for c in options} == {(True, False), (False, True), (True, True)}
+    assert all(c.warp_specialize for c in checked) and len(checked) == 2
+
+
+def test_warp_specializes_reads_the_compile() -> None:
+    """The ahead-of-time check answers from Triton itself: False where the compile fails (Triton 3.9's pass
+    fails on this loop at 64 x 64), else whether the loop was split into warp partitions."""
+    attn = attnc.compile(lambda b, h, q, kv: q >= kv)
+    config = KernelConfig(64, 64, 4, 2, tma=True, warp_specialize=True)
+    try:
+        report = tuning.aot_report(attn, "forward", [config], arch="sm_90", dtype=torch.bfloat16, D=64, Dv=64)
+        expected = bool(report[config]["warp_specialized"])
+    except AOTError:
+        expected = False
+    assert tuning.warp_specializes(attn, "forward", config, arch="sm_90", dtype=torch.bfloat16, D=64,
+                                   Dv=64) is expected

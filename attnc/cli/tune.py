@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -117,7 +118,10 @@ def _dry_run(args: argparse.Namespace) -> int:
                 verdict = "" if config in kept else "  dropped (spills)"
                 mark = " (default)" if config == default else ""
                 print(f"  {describe(config)}{resources}{mark}{verdict}")
-            extra = len(autotune.hopper_options(kept[:autotune.REFINE_TOP], args.arch, kind))
+            # with --aot, warp specialization only where a compile shows Triton splits the loop
+            specializes = (functools.partial(tuning.warp_specializes, target.attn, kind, arch=args.arch, dtype=dtype,
+                                             D=D, Dv=D) if args.aot else None)
+            extra = len(autotune.hopper_options(kept[:autotune.REFINE_TOP], args.arch, kind, specializes))
             print(f"  then {extra} Hopper variants of the {autotune.REFINE_TOP} fastest" if extra else
                   "  (no Hopper options on this architecture)")
     return int(Exit.OK)

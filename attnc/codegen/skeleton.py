@@ -87,6 +87,7 @@ class Emitter:
         self.names: dict[Node, str] = {}
         self.lines: dict[Level, list[str]] = {lvl: [] for lvl in Level}
         self.tile_reads: set[Node] = set()
+        self._tile_lines: list[str] = []
 
     def expr(self, n: Node) -> str:
         if n.op is Op.VAR:
@@ -107,6 +108,7 @@ class Emitter:
             if n in self.names or n.op in (Op.VAR, Op.SCORE, Op.CONST, Op.PARAM):
                 continue
             self.names[n] = f"{self.prefix}{len(self.names)}"
+            self._tile_lines = tile_lines  # where a node that rendering adds at tile level goes
             code = f"{self.names[n]} = {self.render(n)}"
             lvl = self.level_of(n)
             (tile_lines if lvl is Level.TILE else self.lines[lvl]).append(code)
@@ -126,6 +128,14 @@ class Emitter:
     def render(self, n: Node) -> str:
         if n.op is Op.LOAD:
             return render_load(n, [self.expr(s) for s in n.src])
+        if self._converts_a_split_sum(n):
+            # float(a ± b) with a and b known at different levels (kv - q in ALiBi and relative biases):
+            # float(a) ± float(b), each converted where it is known, one float add per element instead of an
+            # integer add and a conversion (a quarter-rate instruction). Exact while |a|, |b| < 2^24.
+            a, b = (node(Op.CAST, n.dtype, side) for side in n.src[0].src)
+            for side in (a, b):
+                self.emit(side, self._tile_lines)
+            return RENDER[n.src[0].op](node(n.src[0].op, n.dtype, a, b), [self.expr(a), self.expr(b)])
         if self._divides_by_hoisted(n):
             # x / c with c known outside the loop (a softcap, a temperature): one reciprocal where c is
             # computed, one multiply per element instead of a division (within an ulp of the quotient).
@@ -134,6 +144,14 @@ class Emitter:
             self.tile_reads.add(reciprocal)
             return RENDER[Op.MUL](n, [self.expr(n.src[0]), self.expr(reciprocal)])
         return RENDER[n.op](n, [self.expr(s) for s in n.src])
+
+    def _converts_a_split_sum(self, n: Node) -> bool:
+        if n.op is not Op.CAST or n.dtype is not DType.float32 or n.src[0].op not in (Op.ADD, Op.SUB):
+            return False
+        total = n.src[0]
+        if total.dtype is not DType.int32 or self.level_of(n) is not Level.TILE:
+            return False
+        return len({self.level_of(side) for side in total.src}) == 2
 
     def _divides_by_hoisted(self, n: Node) -> bool:
         if n.op is not Op.TRUEDIV or not n.dtype.is_float or n.src[1].op is Op.CONST:

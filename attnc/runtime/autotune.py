@@ -102,13 +102,18 @@ def candidates(kind: str, head_dim: int, head_dim_v: int, dtype_bytes: int, arch
     return found
 
 
-def hopper_options(configs: Iterable[KernelConfig], arch: str, kind: str = "forward") -> list[KernelConfig]:
+def hopper_options(configs: Iterable[KernelConfig], arch: str, kind: str = "forward",
+                   specializes: Callable[[KernelConfig], bool] | None = None) -> list[KernelConfig]:
     """Each config with TMA, with warp specialization and with both, on architectures that have them
-    (sm_90 and later); nothing elsewhere. The dQ kernel gets TMA only (its launcher never warp-specializes)."""
+    (sm_90 and later); nothing elsewhere. The dQ kernel gets TMA only (its launcher never warp-specializes).
+    `specializes(config)`: whether the kernel with that config compiles and Triton really splits its loop
+    into warp partitions (an ahead-of-time compile says); a warp-specialized option it rejects is dropped,
+    since it would fail to compile or time the same code twice."""
     if parse_arch(arch) < _HOPPER_OPTIONS_FROM:
         return []
     flags = ((True, False),) if kind == "backward_dq" else ((True, False), (False, True), (True, True))
-    return [dataclasses.replace(c, tma=tma, warp_specialize=ws) for c in configs for tma, ws in flags]
+    options = [dataclasses.replace(c, tma=tma, warp_specialize=ws) for c in configs for tma, ws in flags]
+    return [c for c in options if not c.warp_specialize or specializes is None or specializes(c)]
 
 
 def tile_candidates(kind: str, arch: str, head_dim: int, head_dim_v: int, dtype_bytes: int,

@@ -100,9 +100,11 @@ def _both_loops(attn: Any, kind: str, config: KernelConfig, arch: str, dtype: to
 def tune_kernel(kind: str, *, shapes: Shapes, source: str, dtype: torch.dtype, device: torch.device,
                 run: Callable[[KernelConfig], None], timer: Callable[[Callable[[], None]], float] | None = None,
                 configs: Sequence[KernelConfig] | None = None, limit: int | None = None,
-                progress: Progress | None = None, tuner: Tuner | None = None) -> KernelConfig:
+                progress: Progress | None = None, tuner: Tuner | None = None, attn: Any = None) -> KernelConfig:
     """The tuned config of one kernel for these shapes: stored, or found by timing `run(config)` over the
-    architecture's default and candidates (or `configs`), then the Hopper options on the fastest few."""
+    architecture's default and candidates (or `configs`), then the Hopper options on the fastest few (on a
+    GPU, warp specialization only where an ahead-of-time compile of `attn`'s kernel shows it takes effect:
+    `warp_specializes`)."""
     gpu, arch = identity(device)
     if timer is None:
         if device.type != "cuda":
@@ -114,8 +116,11 @@ def tune_kernel(kind: str, *, shapes: Shapes, source: str, dtype: torch.dtype, d
         configs = autotune.tile_candidates(kind, arch, shapes.D, shapes.Dv, dtype.itemsize, limit)
     key = autotune.tune_key(kind, gpu=gpu, kernel=autotune.kernel_key(source, dtype), **dims)
     tell = None if progress is None else functools.partial(progress, kind)
+    specializes = None
+    if attn is not None and device.type == "cuda":
+        specializes = functools.partial(warp_specializes, attn, kind, arch=arch, dtype=dtype, D=shapes.D, Dv=shapes.Dv)
     return (tuner or shared_tuner()).tune(key, configs, run, timer,
-                                          refine=lambda best: autotune.hopper_options(best, arch, kind),
+                                          refine=lambda best: autotune.hopper_options(best, arch, kind, specializes),
                                           progress=tell)
 
 
@@ -141,3 +146,17 @@ def aot_report(attn: Any, kind: str, configs: Sequence[KernelConfig], *, arch: s
                                   backward_configs=BackwardConfigs(config, config), arch=arch)
         jobs.append(launches[kind].job(capability, disassemble=False))
     return dict(zip(configs, aot.compile_kernels(jobs), strict=True))
+
+
+def warp_specializes(attn: Any, kind: str, config: KernelConfig, *, arch: str, dtype: torch.dtype, D: int,
+                     Dv: int) -> bool:
+    """Whether `kind` of `attn` with `config` (warp_specialize on) compiles for `arch` and Triton splits its
+    loop into producer and consumer warps: on Triton 3.9 some loops fail ("unsupported load type for producer
+    commit") and most compile without any split, where the option would only time the same code again."""
+    from attnc.runtime.aot import AOTError
+
+    try:
+        report = aot_report(attn, kind, [config], arch=arch, dtype=dtype, D=D, Dv=Dv)[config]
+    except AOTError:
+        return False
+    return bool(report.get("warp_specialized"))
