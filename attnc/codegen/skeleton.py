@@ -88,6 +88,7 @@ class Emitter:
         self.lines: dict[Level, list[str]] = {lvl: [] for lvl in Level}
         self.tile_reads: set[Node] = set()
         self._tile_lines: list[str] = []
+        self.magic: dict[Node, tuple[str, str]] = {}  # divisor -> names of its magic multiplier and shift
 
     def expr(self, n: Node) -> str:
         if n.op is Op.VAR:
@@ -136,6 +137,13 @@ class Emitter:
             for side in (a, b):
                 self.emit(side, self._tile_lines)
             return RENDER[n.src[0].op](node(n.src[0].op, n.dtype, a, b), [self.expr(a), self.expr(b)])
+        if self._divides_int_by_hoisted(n):
+            # a // d or a % d with d known outside the loop (a canvas width, a chunk size): its magic
+            # multiplier once where d is known, one multiply-high per element instead of a division sequence
+            a, d = (self.expr(side) for side in n.src)
+            m, shift = self._magic(n.src[1])
+            helper = "_floordiv_magic" if n.op is Op.FLOORDIV else "_mod_magic"
+            return f"{helper}({a}, {d}, {m}, {shift})"
         if self._divides_by_hoisted(n):
             # x / c with c known outside the loop (a softcap, a temperature): one reciprocal where c is
             # computed, one multiply per element instead of a division (within an ulp of the quotient).
@@ -152,6 +160,23 @@ class Emitter:
         if total.dtype is not DType.int32 or self.level_of(n) is not Level.TILE:
             return False
         return len({self.level_of(side) for side in total.src}) == 2
+
+    def _divides_int_by_hoisted(self, n: Node) -> bool:
+        if n.op not in (Op.FLOORDIV, Op.MOD) or n.dtype is not DType.int32 or n.src[1].op is Op.CONST:
+            return False
+        return self.level_of(n) is Level.TILE and self.level_of(n.src[1]) is not Level.TILE
+
+    def _magic(self, divisor: Node) -> tuple[str, str]:
+        """The names of `_div_magic(divisor)`, computed once at the divisor's level and read by tile lines."""
+        if divisor not in self.magic:
+            self.emit(divisor, [])  # hoisted: a name (or a parameter) at its own level
+            k = len(self.magic)
+            names = (f"{self.prefix}magic{k}", f"{self.prefix}shift{k}")
+            self.lines[self.level_of(divisor)].append(f"{names[0]}, {names[1]} = _div_magic({self.expr(divisor)})")
+            self.magic[divisor] = names
+            if divisor in self.names:
+                self.tile_reads.add(divisor)
+        return self.magic[divisor]
 
     def _divides_by_hoisted(self, n: Node) -> bool:
         if n.op is not Op.TRUEDIV or not n.dtype.is_float or n.src[1].op is Op.CONST:
@@ -295,8 +320,10 @@ def mask_lines(emitter: Emitter, root: Node | None) -> list[str]:
 
 
 def hoisted_names(emitter: Emitter) -> list[str]:
-    """The hoisted values tile-level lines read, in emission order: the tile function's extra parameters."""
-    return sorted((emitter.names[n] for n in emitter.tile_reads), key=lambda name: int(name[1:]))
+    """The hoisted values tile-level lines read, in emission order, then the divisors' magic numbers: the
+    tile function's extra parameters."""
+    named = sorted((emitter.names[n] for n in emitter.tile_reads), key=lambda name: int(name[len(emitter.prefix):]))
+    return named + [name for pair in emitter.magic.values() for name in pair]
 
 
 def common_holes(captures: list[str], param_args: list[str]) -> dict[str, list[str]]:

@@ -64,3 +64,48 @@ def _powf(a, b):
     negative_base = tl.where(integral, tl.where(odd, -magnitude, magnitude), float("nan"))
     result = tl.where(a < 0, negative_base, magnitude)
     return tl.where(b == 0, 1.0, tl.where(a == 1, 1.0, result))
+
+
+@triton.jit
+def _div_magic(d):
+    # For floor division by a value known outside the loop: shift = ceil(log2 |d|) and m = floor(2^32 (2^shift - |d|)
+    # / |d|) + 1, so that n // |d| == (umulhi(n, m) + n) >> shift for every 0 <= n < 2^31 (Granlund and
+    # Montgomery's round-up method); computed once per program. A zero divisor is taken as 1.
+    d = tl.maximum(tl.abs(d), 1)
+    x = d - 1
+    big = x >= 65536
+    shift = tl.where(big, 16, 0)
+    x = tl.where(big, x >> 16, x)
+    big = x >= 256
+    shift = tl.where(big, shift + 8, shift)
+    x = tl.where(big, x >> 8, x)
+    big = x >= 16
+    shift = tl.where(big, shift + 4, shift)
+    x = tl.where(big, x >> 4, x)
+    big = x >= 4
+    shift = tl.where(big, shift + 2, shift)
+    x = tl.where(big, x >> 2, x)
+    big = x >= 2
+    shift = tl.where(big, shift + 1, shift)
+    x = tl.where(big, x >> 1, x)
+    shift = shift + tl.where(x > 0, 1, 0)
+    wide = tl.cast(d, tl.int64)
+    m = ((tl.cast(1, tl.int64) << tl.cast(shift, tl.int64)) - wide) * 4294967296 // wide + 1
+    return tl.cast(m, tl.uint32), tl.cast(shift, tl.uint32)
+
+
+@triton.jit
+def _floordiv_magic(a, d, m, shift):
+    # Python's a // d through the magic of _div_magic(d): floor(a / d) == floor(-a / -d), and for a negative
+    # numerator floor(a / d) == ~(~a // d). One multiply-high instead of a division sequence.
+    a = tl.where(d < 0, -a, a)
+    nonnegative = a >= 0
+    u = tl.cast(tl.where(nonnegative, a, ~a), tl.uint32)
+    q = tl.cast((tl.umulhi(u, m) + u) >> shift, tl.int32)
+    return tl.where(nonnegative, q, ~q)
+
+
+@triton.jit
+def _mod_magic(a, d, m, shift):
+    # Python's a % d (the sign of d) from the floor quotient
+    return a - _floordiv_magic(a, d, m, shift) * d
