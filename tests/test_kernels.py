@@ -139,3 +139,27 @@ def test_full_tiles_never_evaluate_the_mask():
     assert "HAS_MASK" not in full_loop and "False, True, not KV_EVEN" in full_loop
     visit = source[source.index("def _visit_tile"):source.index("def attnc_forward")]
     assert "may_false, may_true, not KV_EVEN" in visit  # a tile the tile test calls full is attended unmasked
+
+
+def test_block_tiles_past_the_sequence_are_never_read():
+    """A BlockMask block larger than the sequence holds kernel tiles that start past KV_LEN (and Q_LEN): the
+    kernels must mask them even when the lengths are multiples of the tile. Memory past the end is NaN here,
+    so a read of it would show in the outputs and gradients."""
+    g = torch.Generator().manual_seed(5)
+    B, H, L, D = 1, 2, 64, 16
+
+    def poisoned():
+        full = torch.randn(B, H, 2 * L, D, generator=g).to(DEVICE)
+        full[:, :, L:] = float("nan")
+        return full[:, :, :L].requires_grad_(True)
+
+    q, k, v = poisoned(), poisoned(), poisoned()
+    bm = attnc.create_block_mask(causal_mask, None, None, L, L, device=DEVICE, BLOCK_SIZE=128)
+    out, lse = attnc.flex_attention(q, k, v, block_mask=bm, return_lse=True, backend="triton")
+    ref_out, ref_lse = attnc.flex_attention(q, k, v, block_mask=bm, return_lse=True, backend="reference")
+    assert_matches(out, lse, ref_out, ref_lse, torch.float32)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref_out.sum(), (q, k, v))
+    for got, expected in zip(grads, ref_grads, strict=True):
+        assert not got.isnan().any()
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

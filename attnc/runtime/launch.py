@@ -96,7 +96,9 @@ def constexprs(shapes: Shapes, config: KernelConfig, dtype: torch.dtype, *, bloc
         "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
         "SPARSE_Q_BLOCK": q_block, "SPARSE_KV_BLOCK": kv_block,
         "USE_BLOCK_MASK": block_sizes is not None, "HAS_FULL_BLOCKS": has_full, "HAS_MASK": has_mask,
-        "KV_EVEN": shapes.KV_LEN % config.block_n == 0,
+        # every key tile a loop may visit lies inside the sequence: with a BlockMask, a block's later tiles
+        # can start past KV_LEN unless the length is a multiple of the block
+        "KV_EVEN": shapes.KV_LEN % kv_block == 0,
         # The interpreter's bf16 arithmetic is inexact: it computes on float32 copies.
         "UPCAST": interpret,
         # float32 inputs get exact float32 products, not TF32.

@@ -98,7 +98,7 @@ def launch_backward(dkdv_kernel: Any, dq_kernel: Any, query: torch.Tensor, key: 
     def consts(config: KernelConfig, has_full: bool) -> dict[str, Any]:
         c = constexprs(shapes, config, query.dtype, block_sizes=block_sizes, has_full=has_full, has_mask=has_mask,
                        interpret=interpret, scale=sm_scale)
-        c["Q_EVEN"] = shapes.Q_LEN % config.block_m == 0
+        c["Q_EVEN"] = shapes.Q_LEN % c["SPARSE_Q_BLOCK"] == 0  # as KV_EVEN: every query tile inside
         return c
 
     q_side, has_full_q = block_mask_args(block_mask, shapes, lse, side="q")
