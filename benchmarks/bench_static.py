@@ -177,9 +177,26 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_save:
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / f"{record['date']}-static-{args.arch}.json"
-        path.write_text(json.dumps(record, indent=1) + "\n")
+        path.write_text(json.dumps(merged(path, record), indent=1) + "\n")
         print(f"wrote {path}")
     return 0
+
+
+def merged(path: pathlib.Path, record: dict) -> dict:
+    """`record` with the head dims it did not measure kept from the file already at `path` (same triton and
+    arch only), so that runs over different head dims add up instead of replacing each other."""
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return record
+    if (previous.get("triton"), previous.get("arch")) != (record["triton"], record["arch"]):
+        return record
+    measured = {str(d) for d in record["yardstick"]}
+    kept = {d: v for d, v in previous.get("yardstick", {}).items() if d not in measured}
+    return {**record, "yardstick": {**kept, **record["yardstick"]},
+            "variants": [v for v in previous.get("variants", []) if str(v.get("D")) not in measured]
+            + record["variants"],
+            "rows": [r for r in previous.get("rows", []) if str(r.get("D")) not in measured] + record["rows"]}
 
 
 if __name__ == "__main__":

@@ -202,3 +202,20 @@ def test_bench_static_prints_and_writes_every_figure(tmp_path, capsys):
     assert record["yardstick"]["128"]["configs"]["forward"]["block_m"] == 128
     assert [(v["variant"], v["D"]) for v in record["variants"]] == [("causal", 128)]
     assert {r["kernel"] for r in record["rows"] if r["variant"] == "causal"} == {"forward", "forward_block_mask"}
+
+
+def test_bench_static_runs_over_other_head_dims_add_up(tmp_path: Path) -> None:
+    """A run over some head dims replaces those in the results file and keeps the others."""
+    def record(dims: tuple[int, ...], tag: str) -> dict:
+        return {"triton": "t", "arch": "sm_90", "yardstick": {str(d): tag for d in dims},
+                "variants": [{"variant": "causal", "D": d, "tag": tag} for d in dims],
+                "rows": [{"variant": "causal", "D": d, "tag": tag} for d in dims]}
+
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(record((64, 128), "old")))
+    merged = bench_static.merged(path, record((128,), "new"))
+    assert merged["yardstick"] == {"64": "old", "128": "new"}
+    assert sorted((r["D"], r["tag"]) for r in merged["rows"]) == [(64, "old"), (128, "new")]
+    assert sorted((v["D"], v["tag"]) for v in merged["variants"]) == [(64, "old"), (128, "new")]
+    other_triton = {**record((128,), "new"), "triton": "u"}
+    assert bench_static.merged(path, other_triton) == other_triton
