@@ -220,3 +220,122 @@ def envs(draw: st.DrawFn) -> Env:
     params = (draw(int32_values), draw(_table_floats))
     scores = _tensor(draw, _table_floats, tuple(sizes), torch.float32)
     return Env(*grids, score=scores, tensors=tables, params=params)
+
+
+# -- float masks over the indices (the tile classifier's float analysis) ------------------------------------
+# Comparisons of float expressions built from integer index terms, float constants (exact binary fractions,
+# others, specials, values near 2**24), a float parameter (slot 0), per-head floats (tensor slot 0, read at h:
+# tile constants) and per-position floats that may hold NaN (slots 1 and 2, float32 and float16, read at a
+# position moving with q or kv, clamped into POSITIONS entries).
+
+FLOAT_MASK_TENSORS = (TensorSpec(F32, 1), TensorSpec(F32, 1), TensorSpec(F16, 1))
+FLOAT_MASK_PARAMS = (ParamSpec(F32, "w"),)
+HEADS, POSITIONS = 4, 64
+F64, BF16 = DType.float64, DType.bfloat16
+_FLOAT_TYPES = (F32, F32, F32, F16, BF16, F64)
+_MASK_FLOATS = (0.5, 40.5, -3.25, 2.0, 0.25, 7.0, -1.0, 0.0, -0.0, 0.1, 0.3, 1 / 3, 1e-3, 2.0**24, 2.0**24 + 2,
+                -(2.0**24) - 1, 3e9, 1e30, math.inf, -math.inf, math.nan)
+
+
+def _index_term(draw: st.DrawFn) -> Node:
+    """k * f(d + c) + c': d one of q, kv, q - kv; f identity, abs, // or % by a constant."""
+    q, kv = var("q"), var("kv")
+    d = draw(st.sampled_from([q, kv, node(Op.SUB, I32, q, kv)]))
+    term = node(Op.ADD, I32, d, const(draw(st.integers(-40, 40)), I32))
+    shape = draw(st.sampled_from(["plain", "plain", "abs", "floordiv", "mod"]))
+    if shape == "abs":
+        term = node(Op.ABS, I32, term)
+    elif shape in ("floordiv", "mod"):
+        divisor = const(draw(st.sampled_from([2, 3, 8])), I32)
+        term = node(Op.FLOORDIV if shape == "floordiv" else Op.MOD, I32, term, divisor)
+    scaled = node(Op.MUL, I32, term, const(draw(st.sampled_from([1, 1, 2, -1, 3])), I32))
+    return node(Op.ADD, I32, scaled, const(draw(st.integers(-20, 20)), I32))
+
+
+def _as(dtype: DType, x: Node) -> Node:
+    return x if x.dtype is dtype else _cast(dtype, x)
+
+
+@st.composite
+def _float_leaf(draw: st.DrawFn, dtype: DType) -> Node:
+    kind = draw(st.sampled_from(["index", "index", "const", "const", "param", "head", "position"]))
+    if kind == "index":
+        return _cast(dtype, _index_term(draw))
+    if kind == "const":
+        return const(draw(st.sampled_from(_MASK_FLOATS) | st.floats(-100, 100, width=32)), dtype)
+    if kind == "param":
+        return _as(dtype, param(0, F32))
+    if kind == "head":
+        return _as(dtype, load(0, F32, var("h")))
+    at = draw(st.sampled_from([var("q"), var("kv")]))
+    halved, shifted = node(Op.FLOORDIV, I32, at, const(2, I32)), node(Op.ADD, I32, at, const(-3, I32))
+    index = draw(st.sampled_from([at, halved, shifted]))
+    slot, stored = draw(st.sampled_from([(1, F32), (2, F16)]))
+    return _as(dtype, load(slot, stored, index))
+
+
+_FLOAT_BINARY = [Op.ADD, Op.SUB, Op.MUL, Op.TRUEDIV, Op.MIN, Op.MAX]
+_FLOAT_UNARY_OPS = [Op.NEG, Op.ABS, Op.FLOOR, Op.CEIL, Op.SIGN, Op.EXP, Op.TANH, Op.SQRT, Op.LOG]
+
+
+@st.composite
+def float_terms(draw: st.DrawFn, dtype: DType = F32, depth: int = 3) -> Node:
+    """A float expression of `dtype` over index terms, constants, the parameter and per-head/position data."""
+    if depth == 0 or draw(st.integers(0, 3)) == 0:
+        return draw(_float_leaf(dtype))
+    sub = float_terms(dtype, depth - 1)
+    kind = draw(st.sampled_from(["binary", "binary", "binary", "unary", "where", "cast", "floordiv"]))
+    if kind == "binary":
+        return node(draw(st.sampled_from(_FLOAT_BINARY)), dtype, draw(sub), draw(sub))
+    if kind == "unary":
+        return node(draw(st.sampled_from(_FLOAT_UNARY_OPS)), dtype, draw(sub))
+    if kind == "where":
+        condition = node(Op.GE, BOOL, _index_term(draw), const(draw(st.integers(-10, 60)), I32))
+        return node(Op.WHERE, dtype, condition, draw(sub), draw(sub))
+    if kind == "cast":
+        other = draw(st.sampled_from(_FLOAT_TYPES))
+        return _as(dtype, draw(float_terms(other, depth - 1)))
+    divisor = const(draw(st.sampled_from([2.0, 0.5, -4.0, 3.0])), dtype)
+    return node(Op.FLOORDIV, dtype, draw(sub), divisor)
+
+
+@st.composite
+def _float_atom(draw: st.DrawFn) -> Node:
+    dtype = draw(st.sampled_from(_FLOAT_TYPES))
+    op = draw(st.sampled_from(_COMPARES))
+    if draw(st.integers(0, 5)) == 0:  # a float truncated to an integer, compared with an index term
+        return node(op, BOOL, _cast(I32, draw(float_terms(dtype, 2))), _index_term(draw))
+    return node(op, BOOL, draw(float_terms(dtype)), draw(float_terms(dtype)))
+
+
+def float_masks(leaves: int = 3) -> Strategy:
+    """and / or / not of float comparisons (see FLOAT_MASK_TENSORS for what they read)."""
+    def combine(children: Strategy) -> Strategy:
+        pair = st.tuples(st.sampled_from([Op.AND, Op.OR]), children, children)
+        return pair.map(lambda t: node(t[0], BOOL, t[1], t[2])) | children.map(lambda c: node(Op.NOT, BOOL, c))
+
+    return st.recursive(_float_atom(), combine, max_leaves=leaves)
+
+
+_data_floats = st.sampled_from([0.5, 40.5, 7.0, 2.0**24, math.inf, -math.inf, math.nan]) | st.floats(-60, 60, width=32)
+
+
+@st.composite
+def float_mask_values(draw: st.DrawFn) -> tuple[tuple[torch.Tensor, ...], tuple[float]]:
+    """Captured tensors and the parameter for `float_masks`: per-head values, and per-position values that
+    are sorted runs, noise or constant, with NaN now and then."""
+    heads = _tensor(draw, _data_floats, (HEADS,), torch.float32)
+    positions = []
+    for dtype in (torch.float32, torch.float16):
+        style = draw(st.sampled_from(["ramp", "noise", "constant"]))
+        if style == "ramp":
+            values = torch.arange(POSITIONS, dtype=torch.float32) * draw(st.sampled_from([0.5, 1.0, -2.0, 3.25]))
+        elif style == "noise":
+            values = _tensor(draw, _data_floats, (POSITIONS,), torch.float32)
+        else:
+            values = torch.full((POSITIONS,), draw(_data_floats))
+        for _ in range(draw(st.integers(0, 2))):
+            start = draw(st.integers(0, POSITIONS - 1))
+            values[start:start + draw(st.integers(1, 20))] = math.nan
+        positions.append(values.to(dtype))
+    return (heads, *positions), (draw(_data_floats),)

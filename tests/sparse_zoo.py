@@ -136,3 +136,24 @@ def padding(lengths: torch.Tensor):
         return kv < lengths[b]
 
     return mask
+
+
+def float_window(w: float):
+    """A window with a float radius: w is a runtime parameter, |q - kv| < w is |q - kv| < ceil(w)."""
+    def mask(b, h, q, kv):
+        return (q - kv).abs() < w
+
+    return mask
+
+
+def half_causal(b, h, q, kv):
+    """Keys up to half the query position, in float arithmetic: q * 0.5 >= kv is q >= 2 * kv."""
+    return q * 0.5 >= kv
+
+
+def alibi_threshold(slopes: torch.Tensor, limit: float):
+    """Keys whose ALiBi bias slopes[h] * (kv - q) is at least -limit (float data times an index)."""
+    def mask(b, h, q, kv):
+        return slopes[h] * (kv - q) >= -limit
+
+    return mask

@@ -17,7 +17,8 @@ from tests.test_transpose import SQUARE, _scalar_env, _value
 Q, KV, BLOCK = 200, 230, 32
 # masks whose every query tile past the first few has keys that need no mask at all
 BANDED = {"causal", "bottom_right_causal", "sliding_window", "prefix_lm", "bidirectional_window", "padding",
-          "per_head_window", "chunked_causal", "block_causal_frames", "sinks_and_window"}
+          "per_head_window", "chunked_causal", "block_causal_frames", "sinks_and_window", "float_window",
+          "half_causal"}
 
 
 def _full_keys(rng, env, length: int) -> range:

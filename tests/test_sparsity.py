@@ -37,6 +37,9 @@ def families(q_len: int = Q, kv_len: int = KV) -> dict[str, object]:
         "natten_3d": z.natten_3d(2, 10, 10, 3),
         "document": z.document(docs[:q_len].to(DEVICE) if q_len == kv_len else docs.to(DEVICE)),
         "padding": z.padding(torch.tensor([150, 41], dtype=torch.int64).to(DEVICE)),
+        "float_window": z.float_window(20.5),
+        "half_causal": z.half_causal,
+        "alibi_threshold": z.alibi_threshold(torch.tensor([0.125, 0.0625, 0.5, 0.25]).to(DEVICE), 4.0),
     }
 
 
@@ -63,7 +66,7 @@ def dense_block_mask(mask_mod, B, H, q_len, kv_len, block):
 def test_block_map_from_structure_equals_the_dense_one(name, block):
     q_len, kv_len = lengths(name)
     mask_mod = families(q_len, kv_len)[name]
-    B, H = (2, 4) if name in ("per_head_window", "padding") else (1, 1)
+    B, H = (2, 4) if name in ("per_head_window", "padding", "alibi_threshold") else (1, 1)
     analytic = attnc.create_block_mask(mask_mod, B, H, q_len, kv_len, device=DEVICE, BLOCK_SIZE=block)
     dense = dense_block_mask(mask_mod, B, H, q_len, kv_len, block)
     assert torch.equal(analytic.to_dense(), dense.to_dense())

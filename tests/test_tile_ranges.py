@@ -291,14 +291,21 @@ def test_loads_at_an_index_of_both_or_of_neither_get_no_range():
     assert all(ranges.load_range(n) is None for n in attn.program.mask.walk() if n.op is Op.LOAD)
 
 
-def test_nan_values_get_no_range():
-    values = torch.tensor([0.5, float("nan"), 2.0, 1.0])
+def test_nan_values_range_over_the_others_with_a_nan_state():
+    nan = float("nan")
+    values = torch.tensor([2.0, nan, 2.0, 1.0, nan, nan])  # tiles of 2: some NaN, none, all NaN
 
     def mod(b, h, q_idx, kv_idx):
         return values[q_idx] > 0.75
 
-    _, ranges = ranges_of(mod, S=4, block=2)
-    assert ranges.extra_tensors == ()
+    attn, ranges = ranges_of(mod, S=6, block=2)
+    low, high, state = ranges.extra_tensors
+    assert low[0, 0].tolist() == [2.0, 1.0, 0.0] and high[0, 0].tolist() == [2.0, 2.0, 0.0]
+    assert state[0, 0].tolist() == [1, 0, 2] and state.dtype == torch.int8
+    (load_node,) = ranged_loads(attn.program.mask)
+    assert len(ranges.load_range(load_node)) == 3
+    # classified: the all-NaN tile allows nothing, the tile with a NaN is never full
+    assert classify(mod, 1, 1, 6, 2)[0, 0, :, 0].tolist() == [PARTIAL, FULL, EMPTY]
 
 
 def test_cost_is_linear_in_the_length():
@@ -466,7 +473,9 @@ def test_nan_reached_by_no_tile_leaves_the_range():
         return table[q_idx // 64, kv_idx // 64] > 0.75
 
     assert len(separable_ranges(mod, 1, 1, 100, 100, 32, 32).extra_tensors) == 2
-    assert separable_ranges(mod, 1, 1, 100, 200, 32, 32).extra_tensors == ()  # column 2 is read
+    low, high, state = separable_ranges(mod, 1, 1, 100, 200, 32, 32).extra_tensors  # column 2 is read
+    assert state[0, 0].tolist() == [[0, 0, 0, 0, 2, 2, 2]] * 4  # key tiles from 128 on read column 2 only
+    assert high[0, 0, :, 2].tolist() == [2.0, 2.0, 0.0, 0.0] and low[0, 0, :, 6].tolist() == [0.0] * 4
 
 
 @pytest.mark.parametrize(("reads", "separable_read"), [

@@ -96,8 +96,8 @@ def _cast(n: Node, a: Sequence[str]) -> str:
 
 def _sign(n: Node, a: Sequence[str]) -> str:
     t = TL_DTYPE[n.dtype]
-    sign = f"(tl.cast({a[0]} > 0, {t}) - tl.cast({a[0]} < 0, {t}))"
-    return f"tl.where({a[0]} != {a[0]}, {a[0]}, {sign})" if n.dtype.is_float else sign  # sign(NaN) is NaN
+    # (x > 0) - (x < 0), as torch computes it: sign(NaN) is 0 there, and so here
+    return f"(tl.cast({a[0]} > 0, {t}) - tl.cast({a[0]} < 0, {t}))"
 
 
 def _pow(n: Node, a: Sequence[str]) -> str:

@@ -16,8 +16,16 @@ ranges for a query tile. How (an abstract interpretation, IR to IR):
    parameter divisor (it must be >= 1) and a product of parameters used as a divisor (it must not wrap). An
    int64 tile constant (an int64 tensor read at b or h) is analysed where it lies within +-2**36 (a runtime
    check), so sums with indices cannot wrap int64 either. What is not affine (products of indices, loads
-   indexed by q or kv, float arithmetic) becomes an unknown with bounds (`load_range`, or its dtype's range)
-   or an unknown atom.
+   indexed by q or kv) becomes an unknown with bounds (`load_range`, or its dtype's range) or an unknown atom.
+   Floats: a float that is exactly `t * 2**e` for an integer term t (a cast index, `q * 0.5`, `q / 2.0`,
+   `floor`, sums, min / max) compares as an integer (`Scaled`): with another exact value directly, with any
+   other float w through an integer rounding of w (`t < w` is `t < ceil(w)`: a symbol for a tile-constant
+   w, an unknown between the roundings of its bounds otherwise; `x < 40.5` is `x <= 40`). Exactness holds
+   where |t| <= 2**precision, or, for one rounding of an integer (`kv.float()`), against any value below
+   2**precision (runtime guards and checks, alternatives of which one must hold; the closed-form key ranges
+   use those that read the query tile only). Other floats are bounded by interval arithmetic
+   (`attnc.ir.float_ranges`), NaN included: NaN compares False, so a tile is FULL by an ordered argument
+   only where no value can be NaN.
 2. Splitting. A division `z // d` whose variable also occurs elsewhere is made affine by splitting the range
    of z at multiples of d into three boxes: the first period, the whole periods between, the last period;
    in each, z = d * X + r with X and r independent (`(q - kv) // d` first changes variables to z = q - kv).
@@ -29,14 +37,18 @@ ranges for a query tile. How (an abstract interpretation, IR to IR):
 
 Exact: boolean combinations of comparisons of piecewise-affine terms whose atoms, after splitting, bound q,
 kv and one difference q - kv (with any integer multiples and constants), and divisions `(±v + c) // d`,
-`% d` by constants or parameters. That covers causal masks (any alignment, parameter offsets), sliding,
-bidirectional and per-head windows, prefix LM, chunked and block causal, sinks, dilated and strided windows,
-and NATTEN neighbourhoods (clamped windows, dilation, stride, causal) in 1-D, 2-D and 3-D.
-Sound only: divisions of forms without a ±1 coefficient (`(2 * q) // 3`); atoms over both q - kv and q + kv
-(an integer hull the shadows miss); a parameter divisor whose variable is also used raw, when the tile spans
-three periods or more (`d * X` is not affine there); parameter divisors whose products the IR does not show
-(`q // plane` next to `q // width` for `plane = height * width` captured separately); splits, DNFs and
-elimination rows past their budgets (`_SPLIT_DEPTH`, `_PIECE_BUDGET`, `_DNF_LIMIT`, `_ROW_LIMIT`).
+`% d` by constants or parameters; the same compared with float constants, parameters and b/h-only float
+loads, or written in float arithmetic that stays exact; comparisons of floats each monotone in q and kv
+(`slopes[h] * (q - kv) > -4.0`, `q * 0.3 >= kv`). That covers causal masks (any alignment, parameter
+offsets), sliding, bidirectional and per-head windows, prefix LM, chunked and block causal, sinks, dilated
+and strided windows, and NATTEN neighbourhoods (clamped windows, dilation, stride, causal) in 1-D, 2-D, 3-D.
+Sound only: float results a GPU may round differently (quotients, transcendentals, a multiply-add), which
+are widened by a few units in the last place; divisions of forms without a ±1 coefficient (`(2 * q) // 3`);
+atoms over both q - kv and q + kv (an integer hull the shadows miss); a parameter divisor whose variable is
+also used raw, when the tile spans three periods or more (`d * X` is not affine there); parameter divisors
+whose products the IR does not show (`q // plane` next to `q // width` for `plane = height * width`
+captured separately); splits, DNFs and elimination rows past their budgets (`_SPLIT_DEPTH`,
+`_PIECE_BUDGET`, `_DNF_LIMIT`, `_ROW_LIMIT`).
 Divisors that are compile-time constants (`int(size)` in a mod) give much smaller tests than parameters.
 
 Indices and tile bounds are assumed to lie in [0, 2**31 - 1] and tile boxes to be non-empty.
@@ -53,18 +65,21 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from attnc.ir import float_ranges as fr
 from attnc.ir.dtypes import DType
+from attnc.ir.float_ranges import FRange
 from attnc.ir.interpret import Env, evaluate
 from attnc.ir.node import Node, const, node, var
-from attnc.ir.ops import COMPARE, Op
+from attnc.ir.ops import COMPARE, MIRROR, Op
 from attnc.ir.rewrite import order_key
 from attnc.ir.simplify import index_algebra
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
 
-LoadRange = Callable[[Node], "tuple[Node, Node] | None"]
+# (min, max) of a load over the tile; float loads may add a NaN state (0: no NaN, 1: some, 2: all NaN)
+LoadRange = Callable[[Node], "tuple[Node, Node] | tuple[Node, Node, Node] | None"]
 
-I32, I64, BOOL = DType.int32, DType.int64, DType.bool
+I32, I64, BOOL, F64 = DType.int32, DType.int64, DType.bool, DType.float64
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INDEX_RANGE = (0, INT32_MAX)  # indices and tile bounds are non-negative int32
 _DTYPE_RANGE = {I32: (INT32_MIN, INT32_MAX), I64: (-(2**63), 2**63 - 1), BOOL: (0, 1)}
@@ -78,6 +93,11 @@ _DNF_LIMIT = 64  # conjunctions per DNF; larger formulas are decided part by par
 _SPLIT_DEPTH = 8  # nested period splits along one path
 _PIECE_BUDGET = 4000  # period pieces per analysis
 _ROW_LIMIT = 400  # Fourier-Motzkin rows; past it a conjunction is taken as satisfiable (sound)
+# bits of precision of each float type: an integer of at most 2**p in magnitude is exact in it
+_PRECISION = {DType.float16: 11, DType.bfloat16: 8, DType.float32: 24, DType.float64: 53}
+_MIN_EXP = {DType.float16: -24, DType.bfloat16: -133, DType.float32: -149, DType.float64: -1074}  # subnormals
+_EXP_LIMIT = 24  # exact float values are tree * 2**exp with -_EXP_LIMIT <= exp <= 0
+_MANTISSA_LIMIT = 2**16  # a non-integer constant is exact arithmetic only with a numerator this small
 
 TRUE_N, FALSE_N = const(True, BOOL), const(False, BOOL)
 
@@ -700,6 +720,105 @@ def tree_interval(t: Tree, box: Box) -> tuple[Lin, Lin]:
     return _extreme(op, [p[0] for p in parts]), _extreme(op, [p[1] for p in parts])
 
 
+# -- exact float values ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaled:
+    """A float value that is exactly `tree * 2**exp` (exp <= 0) for an integer tree wherever the `guards`
+    (tile-constant forms >= 0) hold, |tree| <= limit there: comparing such values is comparing integers
+    (`q * 0.5 >= kv` is `q >= 2 * kv`; `|q - kv| < 40.5` is `2 * |q - kv| < 81`). `rounded`: the value is
+    also, guards or not, `round(tree) * 2**exp` for one rounding of the exact integer to that float type
+    (a cast of an integer index), which compares exactly with any value smaller than 2**precision."""
+
+    tree: Tree
+    exp: int
+    guards: tuple[Lin, ...] = ()
+    limit: int = 0
+    rounded: DType | None = None
+
+    def scaled_by(self, sign: int, exp: int) -> Scaled:
+        """The value times sign * 2**exp (exact: a power of two scales a float exactly)."""
+        return dataclasses.replace(self, tree=t_scale(self.tree, sign), exp=self.exp + exp)
+
+
+# a cast from the first to the second keeps every value (and so a rounding done in the first)
+_WIDENS = {(DType.float16, DType.float32), (DType.float16, DType.float64), (DType.bfloat16, DType.float32),
+           (DType.bfloat16, DType.float64), (DType.float32, DType.float64)}
+
+
+def _dyadic(v: float) -> tuple[int, int] | None:
+    """`v` as `m * 2**e` (e <= 0) with an integer m small enough to compute with, or None."""
+    if not math.isfinite(v):
+        return None
+    m, d = v.as_integer_ratio()  # d is a power of two
+    e = d.bit_length() - 1
+    if d == 1:
+        return (m, 0) if abs(m) <= _MAGNITUDE else None
+    return (m, -e) if abs(m) <= _MANTISSA_LIMIT and e <= _EXP_LIMIT else None
+
+
+def _align(a: Scaled, b: Scaled) -> tuple[Tree, Tree, int]:
+    """Both values as integer trees over a common power of two."""
+    e = min(a.exp, b.exp)
+    return t_scale(a.tree, 2 ** (a.exp - e)), t_scale(b.tree, 2 ** (b.exp - e)), e
+
+
+def _joined(kind: Callable[[Tree, Tree], Tree], a: Scaled, b: Scaled) -> Scaled:
+    """A value that is one of a and b (min, max, a select): exact where both are; one rounding where both
+    are the same rounding (min(round(x), round(y)) = round(min(x, y)): rounding is monotone) or the other
+    is exact and small enough to be its own rounding."""
+    ta, tb, e = _align(a, b)
+    limit = max(a.limit * 2 ** (a.exp - e), b.limit * 2 ** (b.exp - e))
+    return Scaled(kind(ta, tb), e, a.guards + b.guards, limit, _common_rounding(a, b))
+
+
+def _common_rounding(a: Scaled, b: Scaled) -> DType | None:
+    if a.rounded is b.rounded:
+        return a.rounded
+    for x, y in ((a, b), (b, a)):
+        if x.rounded is not None and not y.guards and y.rounded is None and y.limit <= 2 ** _PRECISION[x.rounded]:
+            return x.rounded
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What an exact comparison relies on: guards (forms >= 0), checks (bool IR) on the tile; `top`: where a
+    threshold compared with the exact side may be clamped."""
+
+    guards: tuple[Lin, ...] = ()
+    checks: tuple[Node, ...] = ()
+    top: int = 0
+
+
+def _plan_holds(plan: Plan) -> Node:
+    return all_([*(guard_holds(g) for g in plan.guards), *plan.checks])
+
+
+def _plan_cost(plan: Plan) -> tuple[bool, int]:
+    """Prefer plans whose conditions do not read the key tile (closed-form key ranges stay one range), then
+    fewer conditions."""
+    kv = any("kv" in k.deps for g in plan.guards for k in g.terms) or any("kv" in c.deps for c in plan.checks)
+    return kv, len(plan.guards) + len(plan.checks)
+
+
+def _tree_bounds(t: Tree, box: Box, upper: bool) -> list[Lin]:
+    """Tile-constant forms whose largest (`upper`; else smallest: the least) bounds t: a max is at most k
+    where each of its parts is, so guards on the parts stay affine (`|q - kv| <= k` is two guards)."""
+    if isinstance(t, Lin):
+        return [lin_interval(t, box)[1 if upper else 0]]
+    if isinstance(t, Select):
+        return _tree_bounds(t.if_true, box, upper) + _tree_bounds(t.if_false, box, upper)
+    if isinstance(t, Max if upper else Min):
+        return [b for p in t.parts for b in _tree_bounds(p, box, upper)]
+    return [tree_interval(t, box)[1 if upper else 0]]
+
+
+def _constant_tree(t: Tree) -> int | None:
+    return t.const if isinstance(t, Lin) and not t.terms else None
+
+
 # -- lowering IR to formulas -----------------------------------------------------------------------------
 
 Q, KV = Var("q"), Var("kv")
@@ -720,9 +839,13 @@ class _Lowering:
         self.ranges: dict[Var, Range] = {Q: INDEX_RANGE, KV: INDEX_RANGE}
         self.guards: dict[Lin, None] = {}  # tile-constant `lin >= 0` that the analysis relies on
         self.checks: dict[Node, None] = {}  # tile-constant bool IR that it relies on as well
+        self.alternatives: dict[tuple[Plan, ...], None] = {}  # plans of which one must hold (exact floats)
         self._opaque: dict[Node, Lin | None] = {}
         self._trees: dict[Node, Tree | None] = {}
         self._formulas: dict[Node, Formula] = {}
+        self._scaled: dict[Node, Scaled | None] = {}
+        self._franges: dict[Node, FRange | None] = {}
+        self._thresholds: dict[tuple, Lin] = {}
 
     # bool nodes
 
@@ -739,6 +862,8 @@ class _Lowering:
         if n.op is Op.CAST and n.src[0].dtype.is_int:
             t = self.tree(n.src[0])
             return UNKNOWN if t is None else compare(Op.NE, t, number(0))
+        if n.op is Op.CAST and n.src[0].dtype.is_float:  # x != 0
+            return self._float_compare(Op.NE, n.src[0], const(0.0, n.src[0].dtype))
         if n.op is Op.LOAD:
             bounds = self.load_range(n) if self.load_range else None
             return UNKNOWN if bounds is None else Tri(_truthy(bounds[1]), not_(_truthy(bounds[0])))
@@ -749,31 +874,190 @@ class _Lowering:
         if a.dtype.is_bool:
             return _BOOL_COMPARE[n.op](self.formula(a), self.formula(b))
         if a.dtype.is_float:
-            return self._float_compare(n)
+            return self._float_compare(n.op, a, b)
         ta, tb = self.tree(a), self.tree(b)
         return UNKNOWN if ta is None or tb is None else compare(n.op, ta, tb)
 
-    def _float_compare(self, n: Node) -> Formula:
-        """Compare float operands through their bounds: each is tile-constant or a load with a range.
-        NaN compares False both ways, so the interval tests stay sound with NaN bounds."""
-        ranges = [self._float_bounds(s) for s in n.src]
-        if None in ranges:
-            return UNKNOWN
-        (alo, ahi), (blo, bhi) = ranges
-        if n.op in (Op.EQ, Op.NE):
-            meet = all_([node(Op.LE, BOOL, alo, bhi), node(Op.LE, BOOL, blo, ahi)])
-            single = all_([node(Op.EQ, BOOL, alo, ahi), node(Op.EQ, BOOL, ahi, blo), node(Op.EQ, BOOL, blo, bhi)])
-            return Tri(meet, not_(single)) if n.op is Op.EQ else Tri(not_(single), meet)
-        if n.op in (Op.LT, Op.LE):  # a < b somewhere: alo < bhi; everywhere: ahi < blo
-            some, every = node(n.op, BOOL, alo, bhi), node(n.op, BOOL, ahi, blo)
-        else:
-            some, every = node(n.op, BOOL, ahi, blo), node(n.op, BOOL, alo, bhi)
-        return Tri(some, not_(every))
+    # float nodes
 
-    def _float_bounds(self, n: Node) -> tuple[Node, Node] | None:
+    def _float_compare(self, op: Op, a: Node, b: Node) -> Formula:
+        """Exact values compare as integers; an exact value against any other float compares with the
+        integer rounding of that float's value or bounds (`x < w` is `x < ceil(w)`); other floats compare
+        through their bounds (sound; exact for tiles where each side is monotone in q and kv)."""
+        sa, sb = self.scaled(a), self.scaled(b)
+        if sa is not None and sb is not None:
+            self._commit(*self._plans(sa, sb))
+            ta, tb, _ = _align(sa, sb)
+            return compare(op, ta, tb)
+        if sa is not None and a.deps & _INDEX:
+            return self._against(op, sa, b)
+        if sb is not None and b.deps & _INDEX:
+            return self._against(MIRROR[op], sb, a)
+        ra, rb = self.frange(a), self.frange(b)
+        return UNKNOWN if ra is None or rb is None else Tri(*fr.compare(op, ra, rb))
+
+    def _plans(self, a: Scaled, b: Scaled) -> list[Plan]:
+        """Conditions under which comparing a and b as integers is exact: both exact; or one exact and
+        smaller than 2**p in magnitude while the other is one p-bit rounding of an exact integer (for |c| <
+        2**p, `round(t) < c` iff `t < c`: both sides of c are beyond the rounding's reach)."""
+        plans = [Plan(a.guards + b.guards)]
+        for x, y in ((a, b), (b, a)):
+            k = _PRECISION[y.rounded] + y.exp - x.exp if y.rounded is not None else -1
+            if k >= 0:
+                plans.append(Plan(x.guards + self.within(x.tree, 2**k - 1)))
+        return plans
+
+    def _commit(self, *plans: Plan) -> None:
+        """The analysis relies on one of `plans` holding."""
+        if len(plans) > 1:
+            self.alternatives[plans] = None
+            return
+        for g in plans[0].guards:
+            self.guards[g] = None
+        for c in plans[0].checks:
+            self.checks[c] = None
+
+    def within(self, t: Tree, k: int) -> tuple[Lin, ...]:
+        """Guards for |t| <= k on the tile (none where the compile-time range shows it)."""
+        r = self.static(t)
+        guards = []
+        if r[0] < -k:
+            guards += [lo.shift(k) for lo in _tree_bounds(t, self.box, upper=False)]
+        if r[1] > k:
+            guards += [number(k) - hi for hi in _tree_bounds(t, self.box, upper=True)]
+        return tuple(guards)
+
+    def _against(self, op: Op, s: Scaled, other: Node) -> Formula:
+        """`s op other` for an exact value s = t * 2**e: t op other * 2**-e, where for an integer t
+        `t < x` is `t < ceil(x)`, `t <= x` is `t <= floor(x)`, `t == x` is `ceil(x) <= t <= floor(x)`; a NaN
+        makes all but `!=` False."""
+        r = self.frange(other)
+        if r is None:
+            return UNKNOWN
+        plans = self._threshold_plans(s, r)
+        self._commit(*plans)
+        top = max(plan.top for plan in plans)  # a threshold clamped there keeps every plan's comparisons
+        up, down = (lambda: self._threshold(r, s.exp, Op.CEIL, top)), (lambda: self._threshold(r, s.exp, Op.FLOOR, top))
+        t = s.tree
+        if op in (Op.EQ, Op.NE):
+            equal = conj([compare(Op.GE, t, up()), compare(Op.LE, t, down())])
+            is_number = self._is_number(r)
+            return conj([is_number, equal]) if op is Op.EQ else disj([negate(is_number), negate(equal)])
+        bound = up() if op in (Op.LT, Op.GE) else down()
+        return conj([self._is_number(r), compare(op, t, bound)])
+
+    def _threshold_plans(self, s: Scaled, r: FRange) -> list[Plan]:
+        """s exact (thresholds clamped past its limit); or one rounding of an exact integer, compared with
+        values smaller than 2**p (a check on a runtime value; nothing for a constant)."""
+        plans = [Plan(s.guards, (), s.limit + 1)]
+        if s.rounded is None:
+            return plans
+        p = _PRECISION[s.rounded]
+        k = 2.0 ** (p + s.exp)
+        if r.exact and r.lo.op is Op.CONST:
+            v = fr.value_of(r.lo)
+            return [*plans, Plan((), (), 2**p + 1)] if not abs(v) >= k else plans  # NaN: any plan
+        t = r.lo.dtype
+        if r.exact:  # a NaN passes: it is "not a number" to the comparison
+            small = not_(node(Op.GE, BOOL, node(Op.ABS, t, r.lo), const(k, t)))
+        else:  # a NaN bound fails
+            small = all_([node(Op.GT, BOOL, r.lo, const(-k, t)), node(Op.LT, BOOL, r.hi, const(k, t))])
+        return [*plans, Plan((), (small,), 2**p + 1)]
+
+    def _is_number(self, r: FRange) -> Formula:
+        """The formula "the value is not NaN"."""
+        if r.ordered is TRUE_N and r.some is TRUE_N:
+            return TRUE
+        return Cond(r.ordered) if r.exact else Tri(r.some, not_(r.ordered))
+
+    def _threshold(self, r: FRange, exp: int, rounding: Op, top: int) -> Lin:
+        """ceil (or floor) of the value r bounds, times 2**-exp, clamped to +-top (which keeps every
+        comparison the analysis makes with it): a symbol for a tile constant, else an unknown between the
+        roundings of r's bounds (a NaN bound: the clamp)."""
+        key = (r, exp, rounding, top)
+        if key not in self._thresholds:
+            if r.exact:
+                value = _rounded(r.lo, exp, rounding, top, 0.0)
+            else:
+                lo, hi = _rounded(r.lo, exp, rounding, top, -top), _rounded(r.hi, exp, rounding, top, top)
+                v = Var(f"f{len(self._thresholds)}")
+                self.box[v], self.ranges[v] = Bounds((lo,), (hi,)), (-top, top)
+                value = lin_of(v)
+            self._thresholds[key] = value
+        return self._thresholds[key]
+
+    def scaled(self, n: Node) -> Scaled | None:
+        """The exact value of a float node (with the guards it needs), or None."""
+        if n not in self._scaled:
+            self._scaled[n] = self._scaled_of(n)
+        return self._scaled[n]
+
+    def _scaled_of(self, n: Node) -> Scaled | None:
+        if n.op is Op.CONST:
+            d = _dyadic(fr.value_of(n))
+            return None if d is None else Scaled(number(d[0]), d[1], (), abs(d[0]))
         if not n.deps & _INDEX:
-            return n, n
-        return self.load_range(n) if self.load_range and n.op is Op.LOAD else None
+            return None  # a parameter or a tile-constant load: a threshold, not an exact value
+        rule = _SCALED_RULES.get(n.op)
+        found = rule(self, n) if rule else None
+        if found is not None and found.exp > 0:  # t * 2**e = (t * 2**e) * 2**0, also rounded
+            scale = 2**found.exp
+            found = dataclasses.replace(found, tree=t_scale(found.tree, scale), exp=0, limit=found.limit * scale)
+        if found is None or found.exp < max(-_EXP_LIMIT, _MIN_EXP[n.dtype]):
+            return None
+        return found if found.limit * 2.0**found.exp <= fr.finite_max(n.dtype) else None
+
+    def fit(self, t: Tree, e: int, dtype: DType, guards: tuple[Lin, ...], exact_inputs: bool) -> Scaled | None:
+        """The result `t * 2**e` of an operation in `dtype` on exact operands (exact where `guards` hold):
+        exact where |t| <= 2**p as well, and, where the operands are exact unconditionally, one rounding of
+        the exact result everywhere."""
+        if e > 0:
+            t, e = t_scale(t, 2**e), 0
+        r = self.static(t)
+        if _magnitude(r) > _MAGNITUDE:
+            return None
+        k = 2 ** _PRECISION[dtype]
+        rounded = dtype if exact_inputs and not guards else None
+        return Scaled(t, e, guards + self.within(t, k), min(_magnitude(r), k), rounded)
+
+    def scaled_operands(self, n: Node) -> list[Scaled] | None:
+        found = [self.scaled(s) for s in n.src]
+        return None if None in found else found  # type: ignore[return-value]
+
+    def frange(self, n: Node) -> FRange | None:
+        """Bounds of a float node over the tile (`attnc.ir.float_ranges`), or None."""
+        if n not in self._franges:
+            self._franges[n] = self._frange_of(n)
+        return self._franges[n]
+
+    def _frange_of(self, n: Node) -> FRange | None:
+        if not n.deps & _INDEX:
+            return fr.exactly(n)
+        s = self.scaled(n)
+        if s is not None:
+            return self._scaled_range(s, n.dtype)
+        if n.op is Op.LOAD:
+            bounds = self.load_range(n) if self.load_range else None
+            return None if bounds is None else _load_frange(bounds)
+        if n.op is Op.CAST and not n.src[0].dtype.is_float:  # an integer the analysis cannot track
+            lo, hi = static_range(n.src[0])
+            return FRange(const(lo, n.dtype), const(hi, n.dtype), bound=float(max(-lo, hi)))
+        rule = fr.RULES.get(n.op)
+        args = [self.frange(s) for s in n.src if s.dtype.is_float]
+        return None if rule is None or None in args else rule(n, args)  # type: ignore[arg-type]
+
+    def _scaled_range(self, s: Scaled, dtype: DType) -> FRange:
+        """Bounds of an exact value: its tree's bounds, rounded as the value is (rounding is monotone), or
+        exact where its guards hold."""
+        if s.rounded is None:
+            self._commit(Plan(s.guards))
+        lo, hi = tree_interval(s.tree, self.box)
+
+        def value(x: Lin) -> Node:
+            v = _cast(_cast(emit(x), s.rounded or dtype), dtype)
+            return v if s.exp == 0 else node(Op.MUL, dtype, v, const(2.0**s.exp, dtype))
+
+        return FRange(value(lo), value(hi), bound=_magnitude(self.static(s.tree)) * 2.0 ** (s.exp + 1))
 
     # int nodes
 
@@ -783,8 +1067,24 @@ class _Lowering:
         return self._trees[n]
 
     def ok(self) -> Node:
-        """IR: every guard and check holds (where one fails, the analysis says nothing)."""
-        return all_([*(guard_holds(g) for g in self.guards), *self.checks])
+        """IR: every guard and check holds, and one plan of each alternative (where not, the analysis says
+        nothing)."""
+        chosen = (any_(_plan_holds(p) for p in plans) for plans in self.alternatives)
+        return all_([*(guard_holds(g) for g in self.guards), *self.checks, *chosen])
+
+    def for_ranges(self) -> tuple[list[Lin], list[Node]]:
+        """(guards, checks) for the closed-form key ranges, which need conditions on the query tile: of each
+        alternative, the plans that do not read the key tile (any of them), else the cheapest plan."""
+        guards, checks = list(self.guards), list(self.checks)
+        for plans in self.alternatives:
+            free = [p for p in plans if not _plan_cost(p)[0]]
+            if len(free) > 1:
+                checks.append(any_(_plan_holds(p) for p in free))
+                continue
+            plan = free[0] if free else min(plans, key=_plan_cost)
+            guards += [g for g in plan.guards if g not in guards]
+            checks += plan.checks
+        return guards, checks
 
     def _symbol(self, n: Node) -> Lin | None:
         bounded = self.bounded(n)
@@ -836,7 +1136,7 @@ class _Lowering:
 
     def _new_opaque(self, n: Node) -> Lin | None:
         bounds = self.load_range(n) if self.load_range and n.op is Op.LOAD else None
-        bounded = [self.bounded(b) for b in bounds] if bounds else [None]
+        bounded = [self.bounded(b) for b in bounds[:2]] if bounds else [None]
         if None not in bounded:
             lo, hi = sym(bounded[0]), sym(bounded[1])
         else:
@@ -961,7 +1261,20 @@ def _cast_tree(low: _Lowering, n: Node) -> Tree | None:
     src = n.src[0]
     if src.dtype.is_bool:
         return Select(low.formula(src), number(1), number(0))
-    return low.tree(src) if src.dtype.is_int else low.opaque(n)
+    if src.dtype.is_int:
+        return low.tree(src)
+    s = low.scaled(src)  # float -> int truncates toward zero
+    return low.opaque(n) if s is None else _truncated(low, s)
+
+
+def _truncated(low: _Lowering, s: Scaled) -> Tree:
+    low._commit(Plan(s.guards))
+    if s.exp == 0:
+        return s.tree
+    d = 2**-s.exp
+    down = _division_by(Op.FLOORDIV, s.tree, d)
+    up = t_neg(_division_by(Op.FLOORDIV, t_neg(s.tree), d))
+    return Select(t_ge0(s.tree), down, up)
 
 
 def _sign(t: Tree) -> Tree:
@@ -981,6 +1294,151 @@ def _select(low: _Lowering, n: Node) -> Tree | None:
     if None in branches:
         return None
     return Select(low.formula(n.src[0]), branches[0], branches[1])
+
+
+# -- exact float values: rules ----------------------------------------------------------------------------
+
+ScaledRule = Callable[[_Lowering, Node], "Scaled | None"]
+
+
+def _scaled_cast(low: _Lowering, n: Node) -> Scaled | None:
+    src = n.src[0]
+    if src.dtype.is_bool:
+        return Scaled(Select(low.formula(src), number(1), number(0)), 0, (), 1, n.dtype)
+    if src.dtype.is_int:
+        t = low.tree(src)
+        return None if t is None else low.fit(t, 0, n.dtype, (), exact_inputs=True)
+    a = low.scaled(src)
+    if a is None or (src.dtype, n.dtype) in _WIDENS:
+        return a  # a widening cast keeps the value
+    return low.fit(a.tree, a.exp, n.dtype, a.guards, exact_inputs=a.rounded is None)
+
+
+def _scaled_via(fn: Callable[..., Scaled | None]) -> ScaledRule:
+    def rule(low: _Lowering, n: Node) -> Scaled | None:
+        operands = low.scaled_operands(n)
+        return None if operands is None else fn(*operands)
+
+    return rule
+
+
+def _exactly(s: Scaled) -> bool:
+    """Exact without guards and without a rounding."""
+    return not s.guards and s.rounded is None
+
+
+def _scaled_sum(low: _Lowering, n: Node) -> Scaled | None:
+    operands = low.scaled_operands(n)
+    if operands is None:
+        return None
+    a, b = operands
+    ta, tb, e = _align(a, b)
+    t = t_add(ta, t_scale(tb, 1 if n.op is Op.ADD else -1))
+    return low.fit(t, e, n.dtype, a.guards + b.guards, _exactly(a) and _exactly(b))
+
+
+def _power_of_two(s: Scaled) -> tuple[int, int] | None:
+    """(sign, k) for a constant ±2**k, or None."""
+    c = _constant_tree(s.tree)
+    if not c or abs(c) & (abs(c) - 1):
+        return None
+    return (1 if c > 0 else -1), s.exp + abs(c).bit_length() - 1
+
+
+def _scaled_product(low: _Lowering, n: Node) -> Scaled | None:
+    """A product with a constant factor: by ±2**k exact (`q * 0.5`), by another a rounding; a product of two
+    unknowns is not affine."""
+    operands = low.scaled_operands(n)
+    if operands is None:
+        return None
+    a, b = operands
+    if _constant_tree(b.tree) is None:
+        a, b = b, a
+    c = _constant_tree(b.tree)
+    if c is None:
+        return None
+    p = _power_of_two(b)
+    if p is not None:
+        return a.scaled_by(*p)
+    return low.fit(t_scale(a.tree, c), a.exp + b.exp, n.dtype, a.guards, _exactly(a))
+
+
+def _scaled_quotient(a: Scaled, b: Scaled) -> Scaled | None:
+    """Division by a power of two (`q / 2.0`) is exact."""
+    p = _power_of_two(b)
+    return None if p is None else a.scaled_by(p[0], -p[1])
+
+
+def _floor(s: Scaled) -> Scaled:
+    if s.exp >= 0:
+        return s
+    return Scaled(_division_by(Op.FLOORDIV, s.tree, 2**-s.exp), 0, s.guards, s.limit >> -s.exp)
+
+
+def _ceil(s: Scaled) -> Scaled:
+    if s.exp >= 0:
+        return s
+    return Scaled(t_neg(_division_by(Op.FLOORDIV, t_neg(s.tree), 2**-s.exp)), 0, s.guards, s.limit)
+
+
+def _scaled_floordiv(a: Scaled, b: Scaled) -> Scaled | None:
+    q = _scaled_quotient(a, b)
+    return None if q is None else _floor(q)
+
+
+def _scaled_sign(a: Scaled) -> Scaled:
+    """sign(round(t)) = sign(t): exact wherever a is exact or one rounding."""
+    return Scaled(_sign(a.tree), 0, () if a.rounded is not None else a.guards, 1)
+
+
+def _scaled_select(low: _Lowering, n: Node) -> Scaled | None:
+    a, b = low.scaled(n.src[1]), low.scaled(n.src[2])
+    if a is None or b is None:
+        return None
+    return _joined(lambda x, y: Select(low.formula(n.src[0]), x, y), a, b)
+
+
+_SCALED_RULES: dict[Op, ScaledRule] = {
+    Op.CAST: _scaled_cast,
+    Op.ADD: _scaled_sum,
+    Op.SUB: _scaled_sum,
+    Op.MUL: _scaled_product,
+    Op.TRUEDIV: _scaled_via(_scaled_quotient),
+    Op.FLOORDIV: _scaled_via(_scaled_floordiv),
+    Op.NEG: _scaled_via(lambda a: a.scaled_by(-1, 0)),
+    Op.ABS: _scaled_via(lambda a: dataclasses.replace(a, tree=Max((a.tree, t_neg(a.tree))))),
+    Op.SIGN: _scaled_via(_scaled_sign),
+    Op.FLOOR: _scaled_via(_floor),
+    Op.CEIL: _scaled_via(_ceil),
+    Op.MIN: _scaled_via(lambda a, b: _joined(lambda x, y: Min((x, y)), a, b)),
+    Op.MAX: _scaled_via(lambda a, b: _joined(lambda x, y: Max((x, y)), a, b)),
+    Op.WHERE: _scaled_select,
+}
+
+
+def _load_frange(bounds: tuple[Node, ...]) -> FRange:
+    """A float load's range from its per-tile tables; a NaN state (third) says where values may be NaN."""
+    if len(bounds) == 2:
+        return FRange(bounds[0], bounds[1])
+    lo, hi, state = bounds
+    return FRange(lo, hi, node(Op.EQ, BOOL, state, const(0, state.dtype)),
+                  node(Op.NE, BOOL, state, const(2, state.dtype)))
+
+
+def _rounded(x: Node, e: int, rounding: Op, top: int, nan_as: float) -> Lin:
+    """ceil(x * 2**-e) (rounding CEIL) or floor, clamped into [-top, top], as a tile-constant form; a NaN x
+    gives `nan_as`. Computed in float64, where scaling a narrower float by a power of two is exact."""
+    if x.op is Op.CONST:
+        v = fr.value_of(x)
+        v = min(max(nan_as if math.isnan(v) else v * 2.0**-e, -top), top)
+        return number(math.ceil(v) if rounding is Op.CEIL else math.floor(v))
+    y = fr.to_f64(x)
+    if e:
+        y = node(Op.MUL, F64, y, const(2.0**-e, F64))
+    y = node(Op.WHERE, F64, node(Op.EQ, BOOL, y, y), y, const(float(nan_as), F64))
+    y = node(rounding, F64, node(Op.MIN, F64, node(Op.MAX, F64, y, const(float(-top), F64)), const(float(top), F64)))
+    k = node(Op.MAX, I64, node(Op.MIN, I64, node(Op.CAST, I64, y), const(top, I64)), const(-top, I64))
+    return sym(_cast(k, I32) if top <= INT32_MAX else k)
 
 
 _TREE_RULES: dict[Op, Callable[[_Lowering, Node], Tree | None]] = {
@@ -1468,12 +1926,13 @@ def kv_ranges(mask: Node) -> list[tuple[Node | None, Node | None]]:
     f = low.formula(mask)
     if f == FALSE:
         return []
-    key_guards = [g for g in low.guards if any("kv" in k.deps for k in g.terms)]
+    guards, checks = low.for_ranges()
+    key_guards = [g for g in guards if any("kv" in k.deps for k in g.terms)]
     # where query-side arithmetic may wrap around (or a tile constant leaves the range analysed) the bounds
     # do not hold; keys where key-side arithmetic may wrap get a range of their own
-    ok = all_([*(guard_holds(g) for g in low.guards if g not in key_guards), *low.checks])
+    ok = all_([*(guard_holds(g) for g in guards if g not in key_guards), *checks])
     disjuncts = f.parts if isinstance(f, Or) else (f,)
-    ranges = _merge([_kv_bounds(d) for d in disjuncts] + [_wrap_range(g) for g in key_guards])
+    ranges = _merge([_kv_bounds(d, low.box) for d in disjuncts] + [_wrap_range(g) for g in key_guards])
     return [(_index_bound(lo, ok, INT32_MIN), _index_bound(hi, ok, INT32_MAX)) for lo, hi in ranges]
 
 
@@ -1488,11 +1947,12 @@ def kv_full_range(mask: Node) -> tuple[Node | None, Node | None] | None:
     conjunctions intersect, and a disjunction keeps what one of its parts guarantees (or their union where
     they share an end)."""
     low = _Lowering(mask, None)
-    full = _full_bounds(low.formula(mask))
-    if full is None or any("kv" in check.deps for check in low.checks):
+    full = _full_bounds(low.formula(mask), low.box)
+    guards, checks = low.for_ranges()
+    if full is None or any("kv" in check.deps for check in checks):
         return None
     (lo, hi), conditions = full
-    key_guards = [g for g in low.guards if any("kv" in k.deps for k in g.terms)]
+    key_guards = [g for g in guards if any("kv" in k.deps for k in g.terms)]
     for guard in key_guards:  # keys where key-side arithmetic may wrap are never full
         bad_lo, bad_hi = _wrap_range(guard)
         if (bad_lo is None) == (bad_hi is None):
@@ -1501,7 +1961,7 @@ def kv_full_range(mask: Node) -> tuple[Node | None, Node | None] | None:
             hi = _join(Op.MIN, [hi, bad_lo.shift(-1)], any_none=False)
         else:
             lo = _join(Op.MAX, [lo, bad_hi.shift(1)], any_none=False)
-    ok = all_([*(guard_holds(g) for g in low.guards if g not in key_guards), *low.checks, *conditions])
+    ok = all_([*(guard_holds(g) for g in guards if g not in key_guards), *checks, *conditions])
     if ok is FALSE_N:
         return None
     if ok is not TRUE_N:  # an unbounded side still needs a bound that can make the range empty
@@ -1512,26 +1972,27 @@ def kv_full_range(mask: Node) -> tuple[Node | None, Node | None] | None:
 FullBounds = tuple[tuple[Bound, Bound], tuple[Node, ...]]  # (key range, tile-constant conditions)
 
 
-def _full_bounds(f: Formula) -> FullBounds | None:
+def _full_bounds(f: Formula, box: Box) -> FullBounds | None:
     if isinstance(f, Atom):
         if not any(KV in free_vars(lin_of(k)) for k in f.lin.unknowns()):  # a condition on the query tile
-            weakest = _over_query_tile(f.lin, maximise=False)
+            weakest = _over_query_tile(f.lin, maximise=False, box=box)
             return None if weakest is None else ((None, None), (guard_holds(weakest),))
-        bounds = _atom_kv_bounds(f.lin, tighten=True)
+        bounds = _atom_kv_bounds(f.lin, tighten=True, box=box)
         return None if bounds == (None, None) else (bounds, ())
-    if isinstance(f, Cond):
-        if f.node is FALSE_N:
+    if isinstance(f, Cond | Tri):  # holds everywhere where its condition does (a Tri: where it never fails)
+        condition = f.node if isinstance(f, Cond) else not_(f.may_false)
+        if condition is FALSE_N or "kv" in condition.deps:
             return None
-        return (None, None), (() if f.node is TRUE_N else (f.node,))
+        return (None, None), (() if condition is TRUE_N else (condition,))
     if isinstance(f, And):
-        parts = [_full_bounds(p) for p in f.parts]
+        parts = [_full_bounds(p, box) for p in f.parts]
         if any(p is None for p in parts):
             return None
         lo = _join(Op.MAX, [p[0][0] for p in parts], any_none=False)
         hi = _join(Op.MIN, [p[0][1] for p in parts], any_none=False)
         return (lo, hi), tuple(c for p in parts for c in p[1])
     if isinstance(f, Or):
-        known = [p for p in map(_full_bounds, f.parts) if p is not None]
+        known = [p for p in (_full_bounds(part, box) for part in f.parts) if p is not None]
         if not known:
             return None
         plain = [bounds for bounds, conditions in known if not conditions]
@@ -1556,12 +2017,12 @@ def _wrap_range(guard: Lin) -> tuple[Bound, Bound]:
     return _atom_kv_bounds(at_key.scale(-1).shift(-1))
 
 
-def _kv_bounds(f: Formula) -> tuple[Bound, Bound]:
+def _kv_bounds(f: Formula, box: Box) -> tuple[Bound, Bound]:
     if isinstance(f, Atom):
-        return _atom_kv_bounds(f.lin)
+        return _atom_kv_bounds(f.lin, box=box)
     if not isinstance(f, And | Or):
         return None, None
-    parts = [_kv_bounds(p) for p in f.parts]
+    parts = [_kv_bounds(p, box) for p in f.parts]
     if isinstance(f, And):  # the tightest of each side
         return _join(Op.MAX, [p[0] for p in parts], any_none=False), _join(Op.MIN, [p[1] for p in parts], False)
     return _join(Op.MIN, [p[0] for p in parts], any_none=True), _join(Op.MAX, [p[1] for p in parts], True)
@@ -1575,7 +2036,7 @@ def _join(op: Op, bounds: list[Bound], any_none: bool) -> Bound:
     return _extreme(op, known)
 
 
-def _atom_kv_bounds(lin: Lin, tighten: bool = False) -> tuple[Bound, Bound]:
+def _atom_kv_bounds(lin: Lin, tighten: bool = False, box: Box | None = None) -> tuple[Bound, Bound]:
     """From `a * K + rest(q) >= 0` with K = kv or (kv + s) // d: K >= ceil(-rest / a) for a > 0,
     K <= floor(rest / -a) for a < 0, loosest over the query tile: the keys some query of the tile may
     attend to (`tighten`: tightest, the keys every query of the tile attends to)."""
@@ -1584,7 +2045,7 @@ def _atom_kv_bounds(lin: Lin, tighten: bool = False) -> tuple[Bound, Bound]:
         return None, None
     key, a = keys[0], lin.terms[keys[0]]
     shift = key.arg - lin_of(KV) if isinstance(key, Div) else number(0)
-    rest = _over_query_tile(lin - Lin({key: a}), maximise=not tighten)
+    rest = _over_query_tile(lin - Lin({key: a}), maximise=not tighten, box=box)
     if rest is None or shift.unknowns() or (isinstance(key, Div) and key.arg.terms[KV] != 1):
         return None, None
     if a > 0:  # (kv + s) // d >= m  <=>  kv >= d * m - s
@@ -1603,9 +2064,10 @@ def _times(lin: Lin, d: Divisor) -> Lin:
     return sym(node(Op.MUL, I64, _cast(emit(lin), I64), _cast(d, I64)))
 
 
-def _over_query_tile(lin: Lin, maximise: bool) -> Lin | None:
+def _over_query_tile(lin: Lin, maximise: bool, box: Box | None = None) -> Lin | None:
     """The largest (or smallest) value of a form over q in [q_lo, q_hi], term by term (each term is monotone
-    in q); None if the form has other unknowns."""
+    in q, or an unknown of `box` whose bounds read the query tile only); None if the form has other
+    unknowns."""
     out = number(lin.const)
     for k, c in lin.terms.items():
         high = maximise == (c > 0)
@@ -1613,12 +2075,23 @@ def _over_query_tile(lin: Lin, maximise: bool) -> Lin | None:
             value = lin_of(k)
         elif k == Q:
             value = lin_of(var("q_hi" if high else "q_lo"))
-        elif isinstance(k, Div) and (inner := _over_query_tile(k.arg, high)) is not None:
+        elif isinstance(k, Div) and (inner := _over_query_tile(k.arg, high, box)) is not None:
             value = div(inner, k.d)  # floor division is non-decreasing
+        elif isinstance(k, Var) and k != KV and box is not None and (found := _query_bound(box[k], high)):
+            value = found
         else:
             return None
         out += value.scale(c)
     return out
+
+
+def _query_bound(bounds: Bounds, high: bool) -> Lin | None:
+    """The tightest upper (`high`) or lower bound of an unknown, if it reads no key-tile bound (then it holds
+    for the query tile and any key)."""
+    sides = bounds.uppers if high else bounds.lowers
+    if any("kv" in k.deps for side in sides for k in side.terms):
+        return None
+    return _extreme(Op.MIN if high else Op.MAX, sides)
 
 
 def _merge(ranges: list[tuple[Bound, Bound]]) -> list[tuple[Bound, Bound]]:

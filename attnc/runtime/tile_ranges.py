@@ -25,7 +25,10 @@ same single id on both sides allow every pair (full).
   a few tiles of the first axis at a time.
 
 Indices are clamped into their dims as LOAD does; bool loads range as bools (min: all, max: any), which
-the classifier reads as such; loads with a NaN value get no range. The tile boxes the classifier is asked
+the classifier reads as such. Float loads that reach a NaN range over their other values and get a third
+table, the tile's NaN state (0: no NaN, 1: some, 2: all NaN; an all-NaN tile ranges over [0, 0]): a NaN
+compares False with everything, so the classifier proves nothing about a tile from ordered values unless
+its state is 0, and a tile of NaN only can never hold `x < load`. The tile boxes the classifier is asked
 about must be the tiles of this grid.
 
 Why min/max is sound for any data, sorted or not: every value the load takes in a tile lies in
@@ -56,7 +59,7 @@ from attnc.ir.node import Node, const, load, node, var
 from attnc.ir.ops import Op
 from attnc.ir.program import Program, TensorSpec
 
-Pair = tuple[Node, Node]
+Bounds = tuple[Node, ...]  # (min, max) or (min, max, NaN state)
 _MOVING = frozenset({"q", "kv"})
 # elements of the intermediate tables of a separable load per step, so memory stays bounded at any length
 _STEP_ELEMENTS = 1 << 24
@@ -65,11 +68,12 @@ _STEP_ELEMENTS = 1 << 24
 @dataclasses.dataclass(frozen=True)
 class TileRanges:
     """`extra_tensors` are appended after the program's captured tensors (LOAD slots `len(tensors)` on);
-    `load_range(load_node)` is the IR pair `(min, max)` of that load over the current tile, or None
-    when no range is known (the classifier then treats the load as unknown)."""
+    `load_range(load_node)` is the IR pair `(min, max)` of that load over the current tile, followed by its
+    NaN state for a float load that reaches a NaN, or None when no range is known (the classifier then
+    treats the load as unknown)."""
 
     extra_tensors: tuple[Tensor, ...]
-    load_range: Callable[[Node], Pair | None]
+    load_range: Callable[[Node], Bounds | None]
 
     @property
     def tensor_specs(self) -> tuple[TensorSpec, ...]:
@@ -127,17 +131,18 @@ def tile_ranges(program: Program, tensors: Sequence[Tensor], params: Sequence, *
         raise ValueError(f"tile_ranges: the program captures {len(program.tensors)} tensors, got {len(tensors)}")
     axes = {"q": _Axis("q", Q_LEN, q_block), "kv": _Axis("kv", KV_LEN, kv_block)}
     extra: list[Tensor] = []
-    pairs: dict[Node, Pair] = {}
+    bounds: dict[Node, Bounds] = {}
     for load_node in ranged_loads(program.mask):
         tables = _tables(load_node, axes, _reader(load_node, B, H, tensors, params))
         if tables is None:
             continue
-        slot, dtype = len(tensors) + len(extra), load_node.dtype
-        low, high = _narrowed(tables)
-        extra += [low, high]
+        slot = len(tensors) + len(extra)
+        tables = (*_narrowed(tables[:2]), *tables[2:])
+        extra += tables
         tiles = tuple(axis.tile_number for name, axis in axes.items() if name in load_node.deps)
-        pairs[load_node] = (_tile_load(slot, low, dtype, tiles), _tile_load(slot + 1, high, dtype, tiles))
-    return TileRanges(tuple(extra), types.MappingProxyType(pairs).get)
+        dtypes = (load_node.dtype, load_node.dtype, DType.int32)
+        bounds[load_node] = tuple(_tile_load(slot + i, table, dtypes[i], tiles) for i, table in enumerate(tables))
+    return TileRanges(tuple(extra), types.MappingProxyType(bounds).get)
 
 
 def ranged_loads(mask: Node | None) -> list[Node]:
@@ -159,19 +164,39 @@ def _reader(load_node: Node, B: int, H: int, tensors: Sequence[Tensor], params: 
     return _Reader(tensors, params, batch, heads, tensors[load_node.arg].device)
 
 
-def _tables(load_node: Node, axes: dict[str, _Axis], reader: _Reader) -> tuple[Tensor, Tensor] | None:
-    """(min, max) tables of a ranged load, or None when there is nothing to range over or a value is NaN
-    (NaN compares false with everything, so an interval with a NaN end would prove things that do not
-    hold)."""
+def _tables(load_node: Node, axes: dict[str, _Axis], reader: _Reader) -> tuple[Tensor, ...] | None:
+    """(min, max) tables of a ranged load, or None when there is nothing to range over. A float load that
+    reaches a NaN ranges over its other values and has a third table, its NaN state (see the module
+    docstring): an interval with a NaN end would prove things that do not hold."""
+    tensor = reader.tensors[load_node.arg]
+    if not tensor.is_floating_point() or not bool(tensor.isnan().any()):
+        return _min_max(load_node, axes, reader)
+    is_nan = tensor.isnan()
+    nan = _min_max(load_node, axes, _replaced(reader, load_node.arg, is_nan.to(tensor.dtype)))
+    if nan is None or not bool(nan[1].any()):  # no tile reaches a NaN
+        return _min_max(load_node, axes, reader)
+    low = _min_max(load_node, axes, _replaced(reader, load_node.arg, tensor.masked_fill(is_nan, math.inf)))
+    high = _min_max(load_node, axes, _replaced(reader, load_node.arg, tensor.masked_fill(is_nan, -math.inf)))
+    assert low is not None and high is not None
+    every, some = nan[0] > 0, nan[1] > 0
+    zero = torch.zeros((), dtype=low[0].dtype, device=low[0].device)
+    state = some.to(torch.int8) + every.to(torch.int8)
+    return torch.where(every, zero, low[0]), torch.where(every, zero, high[1]), state
+
+
+def _replaced(reader: _Reader, slot: int, tensor: Tensor) -> _Reader:
+    """`reader` reading `tensor` in place of captured tensor `slot`."""
+    tensors = list(reader.tensors)
+    tensors[slot] = tensor
+    return dataclasses.replace(reader, tensors=tensors)
+
+
+def _min_max(load_node: Node, axes: dict[str, _Axis], reader: _Reader) -> tuple[Tensor, Tensor] | None:
     if separable(load_node):
-        tables = _separable_tables(load_node, axes, reader)
-    else:
-        (moving,) = load_node.deps & _MOVING
-        axis = axes[moving]
-        tables = _per_tile(reader.along(load_node, axis, 0, axis.length), axis.block) if axis.length else None
-    if tables is None or not tables[0].is_floating_point():
-        return tables
-    return None if bool(tables[0].isnan().any() or tables[1].isnan().any()) else tables
+        return _separable_tables(load_node, axes, reader)
+    (moving,) = load_node.deps & _MOVING
+    axis = axes[moving]
+    return _per_tile(reader.along(load_node, axis, 0, axis.length), axis.block) if axis.length else None
 
 
 def _per_tile(values: Tensor, block: int) -> tuple[Tensor, Tensor]:
