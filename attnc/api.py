@@ -36,7 +36,7 @@ from attnc.ir.tiles import TileTest, kv_full_range, kv_ranges, tile_test
 from attnc.ir.transpose import q_full_range, q_ranges
 from attnc.runtime import aot, launch, launch_backward, sparsity, tuning
 from attnc.runtime.autograd import AttentionFunction, GradientPlan, needs_grad
-from attnc.runtime.block_mask import BlockMask, block_size_pair, build_block_mask
+from attnc.runtime.block_mask import BlockMask, as_batched, block_size_pair, build_block_mask
 from attnc.runtime.cache import KernelCache
 from attnc.runtime.config import KernelConfig, Settings
 from attnc.runtime.deterministic import captured_gradients
@@ -84,7 +84,7 @@ class Attention:
         self._backward_source: BackwardSource | None = None
         self._backward_kernels: tuple[Any, Any] | None = None
         self._block_map_kernel: Any = None
-        self._plan: tuple[Any, BlockMask] | None = None  # (key, block map) for masks that read tensors
+        self._plan: tuple[Any, BlockMask, Any] | None = None  # (key, block map, bindings): masks reading tensors
 
     @property
     def source(self) -> KernelSource:
@@ -207,6 +207,7 @@ class Attention:
         `attnc.runtime.deterministic` for what it costs); q, k and v gradients are always deterministic.
         `values`: a text variant's tensors and parameters by name (`slopes=t, window=128`)."""
         shapes = launch.check_inputs(query, key, value, enable_gqa=enable_gqa)
+        block_mask = as_batched(block_mask) if block_mask is not None else None
         bindings = self._bind(values)
         chosen = choose_backend(backend, query)
         if chosen == "reference":
@@ -299,6 +300,7 @@ class Attention:
         shapes = launch.check_inputs(query, key, value, enable_gqa=enable_gqa)
         bindings = self._bind(values)
         if block_mask is not None:
+            block_mask = as_batched(block_mask)
             launch.check_block_mask(block_mask, shapes, query.device)
         block_mask = self._kernel_block_mask(query, bindings, shapes, block_mask)
         has_mask = self.program.mask is not None
@@ -339,12 +341,13 @@ class Attention:
         if mask is None or not sparsity.reads_data(mask):
             return None
         key = (shapes.B, shapes.Hq, shapes.Q_LEN, shapes.KV_LEN, device, tuple(bindings.params),
-               tuple((id(t), t._version) for t in bindings.tensors))
+               bindings.version_key())
         if self._plan is None or self._plan[0] != key:
             block_map = self._block_mask(bindings, sparsity.broadcast_size(mask, "b", shapes.B),
                                          sparsity.broadcast_size(mask, "h", shapes.Hq), shapes.Q_LEN,
                                          shapes.KV_LEN, device, PLAN_BLOCK, "auto")
-            self._plan = (key, block_map)
+            # the bindings keep the key's tensors alive, so their ids cannot be reused by others
+            self._plan = (key, block_map, bindings)
         return self._plan[1]
 
     def tile_stats(self, B: int, H: int, Q_LEN: int, KV_LEN: int, *, BLOCK_M: int = 128,

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from attnc.dsl.closure import Leaf, Path, ShapeEntry, Walk, describe_change
+from attnc.dsl.derived import Ref, Replay, TensorGraph
 from attnc.dsl.errors import StaleTrace, TraceError
 from attnc.dsl.semantics import WEAK_DTYPE, Operand, Typed, literal
 from attnc.dsl.symbolic import Sym
@@ -43,14 +44,31 @@ class Specialize(BaseException):
 class Bindings:
     tensors: tuple[torch.Tensor, ...]  # current value for each Program.tensors slot
     params: tuple[int | float, ...]  # current value for each Program.params slot
+    sources: tuple[torch.Tensor, ...] | None = None  # the captured tensors the slots are computed from
+
+    def version_key(self) -> tuple[tuple[int, int], ...]:
+        """Identifies the slots' values: each source tensor and its version counter (in-place changes bump
+        it). Valid while the sources are alive: keep them (`sources` or `tensors`) with the key."""
+        return tuple((id(t), t._version) for t in (self.tensors if self.sources is None else self.sources))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class TensorSource:
-    spec: TensorSpec
-    path: Path | None  # where the tensor lives in the closures
-    pinned: torch.Tensor | None = None  # the tensor itself, when no closure holds it
+    """A captured tensor (an input of the trace): where it lives in the closures, or the tensor itself
+    when no closure holds it (an object's attribute, a constant table built in the mod)."""
+
+    path: Path | None
+    pinned: torch.Tensor | None = None
     name: str = ""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Slot:
+    """A LOAD slot: which runtime tensor it reads (an input, or a value derived from inputs)."""
+
+    ref: Ref
+    spec: TensorSpec
+    name: str
 
 
 def tensor_spec(tensor: torch.Tensor) -> TensorSpec:
@@ -66,8 +84,9 @@ class Recorder:
         self.tensor_specs: list[TensorSpec] = []
         self._params: list[Leaf] = []
         self._param_slots: dict[Path, int] = {}
-        self._tensors: list[TensorSource] = []
-        self._tensor_slots: dict[int, int] = {}
+        self.graph = TensorGraph()
+        self._slots: list[Slot] = []
+        self._tensor_slots: dict[Ref, int] = {}
         self._closure_tensors: dict[int, Leaf] = {}
 
     # -- closure values --------------------------------------------------------------------------------
@@ -117,16 +136,16 @@ class Recorder:
         )
 
     def _scalar_tensor(self, tensor: torch.Tensor) -> Typed:
-        """A one-element tensor used as a value: runtime data when captured or trainable, else a constant."""
+        """A one-element tensor used as a value: runtime data unless the mod built it from constants."""
         if tensor.numel() != 1:
             raise TraceError.here(
                 f"a tensor of shape {list(tensor.shape)} is used as a value, but mods compute scalars",
                 "index it with expressions of the indices, e.g. bias[h, q_idx]",
             )
-        if id(tensor) in self._closure_tensors or tensor.requires_grad:
-            slot = self._tensor_slot(tensor)
-            return Typed(load(slot, self.tensor_specs[slot].dtype, *[const(0, INDEX)] * tensor.ndim))
-        return Typed(const(tensor.item(), _dtype_of(tensor)))
+        if self.graph.ref(tensor) is None:
+            return Typed(const(tensor.item(), _dtype_of(tensor)))
+        slot = self._tensor_slot(tensor)
+        return Typed(load(slot, self.tensor_specs[slot].dtype, *[const(0, INDEX)] * tensor.ndim))
 
     def load(self, tensor: torch.Tensor, index: Any) -> Typed:
         """`tensor[index]` for a captured tensor indexed by traced values."""
@@ -152,22 +171,30 @@ class Recorder:
         return value.node
 
     def _tensor_slot(self, tensor: torch.Tensor) -> int:
-        slot = self._tensor_slots.get(id(tensor))
+        ref = self.graph.ref(tensor, pin=True)
+        slot = self._tensor_slots.get(ref)
         if slot is None:
             spec = TensorSpec(_dtype_of(tensor), tensor.ndim, tensor.requires_grad)
-            leaf = self._closure_tensors.get(id(tensor))
-            if leaf is None:
-                source = TensorSource(spec, None, pinned=tensor)
-            else:
-                source = TensorSource(spec, leaf.path, name=leaf.display)
-            slot = self._tensor_slots[id(tensor)] = len(self.tensor_specs)
+            slot = self._tensor_slots[ref] = len(self.tensor_specs)
             self.tensor_specs.append(spec)
-            self._tensors.append(source)
+            self._slots.append(Slot(ref, spec, self._name(ref)))
         return slot
+
+    def _name(self, ref: Ref) -> str:
+        if ref.derived:
+            return "a value computed from captured tensors"
+        leaf = self._closure_tensors.get(id(self.graph.inputs[ref.index]))
+        return "" if leaf is None else leaf.display
 
     def captures(self, shape: list[ShapeEntry]) -> Captures:
         params = tuple(leaf.path for leaf in self._params)
-        return Captures(tuple(shape), params, tuple(self._tensors), tuple(self.frozen.items()))
+        inputs = tuple(self._source(t) for t in self.graph.inputs)
+        replay = Replay(self.graph.recipes, len(self.graph.derived))
+        return Captures(tuple(shape), params, inputs, tuple(self._slots), replay, tuple(self.frozen.items()))
+
+    def _source(self, tensor: torch.Tensor) -> TensorSource:
+        leaf = self._closure_tensors.get(id(tensor))
+        return TensorSource(None, pinned=tensor) if leaf is None else TensorSource(leaf.path, name=leaf.display)
 
 
 def _dtype_of(tensor: torch.Tensor) -> DType:
@@ -187,12 +214,20 @@ def _index_error(tensor: torch.Tensor, found: str) -> TraceError:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Captures:
-    """Where each slot's value lives, and the closure shape the trace is valid for."""
+    """Where each captured value lives, how derived tensors are recomputed, and the closure shape the
+    trace is valid for."""
 
     shape: tuple[ShapeEntry, ...]
     params: tuple[Path, ...]  # where each PARAM slot's value lives
-    tensors: tuple[TensorSource, ...]
+    inputs: tuple[TensorSource, ...]  # the captured tensors
+    slots: tuple[Slot, ...]  # what each LOAD slot reads
+    replay: Replay  # derived tensors from the inputs
     frozen: tuple[tuple[Path, Any], ...]  # closure scalars the trace specialised on, with their values
+
+    @property
+    def tensors(self) -> tuple[TensorSource, ...]:
+        """The captured tensor each LOAD slot reads directly (derived slots excluded)."""
+        return tuple(self.inputs[s.ref.index] for s in self.slots if not s.ref.derived)
 
     def bind(self, mask_mod: Any, score_mod: Any) -> Bindings:
         """The current value of every slot, read from the given mods. StaleTrace if they changed shape."""
@@ -203,7 +238,10 @@ class Captures:
         for path, value in self.frozen:
             _check_frozen(walk.leaves[path], value)
         params = tuple(_param_value(walk.leaves[path]) for path in self.params)
-        return Bindings(tuple(_tensor_value(t, walk.leaves) for t in self.tensors), params)
+        inputs = tuple(_input_value(source, walk.leaves) for source in self.inputs)
+        derived = self.replay.run(inputs)
+        tensors = tuple(_slot_value(slot, inputs, derived) for slot in self.slots)
+        return Bindings(tensors, params, inputs)
 
 
 def _check_frozen(leaf: Leaf, traced: Any) -> None:
@@ -221,13 +259,24 @@ def _param_value(leaf: Leaf) -> int | float:
     return value
 
 
-def _tensor_value(source: TensorSource, leaves: Mapping[Path, Leaf]) -> torch.Tensor:
+def _input_value(source: TensorSource, leaves: Mapping[Path, Leaf]) -> torch.Tensor:
     tensor = source.pinned if source.path is None else leaves[source.path].value
+    if tensor.device.type == "meta":
+        raise ValueError(f"attnc: captured tensor {source.name or tuple(tensor.shape)} is a meta tensor: it has "
+                         "no values for the mod to read; capture a tensor on the inputs' device")
+    return tensor
+
+
+def _slot_value(slot: Slot, inputs: tuple[torch.Tensor, ...], derived: list[torch.Tensor]) -> torch.Tensor:
+    tensor = derived[slot.ref.index] if slot.ref.derived else inputs[slot.ref.index]
     try:
         spec = tensor_spec(tensor)
     except TypeError:
         spec = None
-    if spec != source.spec:
-        raise StaleTrace(f"captured tensor {source.name or 'value'} changed from {source.spec} to "
+    # a derived value needs no gradient under torch.no_grad(): only its dtype and rank must hold
+    same = spec == slot.spec if not slot.ref.derived else (
+        spec is not None and (spec.dtype, spec.ndim) == (slot.spec.dtype, slot.spec.ndim))
+    if not same:
+        raise StaleTrace(f"captured tensor {slot.name or 'value'} changed from {slot.spec} to "
                          f"{tensor.dtype}, ndim {tensor.ndim}, requires_grad={tensor.requires_grad}")
     return tensor

@@ -4,7 +4,8 @@
     bindings = traced.bind(mask_mod, score_mod)  # every call: current closure scalars and tensors
 
 The mods run once on `Sym` values standing for (score, b, h, q_idx, kv_idx). Closure scalars become
-PARAMs and captured tensors LOADs (see `attnc.dsl.captures`). When Python code inside a mod needs the
+PARAMs and captured tensors LOADs (see `attnc.dsl.captures`); torch operations on captured tensors are
+recorded and recomputed at every bind (see `attnc.dsl.derived`). When Python code inside a mod needs the
 concrete value of closure scalars (`if window > 0:`, `range(n)`), the trace is repeated with those
 scalars as constants, and `bind` raises StaleTrace once their values change.
 """
@@ -22,6 +23,7 @@ import torch
 
 from attnc.dsl.captures import Bindings, Captures, Recorder, Specialize
 from attnc.dsl.closure import Path, Walk
+from attnc.dsl.derived import TracingMode
 from attnc.dsl.errors import StaleTrace, TraceError, location_of_code, wrap_exception
 from attnc.dsl.semantics import Operand, Typed, describe, key, to_node
 from attnc.dsl.symbolic import Sym
@@ -73,8 +75,10 @@ def _trace_once(mask_mod: Callable | None, score_mod: Callable | None, frozen: d
 
 def _run(recorder: Recorder, fn: Callable, args: list[Sym], what: str, mod: Callable) -> Operand:
     """Call a rebuilt mod on traced values; its result as an operand."""
+    mode = TracingMode(recorder.graph, lambda x: isinstance(x, Sym), Sym.__torch_function__)
     try:
-        out = fn(*args)
+        with mode:
+            out = fn(*args)
     except TraceError:
         raise
     except Exception as exc:
