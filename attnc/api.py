@@ -38,7 +38,14 @@ from attnc.runtime import aot, launch, launch_backward, sparsity, tuning
 from attnc.runtime.autograd import AttentionFunction, GradientPlan, needs_grad
 from attnc.runtime.block_mask import BlockMask, as_batched, block_size_pair, build_block_mask
 from attnc.runtime.cache import KernelCache
-from attnc.runtime.config import KernelConfig, Settings
+from attnc.runtime.config import (
+    FLAG_OPTIONS,
+    KERNEL_OPTIONS,
+    KernelConfig,
+    Settings,
+    check_kernel_options,
+    with_options,
+)
 from attnc.runtime.deterministic import captured_gradients
 from attnc.runtime.device_block_map import device_block_classes
 from attnc.runtime.interpreter import INTERPRETER_UNAVAILABLE, interpreter_active
@@ -207,6 +214,7 @@ class Attention:
         `attnc.runtime.deterministic` for what it costs); q, k and v gradients are always deterministic.
         `values`: a text variant's tensors and parameters by name (`slopes=t, window=128`)."""
         shapes = launch.check_inputs(query, key, value, enable_gqa=enable_gqa)
+        kernel_options = check_kernel_options(kernel_options)  # before anything launches
         block_mask = as_batched(block_mask) if block_mask is not None else None
         bindings = self._bind(values)
         chosen = choose_backend(backend, query)
@@ -468,27 +476,15 @@ def _backward_with_options(configs: launch_backward.BackwardConfigs,
     def bounded(config: KernelConfig) -> KernelConfig:
         # tiles asked for the forward bound the backward's too (a BlockMask's blocks must still divide); the
         # Hopper flags apply as given
-        flags = {KERNEL_OPTIONS[k]: bool(options[k]) for k in _FLAG_OPTIONS if k in options}
+        flags = {KERNEL_OPTIONS[k]: bool(options[k]) for k in FLAG_OPTIONS if k in options}
         return dataclasses.replace(config, block_m=min(config.block_m, options.get("BLOCK_M", config.block_m)),
                                    block_n=min(config.block_n, options.get("BLOCK_N", config.block_n)), **flags)
 
     return launch_backward.BackwardConfigs(bounded(configs.dkdv), bounded(configs.dq))
 
 
-def _with_options(config: KernelConfig, options: dict[str, int] | None) -> KernelConfig:
-    if not options:
-        return config
-    unknown = set(options) - set(KERNEL_OPTIONS)
-    if unknown:
-        raise ValueError(f"attnc: unknown kernel_options {sorted(unknown)}; known: {sorted(KERNEL_OPTIONS)}")
-    fields = {KERNEL_OPTIONS[k]: (bool(v) if k in _FLAG_OPTIONS else int(v)) for k, v in options.items()}
-    return dataclasses.replace(config, **fields)
-
-
-# kernel_options names (FlexAttention's spelling where it has one) and the KernelConfig fields they set
-KERNEL_OPTIONS = {"BLOCK_M": "block_m", "BLOCK_N": "block_n", "num_warps": "num_warps", "num_stages": "num_stages",
-                  "USE_TMA": "tma", "WARP_SPECIALIZE": "warp_specialize"}
-_FLAG_OPTIONS = ("USE_TMA", "WARP_SPECIALIZE")
+def _with_options(config: KernelConfig, options: dict[str, int | bool]) -> KernelConfig:
+    return with_options(config, options) if options else config
 
 
 _WARNED: set[str] = set()

@@ -1,14 +1,21 @@
 """Settings read in one place, and the default tile configuration per head dim.
 
 `Settings` is the only reader of the environment; `KernelConfig` is the tile shape and launch
-parameters of one kernel (`attnc.runtime.autotune` picks among them per GPU).
+parameters of one kernel (`attnc.runtime.autotune` picks among them per GPU). A `KernelConfig` checks its
+fields when it is made, so no invalid config (from a user's `kernel_options` or a tuning file) can reach a
+launch: tiles are powers of two from 16 (the smallest `tl.dot`) to 256, warps one of NUM_WARPS, stages 1-8,
+the Hopper options booleans.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import operator
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +43,13 @@ class KernelConfig:
     tma: bool = False
     warp_specialize: bool = False
 
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            problem = field_problem(field.name, value)
+            if problem is not None:
+                raise ValueError(f"attnc: invalid kernel config: {field.name}={value!r}: {problem}")
+
     def fit_to_blocks(self, q_block: int, kv_block: int) -> KernelConfig:
         """Shrink the tiles so they divide a BlockMask's block sizes."""
         block_m = _largest_dividing_power_of_two(q_block, self.block_m)
@@ -46,6 +60,65 @@ class KernelConfig:
                 "each block size must be a multiple of 16"
             )
         return dataclasses.replace(self, block_m=block_m, block_n=block_n)
+
+
+MIN_TILE, MAX_TILE = 16, 256
+NUM_WARPS = (1, 2, 4, 8, 16)
+MAX_STAGES = 8
+_TILE_FIELDS = ("block_m", "block_n")
+_FLAG_FIELDS = ("tma", "warp_specialize")
+
+
+def field_problem(name: str, value: Any) -> str | None:
+    """What is wrong with `value` for the KernelConfig field `name`, or None when it is valid."""
+    if name in _FLAG_FIELDS:
+        return None if type(value) is bool else "must be True or False"
+    if type(value) is not int:  # bool is an int subclass: True is not a tile size
+        return "must be an integer"
+    if name in _TILE_FIELDS:
+        in_range = MIN_TILE <= value <= MAX_TILE and value & (value - 1) == 0
+        return None if in_range else f"must be a power of two from {MIN_TILE} to {MAX_TILE}"
+    if name == "num_warps":
+        return None if value in NUM_WARPS else f"must be one of {', '.join(map(str, NUM_WARPS))}"
+    if name == "num_stages":
+        return None if 1 <= value <= MAX_STAGES else f"must be from 1 to {MAX_STAGES}"
+    return "is not a kernel config field"
+
+
+# kernel_options names (FlexAttention's spelling where it has one) and the KernelConfig fields they set
+KERNEL_OPTIONS = {"BLOCK_M": "block_m", "BLOCK_N": "block_n", "num_warps": "num_warps", "num_stages": "num_stages",
+                  "USE_TMA": "tma", "WARP_SPECIALIZE": "warp_specialize"}
+FLAG_OPTIONS = ("USE_TMA", "WARP_SPECIALIZE")
+
+
+def check_kernel_options(options: Any) -> dict[str, int | bool]:
+    """A user's `kernel_options`, checked before anything launches and normalised (integers of any integral
+    type become `int`); a ValueError names the first option that is unknown or out of range."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ValueError(f"attnc: kernel_options must be a dict of option names to values, got "
+                         f"{type(options).__name__}")
+    unknown = sorted(map(str, set(options) - set(KERNEL_OPTIONS)))
+    if unknown:
+        raise ValueError(f"attnc: unknown kernel_options {unknown}; known: {sorted(KERNEL_OPTIONS)}")
+    return {name: _option_value(name, value) for name, value in options.items()}
+
+
+def _option_value(name: str, value: Any) -> int | bool:
+    normalised = value
+    if name not in FLAG_OPTIONS and type(value) is not bool:
+        with contextlib.suppress(TypeError):  # numpy and torch integers are integers; 2.0 and "64" are not
+            normalised = operator.index(value)
+    problem = field_problem(KERNEL_OPTIONS[name], normalised)
+    if problem is not None:
+        raise ValueError(f"attnc: kernel_options[{name!r}]={value!r} is invalid: {name} {problem}")
+    return normalised
+
+
+def with_options(config: KernelConfig, options: Mapping[str, int | bool]) -> KernelConfig:
+    """`config` with the (checked) kernel options applied."""
+    return dataclasses.replace(config, **{KERNEL_OPTIONS[name]: value for name, value in options.items()})
 
 
 def _largest_dividing_power_of_two(n: int, cap: int) -> int:
