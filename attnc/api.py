@@ -213,6 +213,7 @@ class Attention:
         `deterministic=True` computes captured-tensor gradients without atomics, bitwise reproducibly (see
         `attnc.runtime.deterministic` for what it costs); q, k and v gradients are always deterministic.
         `values`: a text variant's tensors and parameters by name (`slopes=t, window=128`)."""
+        key, value = shared_kv_batch(query, key, value)
         shapes = launch.check_inputs(query, key, value, enable_gqa=enable_gqa)
         kernel_options = check_kernel_options(kernel_options)  # before anything launches
         block_mask = as_batched(block_mask) if block_mask is not None else None
@@ -305,6 +306,7 @@ class Attention:
         the fastest).
         `timer(fn) -> ms` defaults to CUDA-event timing on a GPU; in the Triton interpreter one must be given.
         Returns the config chosen per kernel ("forward", "backward_dkdv", "backward_dq")."""
+        key, value = shared_kv_batch(query, key, value)
         shapes = launch.check_inputs(query, key, value, enable_gqa=enable_gqa)
         bindings = self._bind(values)
         if block_mask is not None:
@@ -558,6 +560,15 @@ def _compiled(mask_mod: MaskMod | None, score_mod: ScoreMod | None) -> Attention
             _COMPILED.popitem(last=False)
     _COMPILED.move_to_end(key)
     return found
+
+
+def shared_kv_batch(query: Any, key: Any, value: Any) -> tuple[Any, Any]:
+    """Key / value of batch 1 serve every query batch (one shared KV, as paged caches lay it out), as torch
+    broadcasts them: an expanded view, no copy; autograd sums their gradients over the batch."""
+    tensors = (query, key, value)
+    if all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in tensors) and key.shape[0] == value.shape[0] == 1:
+        return key.expand(query.shape[0], -1, -1, -1), value.expand(query.shape[0], -1, -1, -1)
+    return key, value
 
 
 def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, score_mod: ScoreMod | None = None,
