@@ -8,12 +8,12 @@ parent's business (`attnc.perf.sass`)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
 import sys
 import tempfile
+import types
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,11 @@ _SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
 def _load_kernel(path: str, name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"attnc_aot_{abs(hash(path))}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    # compiled from the text, not imported: no bytecode is read from or written to the cache's __pycache__
+    module = types.ModuleType(f"attnc_aot_{abs(hash(path))}")
+    module.__file__ = path
+    sys.modules[module.__name__] = module
+    exec(compile(Path(path).read_text(), path, "exec", dont_inherit=True), module.__dict__)
     return getattr(module, name)
 
 
