@@ -24,6 +24,7 @@ from attnc.runtime.autotune import (
 )
 from attnc.runtime.config import KernelConfig, default_config
 from attnc.runtime.launch_backward import backward_configs
+from attnc.runtime.tuning_store import TuningWarning
 
 CONFIGS = [
     KernelConfig(block_m=128, block_n=32, num_warps=8, num_stages=3),
@@ -98,7 +99,8 @@ def test_corrupt_or_foreign_file_is_ignored_and_rewritten(tmp_path: Path, conten
     path = tmp_path / autotune.TUNING_FILE
     path.write_text(content)
     tuner = Tuner(tmp_path)
-    assert tuner.lookup(KEY) is None
+    with pytest.warns(TuningWarning, match=f"attnc: ignoring .*{path}"):
+        assert tuner.lookup(KEY) is None
     assert tune(tuner, FakeGPU()) == CONFIGS[2]
     assert json.loads(path.read_text())["version"] == autotune.TUNING_VERSION
     assert Tuner(tmp_path).lookup(KEY) == CONFIGS[2]
@@ -109,11 +111,12 @@ def test_wrongly_typed_entry_is_dropped_and_valid_ones_kept(tmp_path: Path) -> N
     path = tmp_path / autotune.TUNING_FILE
     document = json.loads(path.read_text())
     other = TuneKey("NVIDIA A100", "kernel-abc", KEY.bucket)
-    document["entries"][other.serialize()] = {"config": {"block_m": True, "block_n": 32, "num_warps": 8,
-                                                         "num_stages": 2}, "ms": 1.0, "tried": 1}
+    config = {"block_m": True, "block_n": 32, "num_warps": 8, "num_stages": 2, "tma": False, "warp_specialize": False}
+    document["entries"][other.serialize()] = {"config": config, "ms": 1.0, "tried": 1}
     path.write_text(json.dumps(document))
     tuner = Tuner(tmp_path)
-    assert tuner.lookup(KEY) == CONFIGS[2]
+    with pytest.warns(TuningWarning, match="ignoring 1 invalid entry of 2 .*config.block_m=True must be an integer"):
+        assert tuner.lookup(KEY) == CONFIGS[2]
     assert tuner.lookup(other) is None
 
 
@@ -208,7 +211,8 @@ def test_file_in_a_directory_others_may_write_is_not_trusted(tmp_path: Path) -> 
     tune(Tuner(tmp_path), FakeGPU())
     tmp_path.chmod(0o777)
     try:
-        assert Tuner(tmp_path).lookup(KEY) is None
+        with pytest.warns(TuningWarning, match=f"its directory {tmp_path} is owned by another user or writable"):
+            assert Tuner(tmp_path).lookup(KEY) is None
     finally:
         tmp_path.chmod(0o700)
     assert Tuner(tmp_path).lookup(KEY) == CONFIGS[2]

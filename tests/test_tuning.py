@@ -17,6 +17,7 @@ from attnc.runtime.aot import AOTError
 from attnc.runtime.autotune import TuneKey, Tuner, hopper_options, select, shape_bucket
 from attnc.runtime.config import INTERPRETER_TILES, KernelConfig
 from attnc.runtime.launch import Shapes
+from attnc.runtime.tuning_store import TuningWarning
 
 SMALL = KernelConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)
 LARGE = KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=1)
@@ -70,7 +71,8 @@ def test_hopper_flags_must_be_booleans_in_the_file(tmp_path: Path) -> None:
     (entry,) = document["entries"].values()
     entry["config"]["tma"] = 1
     path.write_text(json.dumps(document))
-    assert Tuner(tmp_path).lookup(key) is None
+    with pytest.warns(TuningWarning, match="config.tma=1 must be True or False"):
+        assert Tuner(tmp_path).lookup(key) is None
 
 
 def test_select_prefers_the_tuned_entry_then_the_architecture_default(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """`attnc cache ls | clear | info`: the generated kernel files in the cache directory.
 
-Only files named `attnc_*.py` (and their compiled copies in `__pycache__`) are listed or removed: the
-directory may hold anything else, and `clear` never touches it.
+Only the kernel files attnc wrote are listed or removed: regular files named `attnc_<sha256>.py` whose first
+line is attnc's checksum line for that name (and their compiled copies in `__pycache__`, which older versions
+of attnc left). The directory may hold anything else, and `clear` never touches it; a link is never followed.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import os
 import re
 import stat
 from pathlib import Path
@@ -34,6 +36,8 @@ examples:
   ATTNC_CACHE_DIR=/tmp/kernels attnc cache clear"""
 
 _KIND = re.compile(r"# attnc ([\w-]+)")
+_KERNEL_NAME = re.compile(r"attnc_([0-9a-f]{64})\.py")
+_HEAD_BYTES = 4096  # the checksum, version and kind lines
 
 
 def add_parser(subparsers: Any) -> None:
@@ -75,22 +79,50 @@ def directory() -> Path:
 
 
 def kernel_files(where: Path) -> list[KernelFile]:
-    """The kernel files in `where`, oldest first (regular files only: a link is never followed)."""
-    found = [p for p in where.glob("attnc_*.py") if p.is_file() and not p.is_symlink()]
-    return sorted((_describe(p) for p in found), key=lambda f: (f.modified, f.path.name))
+    """The kernel files attnc wrote in `where`, oldest first."""
+    found = [_describe(Path(entry.path), head, entry.stat(follow_symlinks=False))
+             for entry in os.scandir(where) if (head := _kernel_head(entry)) is not None]
+    return sorted(found, key=lambda f: (f.modified, f.path.name))
 
 
-def _describe(path: Path) -> KernelFile:
-    compiled = tuple(p for p in (path.parent / "__pycache__").glob(f"{path.stem}.*.pyc")
-                     if p.is_file() and not p.is_symlink())
-    info = path.stat()
+def _kernel_head(entry: os.DirEntry[str]) -> list[str] | None:
+    """The first lines of `entry` if it is a kernel file attnc wrote (a regular file, not a link, named by the
+    digest its checksum line carries); else None."""
+    match = _KERNEL_NAME.fullmatch(entry.name)
+    if match is None or not entry.is_file(follow_symlinks=False):
+        return None
     try:
-        with path.open(errors="replace") as f:
-            head = [f.readline().rstrip("\n") for _ in range(3)]
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
-        head = ["", "", ""]
+        return None
+    with os.fdopen(fd, "rb") as f:
+        head = f.read(_HEAD_BYTES).decode(errors="replace").split("\n")[:3]
+    head += [""] * (3 - len(head))
+    return head if head[0] == f"{kernel_cache.CHECKSUM_LINE}{match.group(1)}" else None
+
+
+def _compiled_copies(path: Path) -> tuple[Path, ...]:
+    """The `__pycache__` copies of a kernel file older versions of attnc made (`__pycache__` must be a real
+    directory: a link out of the cache is never followed)."""
+    pycache = path.parent / "__pycache__"
+    if not stat.S_ISDIR(_lstat_mode(pycache)):
+        return ()
+    return tuple(Path(entry.path) for entry in os.scandir(pycache)
+                 if entry.name.startswith(f"{path.stem}.") and entry.name.endswith(".pyc")
+                 and entry.is_file(follow_symlinks=False))
+
+
+def _lstat_mode(path: Path) -> int:
+    try:
+        return path.lstat().st_mode
+    except OSError:
+        return 0
+
+
+def _describe(path: Path, head: list[str], info: os.stat_result) -> KernelFile:
+    compiled = _compiled_copies(path)
     kind = _KIND.match(head[2])
-    return KernelFile(path, info.st_size + sum(p.stat().st_size for p in compiled), info.st_mtime,
+    return KernelFile(path, info.st_size + sum(p.lstat().st_size for p in compiled), info.st_mtime,
                       kind.group(1) if kind else "unknown", head[1] == kernel_cache.version_header().rstrip("\n"),
                       compiled)
 
@@ -139,7 +171,7 @@ def clear_files(args: argparse.Namespace) -> int:
                 path.unlink(missing_ok=True)
             print(f"{verb} {path}")
     pycache = where / "__pycache__"
-    if not args.dry_run and pycache.is_dir() and not pycache.is_symlink() and not any(pycache.iterdir()):
+    if not args.dry_run and stat.S_ISDIR(_lstat_mode(pycache)) and not any(pycache.iterdir()):
         pycache.rmdir()  # only when it is empty: it may hold someone else's files
     print(f"{verb} {len(files)} kernel file{'s' * (len(files) != 1)} ({human(sum(f.size for f in files))}) "
           f"from {where}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
+import warnings
 from typing import Any
 
 import torch
@@ -113,7 +115,13 @@ def run(args: argparse.Namespace) -> int:
     target = load_target(args, device=device)
     target.require_values("check")
     inputs = make_inputs(args, device)
-    errors = compare(target, inputs, device, TOLERANCE[DTYPES[args.dtype]], backward=args.backward)
+    # A warning (e.g. the kernel cache directory cannot be written, so kernels stay in memory) is news, not a
+    # failure: one line on stderr, and the check still decides the exit code.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        errors = compare(target, inputs, device, TOLERANCE[DTYPES[args.dtype]], backward=args.backward)
+    for warning in caught:
+        print(f"attnc check: warning: {str(warning.message).removeprefix('attnc: ')}", file=sys.stderr)
     report(f"{target.label}: {shapes(inputs)} {args.dtype} seed={args.seed}", device, errors)
     return Exit.CHECK_FAILED if any(not e.ok for e in errors) else Exit.OK
 

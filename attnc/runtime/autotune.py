@@ -16,17 +16,21 @@ import functools
 import itertools
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from attnc.runtime import tuning_store
 from attnc.runtime.aot import parse_arch
-from attnc.runtime.cache import CacheError, atomic_write, content_hash, require_private
+from attnc.runtime.cache import content_hash
 from attnc.runtime.config import KernelConfig
 
+# the file's format lives in tuning_store; its names stay importable from here
+from attnc.runtime.tuning_store import TUNING_FILE, TuneEntry, TuningWarning
+from attnc.runtime.tuning_store import TUNING_VERSION as TUNING_VERSION
+
 KINDS = ("forward", "backward_dkdv", "backward_dq")
-TUNING_FILE = "tuning.json"
-TUNING_VERSION = 2  # 2: configs carry the Hopper options
 
 # Shared memory one block may use, in bytes (opt-in maximum). Unknown architectures get the smallest.
 SHARED_MEMORY_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024}
@@ -250,37 +254,16 @@ class TuneKey:
 # ---- tuning and persistence ----
 
 
-@dataclasses.dataclass(frozen=True)
-class TuneEntry:
-    config: KernelConfig
-    ms: float
-    tried: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"config": dataclasses.asdict(self.config), "ms": self.ms, "tried": self.tried}
-
-    @staticmethod
-    def from_json(raw: Any) -> TuneEntry | None:
-        """The entry, or None if `raw` is not exactly what `to_json` writes."""
-        try:
-            config, ms, tried = raw["config"], raw["ms"], raw["tried"]
-            types = {field.name: field.type for field in dataclasses.fields(KernelConfig)}
-            valid = (set(config) == set(types)
-                     and all(type(v) is bool if types[k] == "bool" else (type(v) is int and v > 0)
-                             for k, v in config.items())
-                     and type(ms) in (int, float) and math.isfinite(ms) and type(tried) is int)
-        except (TypeError, KeyError):
-            return None
-        return TuneEntry(KernelConfig(**config), float(ms), tried) if valid else None
-
-
 class Tuner:
-    """Benchmarks candidate configs per `TuneKey` and persists the fastest in `<directory>/tuning.json`."""
+    """Benchmarks candidate configs per `TuneKey` and persists the fastest in `<directory>/tuning.json`
+    (`tuning_store`: validated on read, merged under a lock on write; a file that cannot be written leaves
+    the entry in this tuner's memory, with a warning)."""
 
     def __init__(self, directory: Path) -> None:
         self.path = Path(directory) / TUNING_FILE
         self.failures: dict[KernelConfig, str] = {}  # why each config of the latest `tune` was skipped
         self._entries: dict[str, TuneEntry] | None = None
+        self._added: dict[str, TuneEntry] = {}  # tuned by this tuner: what it merges into the file
 
     def lookup(self, key: TuneKey) -> KernelConfig | None:
         entry = self._loaded().get(key.serialize())
@@ -316,7 +299,8 @@ class Tuner:
             reasons = "; ".join(f"{config}: {why}" for config, why in self.failures.items()) or "no candidates"
             raise TuneError(f"attnc: no configuration could be run for {key}: {reasons}")
         best = min(timed, key=timed.__getitem__)
-        self._loaded()[key.serialize()] = TuneEntry(best, timed[best], len(timings))
+        entry = TuneEntry(best, timed[best], len(timings))
+        self._loaded()[key.serialize()] = self._added[key.serialize()] = entry
         self._save()
         return best
 
@@ -334,33 +318,18 @@ class Tuner:
 
     def _loaded(self) -> dict[str, TuneEntry]:
         if self._entries is None:
-            self._entries = _read_entries(self.path)
+            contents = tuning_store.read(self.path)
+            message = tuning_store.describe(self.path, contents)
+            if message is not None:
+                warnings.warn(message, TuningWarning, stacklevel=4)
+            self._entries = contents.entries
         return self._entries
 
     def _save(self) -> None:
-        # Merge with what other processes wrote since we loaded, so concurrent tuners keep each other's entries.
-        entries = {**_read_entries(self.path), **self._loaded()}
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        document = {"version": TUNING_VERSION, "entries": {k: e.to_json() for k, e in entries.items()}}
-        atomic_write(self.path, json.dumps(document, indent=1, sort_keys=True))
-        self._entries = entries
-
-
-def _read_entries(path: Path) -> dict[str, TuneEntry]:
-    """The valid entries of the tuning file; nothing when it is missing, unreadable, corrupt, of another
-    version or in a directory others may write (its configs would then be theirs to choose)."""
-    try:
-        require_private(path.parent)
-        document = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError, CacheError):
-        return {}
-    if not isinstance(document, dict) or document.get("version") != TUNING_VERSION:
-        return {}
-    raw = document.get("entries")
-    if not isinstance(raw, dict):
-        return {}
-    entries = {key: TuneEntry.from_json(value) for key, value in raw.items()}
-    return {key: entry for key, entry in entries.items() if entry is not None}
+        try:
+            self._entries = {**self._loaded(), **tuning_store.save(self.path, self._added)}
+        except tuning_store.TuningStoreError as error:
+            warnings.warn(f"{error}; the tuned configs are used by this process only", TuningWarning, stacklevel=4)
 
 
 # ---- at launch ----

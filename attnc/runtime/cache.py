@@ -38,7 +38,7 @@ import triton
 
 from attnc.codegen.skeleton import CODEGEN_VERSION
 
-_MAGIC = "# attnc-kernel sha256="
+CHECKSUM_LINE = "# attnc-kernel sha256="
 KERNEL_PREFIX = "attnc_"
 # A generated kernel is tens of kilobytes; anything far larger in a kernel's place is not ours to read.
 MAX_KERNEL_BYTES = 16 << 20
@@ -81,7 +81,7 @@ def kernel_name(digest: str) -> str:
 
 def file_text(digest: str, body: str) -> str:
     """The whole kernel file: the checksum line, then the body."""
-    return f"{_MAGIC}{digest}\n{body}"
+    return f"{CHECKSUM_LINE}{digest}\n{body}"
 
 
 class KernelCache:
@@ -134,7 +134,7 @@ class KernelCache:
         text = read_kernel(path)
         if text is not None and is_verified(text, digest):
             return path
-        if text is not None or _occupied(path):
+        if text is not None:
             self.stats.rejected_files += 1
         try:
             atomic_write(path, file_text(digest, body))
@@ -161,64 +161,67 @@ def _reason(error: OSError) -> str:
     return error.strerror or str(error)
 
 
-def _occupied(path: Path) -> bool:
-    """Something (a link, a FIFO, a directory) is at `path`."""
-    try:
-        path.lstat()
-    except OSError:
-        return False
-    return True
-
-
 def require_private(path: Path) -> None:
     """Raise CacheError unless `path` belongs to this user and nobody else may write to it."""
-    if not _private(path.stat()):
+    if not is_private(path.stat()):
         raise CacheError(
             f"attnc: refusing to import kernels from {path}: it is owned by another user or writable by "
             "others. Use a private directory (chmod 700) or set ATTNC_CACHE_DIR to one."
         )
 
 
-def _private(info: os.stat_result) -> bool:
+def is_private(info: os.stat_result) -> bool:
     return info.st_uid == os.getuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 def read_private_file(path: Path, limit: int) -> bytes | None:
-    """The content of `path` if it is a regular file (never a link, which is not followed), owned by this user,
-    writable by nobody else and at most `limit` bytes; else None. Never blocks: a FIFO is opened without
-    waiting for a writer and then refused by its type."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+    """The content of `path`, or None if nothing is there. CacheUnavailable (naming the path and why) unless it
+    is a regular file (a link is not followed), owned by this user, writable by nobody else and at most `limit`
+    bytes. Never blocks: a FIFO is opened without waiting for a writer and then refused by its type."""
     try:
-        fd = os.open(path, flags)
-    except OSError:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
         return None
+    except OSError as e:
+        reason = "a symbolic link" if e.errno == errno.ELOOP else _reason(e)
+        raise CacheUnavailable(f"attnc: cannot read {path}: {reason}") from e
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or not _private(info) or info.st_size > limit:
-            return None
+        problem = _file_problem(os.fstat(fd), limit)
+        if problem is not None:
+            raise CacheUnavailable(f"attnc: cannot read {path}: {problem}")
         with os.fdopen(os.dup(fd), "rb") as f:
             return f.read(limit + 1)
-    except OSError:
-        return None
+    except OSError as e:
+        raise CacheUnavailable(f"attnc: cannot read {path}: {_reason(e)}") from e
     finally:
         os.close(fd)
 
 
+def _file_problem(info: os.stat_result, limit: int) -> str | None:
+    if stat.S_ISDIR(info.st_mode):
+        return "it is a directory"
+    if not stat.S_ISREG(info.st_mode):
+        return "it is not a regular file (a FIFO, socket or device)"
+    if not is_private(info):
+        return "it is owned by another user or writable by others"
+    if info.st_size > limit:
+        return f"it is larger than {limit >> 20} MiB"
+    return None
+
+
 def read_kernel(path: Path) -> str | None:
-    """The text of the kernel file at `path`, or None if there is no readable, private, regular file."""
-    data = read_private_file(path, MAX_KERNEL_BYTES)
-    if data is None:
-        return None
+    """The text of the kernel file at `path`: None if there is none, "" if something unusable is there."""
     try:
-        return data.decode()
-    except UnicodeDecodeError:
-        return ""  # present but not text: invalid
+        data = read_private_file(path, MAX_KERNEL_BYTES)
+        return None if data is None else data.decode()
+    except (CacheUnavailable, UnicodeDecodeError):
+        return ""
 
 
 def is_verified(text: str, digest: str) -> bool:
     """The file text is exactly what its name (`digest`) and checksum line say."""
     first, _, body = text.partition("\n")
-    return first == f"{_MAGIC}{digest}" and content_hash(body) == digest
+    return first == f"{CHECKSUM_LINE}{digest}" and content_hash(body) == digest
 
 
 def atomic_write(path: Path, text: str) -> None:
