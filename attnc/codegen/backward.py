@@ -85,7 +85,7 @@ def _address(emitter: Emitter, read: Node) -> str:
             emitter.tile_reads.add(index)  # hoisted: the tile function needs it as an argument
         clamped = f"tl.minimum(tl.maximum({emitter.expr(index)}, 0), buf{slot}_size{d} - 1)"
         terms.append(f"tl.cast({clamped}, tl.int64) * gbuf{slot}_stride{d}")
-    return f"gbuf{slot} + " + " + ".join(terms)
+    return f"gbuf{slot} + " + (" + ".join(terms) or "0")  # a zero-dim tensor has no index terms
 
 
 def _grad_lines(emitter: Emitter, program: Program, slots: tuple[int, ...]) -> list[str]:
@@ -97,7 +97,8 @@ def _grad_lines(emitter: Emitter, program: Program, slots: tuple[int, ...]) -> l
     for i, read in enumerate(gradient_loads(program.score, program.tensors)):
         body: list[str] = []
         partial = emitter.emit(derivative(program.score, read), body)
-        body.append(f"g{i} = tl.where(p == 0.0, 0.0, dz * ({partial}))")
+        # the dQ kernel's p and dz are relative to the row maximum: 1 / l normalises them
+        body.append(f"g{i} = tl.where(p == 0.0, 0.0, dz * inv_l[:, None] * ({partial}))")
         address = _address(emitter, read)
         moving = read.deps & {"q", "kv"}
         if not moving:
@@ -131,13 +132,14 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
     hoisted_q, hoisted_kv = hoisted_names(by_query), hoisted_names(by_key)
     test_q, test_kv = split_tile_test(tile_test), split_tile_test(tile_test, key_major_level)
 
-    dq_visit = ["dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc, stride_kn, stride_kd, stride_vn, stride_vd,",
+    dq_visit = ["dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,",
+                "stride_kn, stride_kd, stride_vn, stride_vd,",
                 "start_n, b_idx, h_idx, q_idx, q_in, q_lo, q_hi, sm_scale, qk_scale, KV_LEN,",
                 *(f"{name}," for name in captures + grad_call + hoisted_q + test_q.params),
                 "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
                 "SCALE_POSITIVE, FAST_MATH,"]
     dkdv_visit = ["dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,",
-                  "stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,",
+                  "stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,",
                   "start_m, b_idx, h_idx, kv_idx, kv_lo, kv_hi, sm_scale, qk_scale, Q_LEN,",
                   *(f"{name}," for name in captures + hoisted_kv + test_kv.params),
                   "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 TEMPLATES = Path(__file__).parent / "templates"
 # Part of every cached kernel file's header: bump it when generated code changes meaning.
-CODEGEN_VERSION = "3"
+CODEGEN_VERSION = "4"
 _HOLE = re.compile(r"(?P<indent>[ \t]*)# HOLE: (?P<name>\w+)")
 
 
@@ -190,7 +190,8 @@ def render_load(n: Node, index: list[str]) -> str:
         f"tl.cast(tl.minimum(tl.maximum({i}, 0), buf{slot}_size{d} - 1), tl.int64) * buf{slot}_stride{d}"
         for d, i in enumerate(index)
     )
-    value = f"tl.load(buf{slot} + {offsets})"
+    # a zero-dim tensor (a captured `torch.tensor(5)`) has no index: its one element is at the base pointer
+    value = f"tl.load(buf{slot} + {offsets or 0})"
     # narrow integer tensors (int8, int16, uint8) are read as int32
     return f"tl.cast({value}, tl.int32)" if n.dtype is DType.int32 else value
 

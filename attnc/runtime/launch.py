@@ -198,7 +198,7 @@ def launch_forward(kernel: Any, query: torch.Tensor, key: torch.Tensor, value: t
                    params: Sequence[int | float], block_mask: Any, config: KernelConfig, has_mask: bool,
                    interpret: bool) -> tuple[torch.Tensor, torch.Tensor]:
     out = query.new_empty(shapes.B, shapes.Hq, shapes.Q_LEN, shapes.Dv)
-    lse = torch.empty(shapes.B, shapes.Hq, shapes.Q_LEN, device=query.device, dtype=torch.float32)
+    lse = row_statistics_buffer(shapes, query.device)[0]
     if shapes.Q_LEN == 0:
         return out, lse
     block_sizes = check_block_mask(block_mask, shapes, query.device) if block_mask is not None else None
@@ -220,6 +220,33 @@ def _run(kernel: Any, grid: tuple[int, int], config: KernelConfig, query: torch.
          shapes: Shapes, captured: list[Any], consts: dict[str, Any]) -> None:
     kernel[grid](
         query, key, value, out, lse, *query.stride(), *key.stride(), *value.stride(), *out.stride(),
-        *lse.stride(), *bm_args, float(sm_scale), shapes.Hq, shapes.gqa_group, shapes.Q_LEN, shapes.KV_LEN,
+        *lse.stride(), _plane_stride(lse), *bm_args, float(sm_scale), shapes.Hq, shapes.gqa_group, shapes.Q_LEN,
+        shapes.KV_LEN,
         *captured, **consts, num_warps=config.num_warps, num_stages=config.num_stages,
     )
+
+
+# The forward's row statistics: the lse it returns is plane 0 of a [3, B, H, Q_LEN] float32 buffer whose planes
+# 1 and 2 hold the base-2 row maximum and log2 of the row sum, the two terms the backward needs apart (see the
+# backward skeleton). The lse keeps the buffer alive, and the backward finds it again through the lse's storage.
+STAT_PLANES = 3
+
+
+def row_statistics_buffer(shapes: Shapes, device: torch.device) -> torch.Tensor:
+    return torch.empty(STAT_PLANES, shapes.B, shapes.Hq, shapes.Q_LEN, device=device, dtype=torch.float32)
+
+
+def _plane_stride(lse: torch.Tensor) -> int:
+    return lse.numel()
+
+
+def row_statistics(lse: torch.Tensor) -> torch.Tensor:
+    """The statistics buffer the forward wrote `lse` into; for an lse from elsewhere, one rebuilt from it (the
+    maximum taken as the whole base-2 lse, which is exact while the logits are small)."""
+    storage = lse.untyped_storage()
+    if (lse.dtype == torch.float32 and lse.is_contiguous() and lse.storage_offset() == 0
+            and storage.nbytes() == STAT_PLANES * lse.numel() * 4):
+        return lse.new_empty(0).set_(storage, 0, (STAT_PLANES, *lse.shape))
+    base2 = lse.float() * math.log2(math.e)
+    rebuilt = torch.where(lse == float("-inf"), float("inf"), base2)
+    return torch.stack([lse.float(), rebuilt, torch.zeros_like(rebuilt)]).contiguous()

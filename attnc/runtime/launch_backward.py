@@ -1,7 +1,8 @@
 """Argument preparation and launch of the generated backward kernels (dK/dV, then dQ).
 
-Between the passes only O(rows) statistics live: the forward's lse and delta = rowsum(dO * O) - dlse
-(the second term carries the gradient of a returned lse that fed later computation).
+Between the passes only O(rows) statistics live: the forward's row statistics (its lse, base-2 row maximum
+and log2 of its row sum; `launch.row_statistics`) and delta = rowsum(dO * O) - dlse (the second term carries
+the gradient of a returned lse that fed later computation).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from attnc.runtime.launch import (
     capture_args,
     check_block_mask,
     constexprs,
+    row_statistics,
     with_tma_if_ready,
 )
 
@@ -79,7 +81,7 @@ def launch_backward(dkdv_kernel: Any, dq_kernel: Any, query: torch.Tensor, key: 
                     interpret: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
     """(dq, dk, dv, {slot: float32 gradient}) for the captured tensors with grad_wanted."""
     dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
-    lse = lse.contiguous()
+    stats = row_statistics(lse)
     delta = delta_rows(out, dout, dlse)
     block_sizes = check_block_mask(block_mask, shapes, query.device) if block_mask is not None else None
     if block_sizes is not None:
@@ -93,7 +95,8 @@ def launch_backward(dkdv_kernel: Any, dq_kernel: Any, query: torch.Tensor, key: 
     grad_args, grad_flags, buffers = _grad_buffers(tensors, grad_slots, grad_wanted, lse)
     if shapes.KV_LEN == 0 or shapes.Q_LEN == 0:
         return dq.zero_(), dk.zero_(), dv.zero_(), buffers
-    common = [*query.stride(), *key.stride(), *value.stride(), *dout.stride(), *lse.stride()]
+    common = [*query.stride(), *key.stride(), *value.stride(), *dout.stride(), *stats.stride()[1:],
+              stats.stride(0)]
 
     def consts(config: KernelConfig, has_full: bool) -> dict[str, Any]:
         c = constexprs(shapes, config, query.dtype, block_sizes=block_sizes, has_full=has_full, has_mask=has_mask,
@@ -105,7 +108,7 @@ def launch_backward(dkdv_kernel: Any, dq_kernel: Any, query: torch.Tensor, key: 
     c = consts(configs.dkdv, has_full_q)
     c.pop("KV_EVEN")
     dkdv_kernel[(triton.cdiv(shapes.KV_LEN, configs.dkdv.block_n), shapes.B * shapes.Hkv)](
-        query, key, value, dout, lse, delta, dk, dv, *common, *dk.stride(), *dv.stride(), *q_side, sm_scale,
+        query, key, value, dout, stats, delta, dk, dv, *common, *dk.stride(), *dv.stride(), *q_side, sm_scale,
         shapes.Hq, shapes.Hkv, shapes.gqa_group, shapes.Q_LEN, shapes.KV_LEN, *captured, **c,
         num_warps=configs.dkdv.num_warps, num_stages=configs.dkdv.num_stages)
 
@@ -113,7 +116,7 @@ def launch_backward(dkdv_kernel: Any, dq_kernel: Any, query: torch.Tensor, key: 
     c = consts(configs.dq, has_full_kv)
     c.pop("Q_EVEN")
     dq_kernel[(triton.cdiv(shapes.Q_LEN, configs.dq.block_m), shapes.B * shapes.Hq)](
-        query, key, value, dout, lse, delta, dq, *common, *dq.stride(), *kv_side, sm_scale, shapes.Hq,
+        query, key, value, dout, stats, delta, dq, *common, *dq.stride(), *kv_side, sm_scale, shapes.Hq,
         shapes.gqa_group, shapes.Q_LEN, shapes.KV_LEN, *captured, *grad_args, **c, **grad_flags,
         num_warps=configs.dq.num_warps, num_stages=configs.dq.num_stages)
     return dq, dk, dv, buffers

@@ -1,9 +1,11 @@
 # attnc backward kernel skeletons: dK/dV (one program per key tile) and dQ (one program per query tile).
 #
 # This file is real Triton: codegen fills the lines `# HOLE: <name>` with generated code at the same
-# indentation. Both kernels recompute the probabilities from the forward's log-sum-exp (never stored):
+# indentation. Both kernels recompute the probabilities (never stored) from the forward's row statistics:
+# its base-2 row maximum m and log2 of its row sum l, kept apart (planes 1 and 2 after the lse, `stride_ls`
+# apart) so that the exponent is the forward's own at any magnitude of the logits:
 #
-#   z = score_mod(q.k * scale)        p = exp(z - lse)          (p = 0 where masked or the row is empty)
+#   z = score_mod(q.k * scale)        p = 2^(z log2(e) - m - log2(l))   (0 where masked or the row is empty)
 #   dv += p^T do                      dz = p * (do.v - delta)   (delta = rowsum(do * out) - dlse)
 #   ds = dz * dz/dscore               dq += ds k * scale        dk += ds^T q * scale
 #
@@ -44,15 +46,9 @@ TESTED = tl.constexpr(2)
 
 
 @triton.jit
-def _base2_lse(lse):
-    # The log-sum-exp in base 2; rows with no allowed key (lse = -inf) get +inf so that their p is exactly 0.
-    return tl.where(lse == float("-inf"), float("inf"), lse) * LOG2E
-
-
-@triton.jit
 def _dkdv_tile(
     dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
-    stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+    stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,
     start_m, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN,
     # HOLE: capture_args
     # HOLE: hoisted_params_kv
@@ -82,9 +78,18 @@ def _dkdv_tile(
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
-    lse2 = _base2_lse(tl.load(LSE_head + offs_m * stride_lm, mask=q_in, other=float("inf")))
+    # the forward's base-2 row maximum and log2 of its row sum (rows past Q_LEN: p = 0)
+    m2 = tl.load(LSE_head + stride_ls + offs_m * stride_lm, mask=q_in, other=float("inf"))
+    log2_l = tl.load(LSE_head + 2 * stride_ls + offs_m * stride_lm, mask=q_in, other=0.0)
     delta = tl.load(DELTA_head + offs_m * stride_lm, mask=q_in, other=0.0)
-    qkt = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
+    if UPCAST:
+        # The interpreter's matmul (numpy) sums in an order that depends on the operands' roles, and at large
+        # logits an ulp of q.k moves p by orders of magnitude: the forward's q k^T, transposed, gives the
+        # forward's scores bit for bit. The tensor cores add each element's products in the same k order
+        # whichever operand comes first, so a GPU computes k q^T directly.
+        qkt = tl.trans(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION))
+    else:
+        qkt = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
     if HAS_SCORE_MOD:
         # raw_score stays unmodified: the derivatives of the score mod read it
         raw_score = qkt * sm_scale
@@ -98,12 +103,14 @@ def _dkdv_tile(
         score = tl.where(mask, score, float("-inf"))
     if CHECK_Q:
         score = tl.where(q_in[None, :], score, float("-inf"))
+    # p = exp2(z - m - log2(l)): the maximum is subtracted in the multiply-add that scales the score, as in the
+    # forward, so the difference is exact whatever the logits' magnitude; log2(l) (at most log2(KV_LEN)) after it
     if HAS_SCORE_MOD:
-        pt = tl.exp2(score * LOG2E - lse2[None, :])
-    elif SCALE_POSITIVE:  # the scale and log2(e) ride on the multiply-add that subtracts the lse
-        pt = tl.exp2(score * qk_scale - lse2[None, :])
+        pt = tl.exp2(score * LOG2E - m2[None, :] - log2_l[None, :])
+    elif SCALE_POSITIVE:  # the scale and log2(e) ride on the multiply-add that subtracts the maximum
+        pt = tl.exp2(score * qk_scale - m2[None, :] - log2_l[None, :])
     else:
-        pt = tl.exp2(score - lse2[None, :])
+        pt = tl.exp2(score - m2[None, :] - log2_l[None, :])
     dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PRECISION)
     dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
     if HAS_SCORE_MOD:
@@ -118,7 +125,7 @@ def _dkdv_tile(
 @triton.jit
 def _dkdv_visit(
     dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
-    stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+    stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,
     start_m, b_idx, h_idx, kv_idx, kv_lo, kv_hi, sm_scale, qk_scale, Q_LEN,
     # HOLE: capture_args
     # HOLE: hoisted_params_kv
@@ -131,7 +138,7 @@ def _dkdv_visit(
     if TILE_KIND == OFF_BAND:  # inside the full range, before Q_LEN: nothing to test or mask
         dk, dv = _dkdv_tile(
             dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
-            stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+            stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,
             start_m, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN,
             # HOLE: capture_pass
             # HOLE: hoisted_pass_kv
@@ -141,7 +148,7 @@ def _dkdv_visit(
     elif TILE_KIND == ON_BAND:  # beside the full range: masked, untested, so the loop has no branch
         dk, dv = _dkdv_tile(
             dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
-            stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+            stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,
             start_m, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN,
             # HOLE: capture_pass
             # HOLE: hoisted_pass_kv
@@ -155,7 +162,7 @@ def _dkdv_visit(
         if may_true:
             dk, dv = _dkdv_tile(
                 dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
-                stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+                stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,
                 start_m, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN,
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass_kv
@@ -172,7 +179,7 @@ def attnc_backward_dkdv(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_dom, stride_dod,
-    stride_lb, stride_lh, stride_lm,
+    stride_lb, stride_lh, stride_lm, stride_ls,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     Q_NUM_BLOCKS, Q_INDICES, FULL_Q_NUM_BLOCKS, FULL_Q_INDICES,
@@ -244,7 +251,7 @@ def attnc_backward_dkdv(
                     block = tl.load(full_list + (t // TILES_PER_BLOCK) * stride_fim)
                     dk, dv = _dkdv_tile(
                         dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
-                        stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+                        stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,
                         block * SPARSE_Q_BLOCK + (t % TILES_PER_BLOCK) * BLOCK_M, b_idx, h_idx, kv_idx,
                         sm_scale, qk_scale, Q_LEN,
                         # HOLE: capture_pass
@@ -258,7 +265,7 @@ def attnc_backward_dkdv(
                 block = tl.load(partial_list + (t // TILES_PER_BLOCK) * stride_im)
                 dk, dv = _dkdv_tile(
                     dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
-                    stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+                    stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,
                     block * SPARSE_Q_BLOCK + (t % TILES_PER_BLOCK) * BLOCK_M, b_idx, h_idx, kv_idx,
                         sm_scale, qk_scale, Q_LEN,
                     # HOLE: capture_pass
@@ -277,7 +284,7 @@ def attnc_backward_dkdv(
             for start_m in tl.range(0, q_whole, BLOCK_M, warp_specialize=WARP_SPECIALIZE):
                 dk, dv = _dkdv_tile(
                     dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
-                    stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+                    stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,
                     start_m, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN,
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass_kv
@@ -287,7 +294,7 @@ def attnc_backward_dkdv(
             if not Q_EVEN:
                 dk, dv = _dkdv_tile(
                     dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
-                    stride_qm, stride_qd, stride_dom, stride_dod, stride_lm,
+                    stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,
                     q_whole, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN,
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass_kv
@@ -305,7 +312,7 @@ def attnc_backward_dkdv(
 
 @triton.jit
 def _dq_tile(
-    dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc,
+    dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,
     stride_kn, stride_kd, stride_vn, stride_vd,
     start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN,
     # HOLE: capture_args
@@ -348,12 +355,14 @@ def _dq_tile(
         score = tl.where(mask, score, float("-inf"))
     if CHECK_KV:
         score = tl.where(kv_in[None, :], score, float("-inf"))
+    # p here is the forward's unnormalised exp2(z - m) (in [0, 1]): each row's 1 / l multiplies its dq once, at
+    # the end, and the captured tensors' gradients where they are accumulated
     if HAS_SCORE_MOD:
-        p = tl.exp2(score * LOG2E - lse2[:, None])
-    elif SCALE_POSITIVE:  # the scale and log2(e) ride on the multiply-add that subtracts the lse
-        p = tl.exp2(score * qk_scale - lse2[:, None])
+        p = tl.exp2(score * LOG2E - m2[:, None])
+    elif SCALE_POSITIVE:  # the scale and log2(e) ride on the multiply-add that subtracts the maximum
+        p = tl.exp2(score * qk_scale - m2[:, None])
     else:
-        p = tl.exp2(score - lse2[:, None])
+        p = tl.exp2(score - m2[:, None])
     dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
     if HAS_SCORE_MOD:
         dz = tl.where(p == 0.0, 0.0, p * (dp - delta[:, None]))
@@ -367,7 +376,7 @@ def _dq_tile(
 
 @triton.jit
 def _dq_visit(
-    dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc,
+    dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,
     stride_kn, stride_kd, stride_vn, stride_vd,
     start_n, b_idx, h_idx, q_idx, q_in, q_lo, q_hi, sm_scale, qk_scale, KV_LEN,
     # HOLE: capture_args
@@ -381,7 +390,7 @@ def _dq_visit(
 ):
     if TILE_KIND == OFF_BAND:  # inside the full range, before KV_LEN: nothing to test or mask
         dq = _dq_tile(
-            dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc,
+            dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,
             stride_kn, stride_kd, stride_vn, stride_vd,
             start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN,
             # HOLE: capture_pass
@@ -392,7 +401,7 @@ def _dq_visit(
         )
     elif TILE_KIND == ON_BAND:  # beside the full range: masked, untested, so the loop has no branch
         dq = _dq_tile(
-            dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc,
+            dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,
             stride_kn, stride_kd, stride_vn, stride_vd,
             start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN,
             # HOLE: capture_pass
@@ -407,7 +416,7 @@ def _dq_visit(
         # HOLE: tile_test_q
         if may_true:
             dq = _dq_tile(
-                dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc,
+                dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,
                 stride_kn, stride_kd, stride_vn, stride_vd,
                 start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN,
                 # HOLE: capture_pass
@@ -426,7 +435,7 @@ def attnc_backward_dq(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_dom, stride_dod,
-    stride_lb, stride_lh, stride_lm,
+    stride_lb, stride_lh, stride_lm, stride_ls,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     KV_NUM_BLOCKS, KV_INDICES, FULL_KV_NUM_BLOCKS, FULL_KV_INDICES,
     stride_nb, stride_nh, stride_nm,
@@ -463,8 +472,9 @@ def attnc_backward_dq(
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
-    lse2 = _base2_lse(tl.load(LSE + off_b * stride_lb + off_h * stride_lh + offs_m * stride_lm, mask=q_in,
-                              other=float("inf")))
+    LSE_rows = LSE + off_b * stride_lb + off_h * stride_lh + offs_m * stride_lm
+    m2 = tl.load(LSE_rows + stride_ls, mask=q_in, other=float("inf"))
+    inv_l = tl.exp2(-tl.load(LSE_rows + 2 * stride_ls, mask=q_in, other=0.0))
     delta = tl.load(DELTA + off_b * stride_lb + off_h * stride_lh + offs_m * stride_lm, mask=q_in, other=0.0)
     K_head = K + off_b.to(tl.int64) * stride_kb + off_hkv.to(tl.int64) * stride_kh
     V_head = V + off_b.to(tl.int64) * stride_vb + off_hkv.to(tl.int64) * stride_vh
@@ -495,7 +505,7 @@ def attnc_backward_dq(
             for t in tl.range(0, n_full * TILES_PER_BLOCK, warp_specialize=WARP_SPECIALIZE):
                 block = tl.load(full_list + (t // TILES_PER_BLOCK) * stride_fin)
                 dq = _dq_tile(
-                    dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc,
+                    dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,
                     stride_kn, stride_kd, stride_vn, stride_vd,
                     block * SPARSE_KV_BLOCK + (t % TILES_PER_BLOCK) * BLOCK_N, b_idx, h_idx, q_idx, q_in,
                 sm_scale, qk_scale, KV_LEN,
@@ -510,7 +520,7 @@ def attnc_backward_dq(
         for t in tl.range(0, n_partial * TILES_PER_BLOCK):
             block = tl.load(partial_list + (t // TILES_PER_BLOCK) * stride_in)
             dq = _dq_tile(
-                dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc,
+                dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,
                 stride_kn, stride_kd, stride_vn, stride_vd,
                 block * SPARSE_KV_BLOCK + (t % TILES_PER_BLOCK) * BLOCK_N, b_idx, h_idx, q_idx, q_in,
                 sm_scale, qk_scale, KV_LEN,
@@ -529,7 +539,7 @@ def attnc_backward_dq(
         kv_whole = (KV_LEN // BLOCK_N) * BLOCK_N
         for start_n in tl.range(0, kv_whole, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
             dq = _dq_tile(
-                dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc,
+                dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,
                 stride_kn, stride_kd, stride_vn, stride_vd,
                 start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN,
                 # HOLE: capture_pass
@@ -540,7 +550,7 @@ def attnc_backward_dq(
             )
         if not KV_EVEN:
             dq = _dq_tile(
-                dq, q, do, lse2, delta, K_head, V_head, K_desc, V_desc,
+                dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,
                 stride_kn, stride_kd, stride_vn, stride_vd,
                 kv_whole, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN,
                 # HOLE: capture_pass
@@ -549,7 +559,7 @@ def attnc_backward_dq(
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, UPCAST, DOT_PRECISION, USE_TMA,
                 SCALE_POSITIVE, FAST_MATH,
             )
-    dq = dq * sm_scale
+    dq = dq * (sm_scale * inv_l)[:, None]
     tl.store(DQ + off_b.to(tl.int64) * stride_dqb + off_h.to(tl.int64) * stride_dqh
              + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
              dq.to(DQ.dtype.element_ty), mask=q_in[:, None] & (offs_d[None, :] < HEAD_D))

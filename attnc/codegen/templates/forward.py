@@ -186,7 +186,7 @@ def attnc_forward(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
-    stride_lb, stride_lh, stride_lm,
+    stride_lb, stride_lh, stride_lm, stride_ls,
     KV_NUM_BLOCKS, KV_INDICES, FULL_KV_NUM_BLOCKS, FULL_KV_INDICES,
     stride_nb, stride_nh, stride_nm,
     stride_ib, stride_ih, stride_im, stride_in,
@@ -314,5 +314,13 @@ def attnc_forward(
     tl.store(OUT + off_b.to(tl.int64) * stride_ob + off_h.to(tl.int64) * stride_oh
              + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od,
              out.to(OUT.dtype.element_ty), mask=m_in[:, None] & (offs_dv[None, :] < HEAD_DV))
-    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.log2(l_safe)) * LN2)
-    tl.store(LSE + off_b * stride_lb + off_h * stride_lh + offs_m * stride_lm, lse, mask=m_in)
+    log2_l = tl.log2(l_safe)
+    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + log2_l) * LN2)
+    LSE_rows = LSE + off_b * stride_lb + off_h * stride_lh + offs_m * stride_lm
+    tl.store(LSE_rows, lse, mask=m_in)
+    # For the backward, the two terms of the base-2 lse apart (planes 1 and 2 of the statistics buffer): one
+    # float cannot hold both a large row maximum and the fraction of log2(l) (at logits near 1e9 an ulp of
+    # the lse is 64), so the backward subtracts the maximum exactly as this kernel did, then log2(l). An empty
+    # row gets +inf and 0, so that its probabilities are exactly 0.
+    tl.store(LSE_rows + stride_ls, tl.where(l_i == 0.0, float("inf"), m_i), mask=m_in)
+    tl.store(LSE_rows + 2 * stride_ls, log2_l, mask=m_in)
