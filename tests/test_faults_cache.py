@@ -36,8 +36,8 @@ import attnc
 from attnc import api
 from attnc.cli import main
 from attnc.runtime import cache as cache_module
-from attnc.runtime import tuning_store
-from attnc.runtime.autotune import TuneKey, Tuner, shape_bucket
+from attnc.runtime import tuning, tuning_store
+from attnc.runtime.autotune import TuneKey, Tuner, default_ladder, shape_bucket
 from attnc.runtime.cache import CacheError, CacheWarning, KernelCache
 from attnc.runtime.config import KernelConfig
 from attnc.runtime.tuning_store import TUNING_FILE, TuningWarning
@@ -411,3 +411,27 @@ def test_a_read_only_tuning_directory_keeps_tunings_in_memory(tmp_path: Path,
     with pytest.warns(TuningWarning, match=f"cannot write the tuning file {tmp_path / TUNING_FILE}: Read-only"):
         tuner.tune(KEY, [CONFIG], lambda config: None, lambda fn: 1.0)
     assert tuner.lookup(KEY) == CONFIG
+
+
+def test_gpu_defaults_need_no_kernel_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A launch on a GPU picks its spill-free default by compiling the kernel file ahead of time; without a
+    writable cache it takes the ladder's first rung instead of failing."""
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(api, "kernel_cache", lambda: KernelCache(tmp_path / "file" / "cache"))
+    attn = attnc.compile(lambda b, h, q, kv: q - kv <= 37)  # a variant no other test compiles
+    chosen = tuning.spill_free_default(attn, "forward", arch="sm_90", dtype=torch.float16, D=64, Dv=64)
+    assert chosen == default_ladder("forward", "sm_90", 64, 64)[0]
+
+
+def test_cache_clear_reports_a_file_it_cannot_remove(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    directory = tmp_path / "cache"
+    monkeypatch.setenv("ATTNC_CACHE_DIR", str(directory))
+    kernel = _kernel_for_clear(directory)
+
+    def read_only(self: Path, missing_ok: bool = False) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    assert main(["cache", "clear"]) == 2
+    assert capsys.readouterr().err == f"attnc cache: cannot remove {kernel}: Read-only file system\n"

@@ -80,8 +80,11 @@ def directory() -> Path:
 
 def kernel_files(where: Path) -> list[KernelFile]:
     """The kernel files attnc wrote in `where`, oldest first."""
-    found = [_describe(Path(entry.path), head, entry.stat(follow_symlinks=False))
-             for entry in os.scandir(where) if (head := _kernel_head(entry)) is not None]
+    try:
+        found = [_describe(Path(entry.path), head, entry.stat(follow_symlinks=False))
+                 for entry in os.scandir(where) if (head := _kernel_head(entry)) is not None]
+    except OSError as e:
+        raise CliError(f"cannot read the kernel cache directory {where}: {e.strerror or e}") from e
     return sorted(found, key=lambda f: (f.modified, f.path.name))
 
 
@@ -95,8 +98,11 @@ def _kernel_head(entry: os.DirEntry[str]) -> list[str] | None:
         fd = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as f:
-        head = f.read(_HEAD_BYTES).decode(errors="replace").split("\n")[:3]
+    try:
+        with os.fdopen(fd, "rb") as f:
+            head = f.read(_HEAD_BYTES).decode(errors="replace").split("\n")[:3]
+    except OSError:  # a FIFO opened without blocking reads nothing; a directory or device may refuse
+        return None
     head += [""] * (3 - len(head))
     return head if head[0] == f"{kernel_cache.CHECKSUM_LINE}{match.group(1)}" else None
 
@@ -168,7 +174,7 @@ def clear_files(args: argparse.Namespace) -> int:
     for f in files:
         for path in (f.path, *f.compiled):
             if not args.dry_run:
-                path.unlink(missing_ok=True)
+                _remove(path)
             print(f"{verb} {path}")
     pycache = where / "__pycache__"
     if not args.dry_run and stat.S_ISDIR(_lstat_mode(pycache)) and not any(pycache.iterdir()):
@@ -176,6 +182,13 @@ def clear_files(args: argparse.Namespace) -> int:
     print(f"{verb} {len(files)} kernel file{'s' * (len(files) != 1)} ({human(sum(f.size for f in files))}) "
           f"from {where}")
     return 0
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)  # a link put in its place since the listing is removed, not followed
+    except OSError as e:
+        raise CliError(f"cannot remove {path}: {e.strerror or e}") from e
 
 
 def show_info(args: argparse.Namespace) -> int:

@@ -139,6 +139,7 @@ class KernelCache:
         try:
             atomic_write(path, file_text(digest, body))
         except OSError as e:
+            self._checked = False  # the directory may have gone; the next kernel makes it again
             raise CacheUnavailable(f"attnc: cannot write the kernel file {path}: {_reason(e)}") from e
         self.stats.sources_written += 1
         return path

@@ -20,7 +20,7 @@ import torch
 
 from attnc.runtime import autotune
 from attnc.runtime.autotune import Tuner
-from attnc.runtime.cache import content_hash
+from attnc.runtime.cache import CacheError, content_hash
 from attnc.runtime.config import INTERPRETER_TILES, KernelConfig, Settings
 from attnc.runtime.launch import Shapes
 
@@ -75,7 +75,10 @@ def spill_free_default(attn: Any, kind: str, *, arch: str, dtype: torch.dtype, D
         def spills(config: KernelConfig) -> int:
             return max(info["spills"] for info in _both_loops(attn, kind, config, arch, dtype, D, Dv))
 
-        _SPILL_FREE[key] = autotune.first_spill_free(ladder, spills)
+        try:
+            _SPILL_FREE[key] = autotune.first_spill_free(ladder, spills)
+        except CacheError:  # no kernel file to compile ahead of time (the cache directory cannot be written)
+            _SPILL_FREE[key] = ladder[0]
     return _SPILL_FREE[key]
 
 
