@@ -17,6 +17,7 @@ import fcntl
 import importlib.util
 import inspect
 import json
+import linecache
 import marshal
 import multiprocessing
 import os
@@ -330,8 +331,11 @@ def test_an_unusable_directory_keeps_kernels_in_memory_with_one_warning(tmp_path
         f"attnc: cannot use the kernel cache directory {tmp_path / 'file' / 'cache'}: Not a directory"]
     assert [m.plain0(1) if i == 0 else m.plain1(1) for i, m in enumerate(modules)] == [2, 2]
     assert cache.stats.kept_in_memory == 2
-    # what `@triton.jit` would read on a GPU: the verified text, though no file exists
+    # what `@triton.jit` would read on a GPU: the verified text, though no file exists, even once linecache
+    # has dropped it (the interpreter reads the source again at each call)
     assert triton.runtime.jit.JITFunction(modules[0].plain0).src == "def plain0(x):\n    return x + 1\n"
+    linecache.clearcache()
+    assert inspect.getsource(modules[1].plain1) == "def plain1(x):\n    return x + 1\n"
 
 
 @pytest.mark.parametrize(("code", "reason"), [(errno.ENOSPC, "No space left on device"),
@@ -435,3 +439,15 @@ def test_cache_clear_reports_a_file_it_cannot_remove(tmp_path: Path, monkeypatch
     monkeypatch.setattr(Path, "unlink", read_only)
     assert main(["cache", "clear"]) == 2
     assert capsys.readouterr().err == f"attnc cache: cannot remove {kernel}: Read-only file system\n"
+
+
+def test_attnc_check_reports_an_environment_failure_with_the_usage_code(monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    class Failing:
+        def module(self, source: str) -> Any:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/full/attnc_x.py")
+
+    monkeypatch.setattr(api, "kernel_cache", Failing)
+    assert main(["check", "causal", "--seq", "16", "--heads", "1", "--head-dim", "16"]) == 2  # not 1: no verdict
+    assert capsys.readouterr().err == ("attnc check: could not run the check: [Errno 28] No space left on device: "
+                                       "'/full/attnc_x.py'\n")

@@ -119,7 +119,10 @@ def run(args: argparse.Namespace) -> int:
     # failure: one line on stderr, and the check still decides the exit code.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
-        errors = compare(target, inputs, device, TOLERANCE[DTYPES[args.dtype]], backward=args.backward)
+        try:
+            errors = compare(target, inputs, device, TOLERANCE[DTYPES[args.dtype]], backward=args.backward)
+        except OSError as error:  # the environment failed, not the kernel: not the "check failed" exit code
+            raise CliError(f"could not run the check: {error}") from error
     for warning in caught:
         print(f"attnc check: warning: {str(warning.message).removeprefix('attnc: ')}", file=sys.stderr)
     report(f"{target.label}: {shapes(inputs)} {args.dtype} seed={args.seed}", device, errors)

@@ -13,7 +13,7 @@ hash, to the file's), never through Python's import system, so no bytecode is re
 with `inspect`, which finds it in `linecache`, primed with the same text under the file's path.
 
 When the directory cannot be written (read-only, full, a directory in a kernel file's place) the kernel is
-kept in memory under a `<attnc kernel ...>` name instead, with one warning naming the path; only the
+kept in memory, named `<attnc in memory>/attnc_<sha256>.py`, with one warning naming the path; only the
 ahead-of-time compiles, which hand a path to another process, need the file (`ensure_file` raises).
 """
 
@@ -118,7 +118,8 @@ class KernelCache:
         except CacheUnavailable as error:
             self._warn_in_memory(error)
             self.stats.kept_in_memory += 1
-            filename = f"<attnc kernel {digest[:24]}>"
+            # not "<...>", which linecache never asks the module's loader about once its entry is dropped
+            filename = f"<attnc in memory>/{kernel_name(digest)}"
         return _import(filename, file_text(digest, body), digest)
 
     def _warn_in_memory(self, error: CacheUnavailable) -> None:
