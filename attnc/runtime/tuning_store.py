@@ -38,6 +38,7 @@ LOCK_TIMEOUT_S = 30.0
 _LOCK_POLL_S = 0.005
 _CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(KernelConfig))
 _SHOWN_PROBLEMS = 3  # how many invalid entries a warning describes
+_REWRITTEN = "; it is rewritten at the next tuning"
 
 
 class TuningStoreError(Exception):
@@ -144,17 +145,18 @@ def read(path: Path) -> Contents:
     try:
         document = json.loads(data)
     except RecursionError:
-        return Contents({}, ("it is nested too deeply to be a tuning file",))
+        return Contents({}, (f"it is nested too deeply to be a tuning file{_REWRITTEN}",))
     except ValueError as error:  # UnicodeDecodeError and JSONDecodeError included
-        return Contents({}, (f"it is not valid JSON ({error})",))
+        return Contents({}, (f"it is not valid JSON ({error}){_REWRITTEN}",))
     return _contents(document)
 
 
 def _contents(document: Any) -> Contents:
     if not isinstance(document, dict) or not isinstance(document.get("entries"), dict):
-        return Contents({}, ('it is not {"version": ..., "entries": {...}}',))
+        return Contents({}, ('it is not {"version": ..., "entries": {...}}' + _REWRITTEN,))
     if document.get("version") != TUNING_VERSION:
-        return Contents({}, (f"it has version {document.get('version')!r}, this attnc reads {TUNING_VERSION}",))
+        found = document.get("version")
+        return Contents({}, (f"it has version {found!r}, this attnc reads {TUNING_VERSION}{_REWRITTEN}",))
     entries, problems = {}, []
     for key, raw in document["entries"].items():
         problem = key_problem(key) or entry_problem(raw)
@@ -174,7 +176,7 @@ def describe(path: Path, contents: Contents) -> str | None:
     if not contents.problems:
         return None
     if not contents.ignored:
-        return f"attnc: ignoring the tuning file {path}: {contents.problems[0]}; it is rewritten at the next tuning"
+        return f"attnc: ignoring the tuning file {path}: {contents.problems[0]}"
     shown = "; ".join(contents.problems[:_SHOWN_PROBLEMS])
     more = f"; and {contents.ignored - _SHOWN_PROBLEMS} more" if contents.ignored > _SHOWN_PROBLEMS else ""
     total = contents.ignored + len(contents.entries)
