@@ -451,3 +451,11 @@ def test_attnc_check_reports_an_environment_failure_with_the_usage_code(monkeypa
     assert main(["check", "causal", "--seq", "16", "--heads", "1", "--head-dim", "16"]) == 2  # not 1: no verdict
     assert capsys.readouterr().err == ("attnc check: could not run the check: [Errno 28] No space left on device: "
                                        "'/full/attnc_x.py'\n")
+
+
+def test_a_file_as_the_cache_directory_keeps_kernels_in_memory(tmp_path: Path) -> None:
+    (tmp_path / "cache").write_text("not a directory")
+    with pytest.warns(CacheWarning, match=f"cannot use the kernel cache directory {tmp_path / 'cache'}: it exists "
+                      "and is not a directory"):
+        assert KernelCache(tmp_path / "cache").module(SOURCE).plain(1) == 2
+    assert (tmp_path / "cache").read_text() == "not a directory"

@@ -160,6 +160,8 @@ class KernelCache:
 def _reason(error: OSError) -> str:
     if error.errno == errno.EISDIR:
         return "a directory is in the way"
+    if error.errno == errno.EEXIST:  # mkdir of a path that is a file
+        return "it exists and is not a directory"
     return error.strerror or str(error)
 
 
