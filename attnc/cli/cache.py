@@ -25,8 +25,10 @@ DESCRIPTION = """\
 The kernel cache holds each generated kernel as a file attnc_<sha256>.py, named by its content, under
 $ATTNC_CACHE_DIR (default $XDG_CACHE_HOME/attnc, else ~/.cache/attnc). `ls` lists the files (kind, size, time,
 and whether they were written by this codegen, Triton and torch), `info` summarises the directory and whether
-attnc trusts it (owned by you, not writable by others), and `clear` removes the kernel files and their
-compiled copies, nothing else. Deleting kernels is always safe: they are generated again when needed."""
+attnc trusts it (owned by you, not writable by others), and `clear` removes the kernel files attnc wrote (those
+whose first line is attnc's checksum for their name) and the compiled copies older versions left in
+__pycache__, nothing else, never through a link. Deleting kernels is always safe: they are generated again
+when needed."""
 
 EPILOG = """\
 examples:
