@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 import torch
@@ -25,6 +25,9 @@ Step = tuple[str, Any]  # ("cell", i) | ("default", i) | ("kwdefault", name) | (
 Path = tuple[Any, ...]  # the root ("mask" or "score") followed by steps
 ShapeEntry = tuple[Path, tuple[str, ...], tuple]  # path, names along the path, descriptor
 _MAX_ITEMS = 64  # longer tuples and lists are data, not mods: not walked
+# A visit in progress: yields (object, path, names) to have a child visited, is sent the child's replacement,
+# and returns its own.
+Visit = Generator[tuple[Any, Path, tuple[str, ...]], Any, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +94,23 @@ class Walk:
                 self.visit(score_mod, ("score",), ("score_mod",)))
 
     def visit(self, obj: Any, path: Path, names: tuple[str, ...]) -> Any:
+        """The value to put in place of `obj`. Iterative: each container's visit is a generator that yields
+        the children it needs visited, so mods nested hundreds deep (`m1 & m2 & ... & m300`) do not hit
+        Python's recursion limit."""
+        stack = [self._visit(obj, path, names)]
+        result = None
+        while stack:
+            try:
+                request = stack[-1].send(result)
+            except StopIteration as done:
+                stack.pop()
+                result = done.value
+                continue
+            stack.append(self._visit(*request))
+            result = None
+        return result
+
+    def _visit(self, obj: Any, path: Path, names: tuple[str, ...]) -> Visit:
         if type(obj) in (int, float):  # not bool, not numpy scalars: those are not runtime parameters
             return self._scalar(obj, path, names)
         if isinstance(obj, torch.Tensor):
@@ -103,7 +123,7 @@ class Walk:
         if parts is None:
             self._record(path, names, ("object", type(obj)))
             return obj
-        return self._container(obj, path, names, parts)
+        return (yield from self._container(obj, path, names, parts))
 
     def _record(self, path: Path, names: tuple[str, ...], descriptor: tuple) -> None:
         self.shape.append((path, names, descriptor))
@@ -127,23 +147,25 @@ class Walk:
             self._record(path, names, ("alias", seen[0]))
         return seen
 
-    def _container(self, obj: Any, path: Path, names: tuple[str, ...], parts: _Parts) -> Any:
+    def _container(self, obj: Any, path: Path, names: tuple[str, ...], parts: _Parts) -> Visit:
         seen = self._seen(obj, path, names)
         if seen is not None:
             return seen[2]
         entry = self._memo[id(obj)] = [path, obj, obj]  # a cycle back to obj sees the original
         self._record(path, names, parts.descriptor)
-        values = [self._child(child, path, names) for child in parts.children]
+        values = []
+        for child in parts.children:
+            values.append((yield from self._child(child, path, names)))
         if any(new is not child.value for new, child in zip(values, parts.children, strict=True)):
             entry[2] = parts.rebuild(values)
         return entry[2]
 
-    def _child(self, child: _Child, path: Path, names: tuple[str, ...]) -> Any:
+    def _child(self, child: _Child, path: Path, names: tuple[str, ...]) -> Visit:
         path, names = (*path, child.step), (*names, child.name)
         if child.kind == "global":
             return self._global(child.value, path, names)
         if child.kind == "value":
-            return self.visit(child.value, path, names)
+            return (yield (child.value, path, names))
         seen = self._seen(child.value, path, names)
         if seen is not None:
             return seen[2]
@@ -153,7 +175,7 @@ class Walk:
         except ValueError:  # a cell whose variable is not assigned yet
             self._record(path, names, ("empty",))
             return child.value
-        new = self.visit(contents, path, names)
+        new = yield (contents, path, names)
         if new is not contents:
             entry[2] = types.CellType(new)
         return entry[2]

@@ -83,6 +83,13 @@ class Node:
             stack.extend((s, False) for s in reversed(node.src) if id(s) not in seen)
         return iter(order)
 
+    def depth(self) -> int:
+        """The number of nodes on the longest path from here to a leaf (computed without recursion)."""
+        depths: dict[Node, int] = {}
+        for n in self.walk():
+            depths[n] = 1 + max((depths[s] for s in n.src), default=0)
+        return depths[self]
+
     @property
     def uses_score(self) -> bool:
         return "score" in self.deps
@@ -143,18 +150,31 @@ def _const_repr(value: bool | int | float) -> str:
 
 
 def render_repr(n: Node) -> str:
-    if n.op is Op.VAR:
-        return f"var({n.arg!r})"
-    if n.op is Op.SCORE:
-        return "score()"
-    if n.op is Op.CONST:
-        return f"const({_const_repr(n.arg)}, {n.dtype!r})"
-    if n.op is Op.PARAM:
-        return f"param({n.arg!r}, {n.dtype!r})"
-    srcs = ", ".join(render_repr(s) for s in n.src)
-    if n.op is Op.LOAD:
-        return f"load({n.arg!r}, {n.dtype!r}, {srcs})"
-    return f"node({n.op!r}, {n.dtype!r}, {srcs})"
+    """Python code rebuilding `n`, written out with an explicit stack (deep expressions do not recurse)."""
+    out: list[str] = []
+    stack: list[Node | str] = [n]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+        elif item.op in _LEAF_REPR:
+            out.append(_LEAF_REPR[item.op](item))
+        else:
+            name = "load" if item.op is Op.LOAD else "node"
+            head = f"{name}({item.arg if item.op is Op.LOAD else item.op!r}, {item.dtype!r}, "
+            pieces: list[Node | str] = [head]
+            for i, s in enumerate(item.src):
+                pieces += [", ", s] if i else [s]
+            stack.extend(reversed([*pieces, ")"]))
+    return "".join(out)
+
+
+_LEAF_REPR = {
+    Op.VAR: lambda n: f"var({n.arg!r})",
+    Op.SCORE: lambda n: "score()",
+    Op.CONST: lambda n: f"const({_const_repr(n.arg)}, {n.dtype!r})",
+    Op.PARAM: lambda n: f"param({n.arg!r}, {n.dtype!r})",
+}
 
 
 REPR_NAMESPACE: dict[str, object] = {

@@ -145,10 +145,10 @@ def normal_ring(n: Node) -> Node | None:
     grouped by loop level: ((b/h terms) + (q terms)) + (kv terms), the constant in the outermost group.
     `(q - kv) + kv -> q`; `q + 3 - kv - 1 -> (q + 2) - kv`. None (left as written) where expanding
     could produce more than `_MAX_TERMS` terms, as repeated squaring would."""
-    if _term_bound(n, {}) > _MAX_TERMS:
+    if _term_bound(n) > _MAX_TERMS:
         return None
     atoms: dict[Node, sympy.Symbol] = {}
-    expr = _to_sympy(n, atoms, {})
+    expr = _to_sympy(n, atoms)
     terms = sympy.Poly(expr, *atoms.values()).terms() if atoms else [((), expr)]
     bits = 32 if n.dtype is DType.int32 else 64
     monomials: list[tuple[Node | None, int]] = []
@@ -158,26 +158,46 @@ def normal_ring(n: Node) -> Node | None:
     return _sum(monomials, n.dtype, bits)
 
 
-def _term_bound(n: Node, memo: dict[Node, int]) -> int:
+def _term_bound(n: Node) -> int:
     """An upper bound on the number of terms of the expanded polynomial, without expanding it."""
-    if n not in memo:
-        bounds = [_term_bound(s, memo) for s in n.src] if n.op in _RING else []
-        memo[n] = math.prod(bounds) if n.op is Op.MUL else sum(bounds) or 1
-    return memo[n]
+    bound: dict[Node, int] = {}
+    for m in _ring_order(n):  # operands first
+        bounds = [bound[s] for s in m.src] if m.op in _RING else []
+        bound[m] = math.prod(bounds) if m.op is Op.MUL else sum(bounds) or 1
+    return bound[n]
+
+
+def _ring_order(n: Node) -> list[Node]:
+    """The +, -, * nodes under `n` and the atoms they combine, operands before users (iteratively: long
+    sums do not recurse)."""
+    order: list[Node] = []
+    seen: set[Node] = set()
+    stack: list[tuple[Node, bool]] = [(n, False)]
+    while stack:
+        m, expanded = stack.pop()
+        if expanded:
+            order.append(m)
+        elif m not in seen:
+            seen.add(m)
+            stack.append((m, True))
+            if m.op in _RING:
+                stack.extend((s, False) for s in reversed(m.src))
+    return order
 
 
 _SYMPY_OPS = {Op.ADD: operator.add, Op.SUB: operator.sub, Op.MUL: operator.mul, Op.NEG: operator.neg}
 
 
-def _to_sympy(n: Node, atoms: dict[Node, sympy.Symbol], memo: dict[Node, sympy.Expr]) -> sympy.Expr:
-    if n not in memo:
-        if n.op is Op.CONST:
-            memo[n] = sympy.Integer(n.arg)
-        elif n.op in _RING:
-            memo[n] = _SYMPY_OPS[n.op](*(_to_sympy(s, atoms, memo) for s in n.src))
+def _to_sympy(n: Node, atoms: dict[Node, sympy.Symbol]) -> sympy.Expr:
+    exprs: dict[Node, sympy.Expr] = {}
+    for m in _ring_order(n):
+        if m.op is Op.CONST:
+            exprs[m] = sympy.Integer(m.arg)
+        elif m.op in _RING:
+            exprs[m] = _SYMPY_OPS[m.op](*(exprs[s] for s in m.src))
         else:  # any other subterm is an opaque atom
-            memo[n] = atoms.setdefault(n, sympy.Symbol(f"a{len(atoms)}"))
-    return memo[n]
+            exprs[m] = atoms.setdefault(m, sympy.Symbol(f"a{len(atoms)}"))
+    return exprs[n]
 
 
 def _wrap(value: int, bits: int) -> int:

@@ -1870,12 +1870,34 @@ def _eliminate_one(rows: Rows, u: Var | Periodic) -> Rows:
 
 # -- public entry points -----------------------------------------------------------------------------------
 
+# The analysis recurses through the mask's structure, and `^`, `where` and comparisons of conditions copy
+# their operands into its formulas. A mask nested deeper than MAX_ANALYSED_DEPTH, or whose formula would
+# grow past MAX_FORMULA_SIZE atoms (a chain of `^`), gets the answers that assume nothing, which are always
+# sound: every tile partial, every key possible, no full range.
+MAX_ANALYSED_DEPTH = 64
+MAX_FORMULA_SIZE = 512
+
+
+@functools.lru_cache(maxsize=256)
+def beyond_analysis(mask: Node) -> bool:
+    """Whether `mask` is too deep or too large for the tile analysis (computed without recursion)."""
+    if mask.depth() > MAX_ANALYSED_DEPTH:
+        return True
+    size: dict[Node, int] = {}
+    for n in mask.walk():
+        parts = [size[s] for s in n.src if s.dtype.is_bool]
+        copies = n.op is Op.XOR or (n.op in COMPARE and bool(parts)) or (n.op is Op.WHERE and n.dtype.is_bool)
+        size[n] = min(MAX_FORMULA_SIZE + 1, (2 if copies else 1) * (sum(parts) or 1))
+    return size[mask] > MAX_FORMULA_SIZE
+
 
 def tile_test(mask: Node, *, load_range: LoadRange | None = None) -> TileTest:
     """The tile classification of `mask` as IR over b, h, the tile bounds, parameters and b/h-only loads.
 
     `load_range(load)` may give IR bounds `(lo, hi)` over the current tile for a LOAD whose indices move with
     q or kv (bool loads: (all, any)); without one such a load is unknown, which is sound."""
+    if beyond_analysis(mask):
+        return TileTest(TRUE_N, TRUE_N)
     return _tile_test(mask) if load_range is None else _build_tile_test(mask, load_range)
 
 
@@ -1922,6 +1944,8 @@ def kv_ranges(mask: Node) -> list[tuple[Node | None, Node | None]]:
 
     Bounds come from conjunctions of atoms affine in kv (or in `(kv + c) // d`) whose other terms move
     monotonically with q (q, `q // d`), evaluated at whichever end of the query tile loosens them."""
+    if beyond_analysis(mask):
+        return [(None, None)]
     low = _Lowering(mask, None)
     f = low.formula(mask)
     if f == FALSE:
@@ -1946,6 +1970,8 @@ def kv_full_range(mask: Node) -> tuple[Node | None, Node | None] | None:
     The dual of `kv_ranges`: each atom's bound is taken at the end of the query tile that tightens it,
     conjunctions intersect, and a disjunction keeps what one of its parts guarantees (or their union where
     they share an end)."""
+    if beyond_analysis(mask):
+        return None
     low = _Lowering(mask, None)
     full = _full_bounds(low.formula(mask), low.box)
     guards, checks = low.for_ranges()
