@@ -21,7 +21,6 @@ import dataclasses
 import functools
 import inspect
 import math
-import numbers
 import operator
 import os
 import pathlib
@@ -34,10 +33,10 @@ import torch
 from lark.exceptions import UnexpectedInput, UnexpectedToken
 
 from attnc.dsl import torch_api
-from attnc.dsl.captures import Bindings
 from attnc.dsl.errors import Location, TraceError
 from attnc.dsl.semantics import WEAK_DTYPE, Operand, Typed, describe, key, literal, to_node
 from attnc.dsl.symbolic import Sym
+from attnc.dsl.text_variant import TEXT, Decl, ParamDecl, TensorDecl, TextVariant
 from attnc.ir.dtypes import INDEX, SCORE, DType
 from attnc.ir.node import Node, const, load, param, score, var
 from attnc.ir.ops import Op
@@ -45,7 +44,6 @@ from attnc.ir.program import ParamSpec, Program, TensorSpec
 
 __all__ = ["ParamDecl", "TensorDecl", "TextError", "TextVariant", "parse", "text_variant"]
 
-TEXT = "<text>"
 DTYPES = {
     "bool": torch.bool, "int8": torch.int8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64,
     "uint8": torch.uint8, "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
@@ -231,131 +229,6 @@ def _python_hint(text: str, span: Span) -> str:
 def _end_of(source: str) -> Span:
     lines = source.rstrip("\n").split("\n")
     return Span(len(lines), len(lines[-1].rstrip("\r")) + 1)
-
-
-# -- declarations and the parsed variant ---------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ParamDecl:
-    """`param name: int = 3`: a runtime scalar (its PARAM is int32 for int, float32 for float)."""
-
-    name: str
-    type: type  # int or float
-    default: int | float | None
-    line: int = 0
-
-    def describe(self) -> str:
-        return f"param {self.name}: {self.type.__name__}"
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorDecl:
-    """`tensor name: float32[H, 255]`: a tensor bound by name; dims are names or sizes."""
-
-    name: str
-    dtype: torch.dtype
-    dims: tuple[str | int, ...]
-    line: int = 0
-
-    @property
-    def rank(self) -> int:
-        return len(self.dims)
-
-    @property
-    def spec(self) -> TensorSpec:
-        return TensorSpec(DType.from_torch(self.dtype), self.rank)
-
-    @property
-    def is_scalar(self) -> bool:
-        """A one-element tensor, usable as a value without indexing."""
-        return all(d == 1 for d in self.dims)
-
-    def describe(self) -> str:
-        dims = ", ".join(str(d) for d in self.dims)
-        return f"tensor {self.name}: {str(self.dtype).removeprefix('torch.')}[{dims}]"
-
-
-Decl = ParamDecl | TensorDecl
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class TextVariant:
-    """A variant parsed from the text syntax: its program and the declarations its slots are bound from.
-
-    `param_slots[i]` / `tensor_slots[i]` name the declaration bound to Program.params[i] / tensors[i]."""
-
-    program: Program
-    params: tuple[ParamDecl, ...]
-    tensors: tuple[TensorDecl, ...]
-    param_slots: tuple[str, ...]
-    tensor_slots: tuple[str, ...]
-    filename: str = TEXT
-
-    @property
-    def declarations(self) -> dict[str, Decl]:
-        return {d.name: d for d in (*self.params, *self.tensors)}
-
-    def check(self, values: Mapping[str, Any]) -> None:
-        """Every value names a declaration and fits it (ValueError naming the culprit otherwise)."""
-        declared = self.declarations
-        for name, value in values.items():
-            decl = declared.get(name)
-            if decl is None:
-                raise ValueError(f"attnc: unknown name `{name}` for this variant; it declares "
-                                 f"{_listing(declared) or 'nothing'}")
-            _check_value(decl, value)
-
-    def bind(self, values: Mapping[str, Any]) -> Bindings:
-        """The value for each slot from `values` (names to tensors and numbers), or a param's default."""
-        self.check(values)
-        tensors = {d.name: d for d in self.tensors}
-        params = {d.name: d for d in self.params}
-        return Bindings(tuple(_required(tensors[name], values) for name in self.tensor_slots),
-                        tuple(_param_value(params[name], values) for name in self.param_slots))
-
-
-def _listing(declared: Mapping[str, Decl]) -> str:
-    return ", ".join(d.describe() for d in declared.values())
-
-
-def _required(decl: Decl, values: Mapping[str, Any]) -> Any:
-    if decl.name not in values:
-        raise ValueError(f"attnc: no value for `{decl.describe()}` (declared on line {decl.line}); pass "
-                         f"{decl.name}=... to the call or to attnc.compile")
-    return values[decl.name]
-
-
-def _param_value(decl: ParamDecl, values: Mapping[str, Any]) -> int | float:
-    if decl.name not in values and decl.default is not None:
-        return decl.default
-    return decl.type(_required(decl, values))
-
-
-def _check_value(decl: Decl, value: Any) -> None:
-    if isinstance(decl, ParamDecl):
-        _check_param(decl, value)
-    else:
-        _check_tensor(decl, value)
-
-
-def _check_param(decl: ParamDecl, value: Any) -> None:
-    allowed = numbers.Integral if decl.type is int else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, allowed):
-        raise ValueError(f"attnc: `{decl.describe()}` needs a Python {decl.type.__name__}, got "
-                         f"{type(value).__name__} {value!r}")
-    if decl.type is int and not _INT32[0] <= value <= _INT32[1]:
-        raise ValueError(f"attnc: `{decl.name}` = {value} does not fit in int32, the type of integer parameters")
-
-
-def _check_tensor(decl: TensorDecl, value: Any) -> None:
-    if not isinstance(value, torch.Tensor):
-        raise ValueError(f"attnc: `{decl.describe()}` needs a torch.Tensor, got {type(value).__name__}")
-    if value.dtype != decl.dtype:
-        raise ValueError(f"attnc: `{decl.describe()}` got a {value.dtype} tensor")
-    sizes_match = all(isinstance(d, str) or d == n for d, n in zip(decl.dims, value.shape, strict=False))
-    if value.ndim != decl.rank or not sizes_match:
-        raise ValueError(f"attnc: `{decl.describe()}` got a tensor of shape {list(value.shape)}")
 
 
 # -- building the IR --------------------------------------------------------------------------------------
@@ -832,6 +705,7 @@ def _rules(tree: lark.Tree, source: _Source) -> dict[str, lark.Tree]:
 
 def parse(text: str, *, filename: str | None = None) -> TextVariant:
     """Parse a variant in the text syntax. TextError (a ValueError) names the line, column and problem."""
+    text = normalised(text)
     source = _Source(text, filename or TEXT)
     try:
         tree = _parser().parse(text if text.endswith("\n") else text + "\n")
@@ -855,8 +729,14 @@ def parse(text: str, *, filename: str | None = None) -> TextVariant:
                        source.filename)
 
 
+def normalised(text: str) -> str:
+    """Without a leading byte-order mark, with CR and CRLF line ends as LF (files saved on other systems)."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
 def is_text(source: str) -> bool:
     """A string is text in the syntax when it spans lines or has a `mask:` / `score:` statement."""
+    source = normalised(source)
     return "\n" in source or _STATEMENT.search(source) is not None
 
 
