@@ -118,6 +118,19 @@ def _integer_power(base: str, k: int) -> str:
     return f"(1.0 / ({product}))" if k < 0 else f"({product})"
 
 
+def _shift(helper: str, symbol: str) -> Renderer:
+    """`<<` / `>>` with torch's meaning for counts outside [0, bits); a constant count inside is one shift."""
+
+    def render(n: Node, a: Sequence[str]) -> str:
+        bits = 64 if n.dtype is DType.int64 else 32
+        count = n.src[1]
+        if count.op is Op.CONST and 0 <= count.arg < bits:
+            return f"({a[0]} {symbol} {a[1]})"
+        return f"{helper}({a[0]}, {a[1]}, {bits})"
+
+    return render
+
+
 def _unary(fn: str) -> Renderer:
     return lambda n, a: _in_f32(n.dtype, lambda x: f"{fn}({x})")(n, a)
 
@@ -176,4 +189,11 @@ RENDER: dict[Op, Renderer] = {
     Op.EQ: _compare("=="),
     Op.NE: _compare("!="),
     Op.WHERE: lambda n, a: f"tl.where({a[0]}, {a[1]}, {a[2]})",
+    Op.ERF: _unary("tl.erf"),
+    Op.ATAN: _unary("_atan"),
+    Op.EXPM1: _unary("_expm1"),
+    Op.ROUND: _unary("_round_half_even"),
+    Op.FMOD: _arith("({0} % {1})"),  # Triton's `%` is C's fmod for ints and floats
+    Op.SHL: _shift("_shl", "<<"),
+    Op.SHR: _shift("_shr", ">>"),
 }

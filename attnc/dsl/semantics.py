@@ -44,6 +44,7 @@ _INT_RANGE = {DType.int32: (-(2**31), 2**31 - 1), DType.int64: (-(2**63), 2**63 
 SYMBOL = {
     Op.ADD: "+", Op.SUB: "-", Op.MUL: "*", Op.TRUEDIV: "/", Op.FLOORDIV: "//", Op.MOD: "%",
     Op.POW: "**", Op.MIN: "torch.minimum", Op.MAX: "torch.maximum", Op.AND: "&", Op.OR: "|", Op.XOR: "^",
+    Op.FMOD: "torch.fmod", Op.SHL: "<<", Op.SHR: ">>",
 }
 # What PyTorch computes for arithmetic on two bools: `+` and maximum are `or`, `*` and minimum are `and`.
 _BOOL_ARITH = {Op.ADD: Op.OR, Op.MAX: Op.OR, Op.MUL: Op.AND, Op.MIN: Op.AND}
@@ -148,6 +149,38 @@ def logic(op: Op, a: Operand, b: Operand, *, python: bool = False) -> Typed:
     return Typed(node(op, dtype, to_node(a, dtype), to_node(b, dtype)), weak)
 
 
+def shift(op: Op, a: Operand, b: Operand, *, python: bool = False) -> Typed:
+    """`<<`, `>>` on integers, in the dtype both promote to (as torch.bitwise_left_shift)."""
+    dtype, weak = result_dtype((a, b), python=python)
+    if weak is bool:
+        dtype, weak = DType.int32, int  # Python: True << True == 2
+    if not dtype.is_int:
+        raise TraceError.here(
+            f"`{SYMBOL[op]}` needs integer operands, not {dtype.name} (as in PyTorch)",
+            "convert with .to(torch.int32) first",
+        )
+    value, count = to_node(a, dtype), to_node(b, dtype)
+    if count.op is Op.CONST and 0 <= count.arg < (64 if dtype is DType.int64 else 32) - 1:
+        # x << c is x * 2^c (wrapping alike) and x >> c is x // 2^c (both round down): forms the tile
+        # analysis reads exactly, as it reads `q // 8`
+        power = const(1 << count.arg, dtype)
+        return Typed(node(Op.MUL if op is Op.SHL else Op.FLOORDIV, dtype, value, power), weak)
+    return Typed(node(op, dtype, value, count), weak)
+
+
+def fmod(a: Operand, b: Operand) -> Typed:
+    """torch.fmod: the remainder with the sign of the dividend. On integers by a constant c it is written
+    with Python's `%` (r = a % |c|, less |c| where a < 0 and r != 0), which the tile analysis reads."""
+    dtype, _ = result_dtype((a, b), python=False)
+    divisor = None if dtype.is_bool else to_node(b, dtype)
+    if dtype.is_int and divisor.op is Op.CONST and divisor.arg != 0 and divisor.arg != _INT_RANGE[dtype][0]:
+        x, c = Typed(to_node(a, dtype)), abs(divisor.arg)
+        r = arith(Op.MOD, x, Typed(const(c, dtype)))
+        behind = logic(Op.AND, compare(Op.LT, x, 0), compare(Op.NE, r, 0))
+        return where(behind, arith(Op.SUB, r, c), r)
+    return arith(Op.FMOD, a, b)
+
+
 def compare(op: Op, a: Operand, b: Operand, *, python: bool = False) -> Typed:
     dtype, weak = result_dtype((a, b), python=python)
     return Typed(node(op, DType.bool, to_node(a, dtype), to_node(b, dtype)), weak and bool)
@@ -249,7 +282,7 @@ def logical_not(x: Operand) -> Typed:
 def float_math(op: Op, x: Typed) -> Typed:
     """exp, log, tanh, ...: integer and bool inputs are computed in float32, as torch.exp(int) is."""
     dtype = x.node.dtype
-    if op in (Op.FLOOR, Op.CEIL) and not dtype.is_float:
+    if op in (Op.FLOOR, Op.CEIL, Op.ROUND) and not dtype.is_float:
         if dtype.is_bool:
             raise TraceError.here(f"torch.{op.name.lower()} of a bool value is not supported (as in PyTorch)")
         return x  # torch.floor of an integer tensor returns it unchanged

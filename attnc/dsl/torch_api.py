@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from attnc.dsl import pointwise
 from attnc.dsl import semantics as sem
 from attnc.dsl.errors import TraceError
 from attnc.dsl.semantics import Typed
@@ -212,6 +213,7 @@ def _by_name() -> dict[str, Handler]:
             "negative": _unary(sem.negate), "sign": _unary(sem.sign)}
     out |= {"clamp": _clamp, "clip": _clamp, "clamp_min": _clamp_min, "clamp_max": _clamp_max}
     out |= {"min": _min_max(Op.MIN), "max": _min_max(Op.MAX)}
+    out |= pointwise.BY_NAME
     return out
 
 
@@ -227,7 +229,7 @@ def _build_table() -> dict[Callable, Handler]:
     table |= {torch.Tensor.new_zeros: _new_constant(0), torch.Tensor.new_ones: _new_constant(1),
               torch.Tensor.new_full: _new_full, torch.Tensor.to: _to}
     table |= {getattr(torch.Tensor, name): _conversion(dtype) for name, dtype in _CONVERSIONS.items()}
-    table |= _dunders()
+    table |= _dunders() | pointwise.DUNDERS | pointwise.FUNCTIONS
     return table
 
 
@@ -243,6 +245,8 @@ def _dunders() -> dict[Callable, Handler]:
         torch.Tensor.__or__: _binary(sem.logic, Op.OR),
         torch.Tensor.__xor__: _binary(sem.logic, Op.XOR),
         torch.rsub: _binary(sem.arith, Op.SUB, reflected=True),
+        # `tensor == traced` reaches us as Tensor.__eq__ (not torch.eq)
+        **{getattr(torch.Tensor, f"__{name}__"): _binary(sem.compare, op) for name, op in _COMPARE.items()},
     }
 
 

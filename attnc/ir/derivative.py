@@ -219,6 +219,21 @@ def _one_minus(x: Node) -> Node:
     return _sub(ONE, x)
 
 
+def _erf_local(n: Node) -> Node:
+    # d erf(x) / dx = 2 / sqrt(pi) * exp(-x^2)
+    x = _x(n)
+    return _mul(const(2.0 / math.sqrt(math.pi), F32), _fn(Op.EXP, _neg(_mul(x, x))))
+
+
+def _fmod(n: Node, g: Node, i: int) -> Node:
+    # fmod(a, b) = a - b * trunc(a / b), as torch differentiates it
+    if i == 0:
+        return g
+    quotient = _fn(Op.TRUEDIV, _x(n), _y(n))
+    truncated = _where(_test(Op.LT, quotient, ZERO), _fn(Op.CEIL, quotient), _fn(Op.FLOOR, quotient))
+    return _mul(_neg(g), truncated)
+
+
 _RULES: dict[Op, Rule] = {
     Op.EXP: _unary(_value),
     Op.EXP2: _unary(lambda n: _mul(_value(n), LN2)),
@@ -234,7 +249,11 @@ _RULES: dict[Op, Rule] = {
     Op.ABS: _unary(lambda n: _fn(Op.SIGN, _x(n))),
     Op.NEG: lambda n, g, i: _neg(g),
     Op.CAST: lambda n, g, i: g,  # float to float: the gradient passes (only float operands get one)
-    Op.FLOOR: _zero, Op.CEIL: _zero, Op.SIGN: _zero, Op.FLOORDIV: _zero,
+    Op.FLOOR: _zero, Op.CEIL: _zero, Op.SIGN: _zero, Op.FLOORDIV: _zero, Op.ROUND: _zero,
+    Op.ERF: _unary(_erf_local),
+    Op.ATAN: lambda n, g, i: _div(g, _add(ONE, _mul(_x(n), _x(n)))),
+    Op.EXPM1: _unary(lambda n: _add(_value(n), ONE)),
+    Op.FMOD: _fmod,
     Op.ADD: lambda n, g, i: g,
     Op.SUB: _sub_rule,
     Op.MUL: _mul_rule,

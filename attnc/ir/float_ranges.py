@@ -298,6 +298,10 @@ RULES: dict[Op, Rule] = {
     Op.SIGMOID: _increasing(_one, _FAST, 2.0**-20),
     Op.SIN: _periodic,
     Op.COS: _periodic,
+    Op.ERF: _increasing(_one, _ROUNDING, 2.0**-20),
+    Op.ATAN: _increasing(lambda b: math.pi / 2, _ROUNDING, 2.0**-20),
+    Op.EXPM1: _increasing(_exp_bound, _ROUNDING, 2.0**-20),
+    Op.ROUND: _increasing(lambda b: b + 1),
 }
 
 

@@ -134,6 +134,8 @@ _FUNCTIONS: dict[Op, Callable[..., Tensor]] = {
     Op.AND: torch.bitwise_and, Op.OR: torch.bitwise_or, Op.XOR: torch.bitwise_xor,
     Op.LT: torch.lt, Op.LE: torch.le, Op.GT: torch.gt, Op.GE: torch.ge, Op.EQ: torch.eq, Op.NE: torch.ne,
     Op.WHERE: torch.where,
+    Op.ERF: torch.erf, Op.ATAN: torch.atan, Op.EXPM1: torch.expm1, Op.ROUND: torch.round,
+    Op.FMOD: torch.fmod, Op.SHL: torch.bitwise_left_shift, Op.SHR: torch.bitwise_right_shift,
 }
 
 _EVAL: dict[Op, Evaluator] = {

@@ -26,6 +26,10 @@ class Op(enum.Enum):
     COS = enum.auto()
     FLOOR = enum.auto()
     CEIL = enum.auto()
+    ERF = enum.auto()
+    ATAN = enum.auto()
+    EXPM1 = enum.auto()  # exp(x) - 1, exact near 0
+    ROUND = enum.auto()  # to the nearest integer, ties to even (torch.round)
     # unary, any numeric dtype
     NEG = enum.auto()
     ABS = enum.auto()
@@ -43,6 +47,10 @@ class Op(enum.Enum):
     POW = enum.auto()
     MIN = enum.auto()
     MAX = enum.auto()
+    FMOD = enum.auto()  # C semantics: the sign of the dividend (torch.fmod)
+    # integer shifts; a count outside [0, bits) gives 0 (<<) or the sign fill (>>), as torch
+    SHL = enum.auto()
+    SHR = enum.auto()
     # binary logic on bool (bitwise on ints)
     AND = enum.auto()
     OR = enum.auto()
@@ -64,14 +72,15 @@ class Op(enum.Enum):
 LEAVES = frozenset({Op.VAR, Op.SCORE, Op.CONST, Op.PARAM})
 FLOAT_UNARY = frozenset(
     {Op.EXP, Op.EXP2, Op.LOG, Op.LOG2, Op.LOG1P, Op.SQRT, Op.RSQRT, Op.TANH, Op.SIGMOID, Op.SIN, Op.COS,
-     Op.FLOOR, Op.CEIL}
+     Op.FLOOR, Op.CEIL, Op.ERF, Op.ATAN, Op.EXPM1, Op.ROUND}
 )
 NUMERIC_UNARY = frozenset({Op.NEG, Op.ABS, Op.SIGN})
 UNARY = FLOAT_UNARY | NUMERIC_UNARY | {Op.NOT, Op.CAST}
-ARITH = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.TRUEDIV, Op.FLOORDIV, Op.MOD, Op.POW, Op.MIN, Op.MAX})
+ARITH = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.TRUEDIV, Op.FLOORDIV, Op.MOD, Op.POW, Op.MIN, Op.MAX, Op.FMOD})
 LOGIC = frozenset({Op.AND, Op.OR, Op.XOR})
+SHIFT = frozenset({Op.SHL, Op.SHR})  # integer operands of the node's dtype
 COMPARE = frozenset({Op.LT, Op.LE, Op.GT, Op.GE, Op.EQ, Op.NE})
-BINARY = ARITH | LOGIC | COMPARE
+BINARY = ARITH | LOGIC | SHIFT | COMPARE
 COMMUTATIVE = frozenset({Op.ADD, Op.MUL, Op.MIN, Op.MAX, Op.AND, Op.OR, Op.XOR, Op.EQ, Op.NE})
 # a < b  <=>  b > a: used to put comparisons in canonical operand order
 MIRROR = {Op.LT: Op.GT, Op.GT: Op.LT, Op.LE: Op.GE, Op.GE: Op.LE, Op.EQ: Op.EQ, Op.NE: Op.NE}

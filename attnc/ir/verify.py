@@ -19,6 +19,7 @@ from attnc.ir.ops import (
     LEAVES,
     LOGIC,
     NUMERIC_UNARY,
+    SHIFT,
     TILE_VARS,
     UNARY,
     Op,
@@ -149,6 +150,10 @@ def _check_logic(n: Node) -> None:
     _require(_same_operands(n), n, "operands must have the node's dtype")
 
 
+def _check_shift(n: Node) -> None:
+    _require(n.dtype.is_int and _same_operands(n), n, "shifts need integer operands of the node's dtype")
+
+
 def _check_compare(n: Node) -> None:
     _require(n.dtype.is_bool, n, "a comparison yields bool")
     _require(n.src[0].dtype is n.src[1].dtype, n, "compared operands must share a dtype")
@@ -167,6 +172,7 @@ _CHECKS: dict[Op, Callable[[Node], None]] = {
     **dict.fromkeys(NUMERIC_UNARY, _check_numeric_unary),
     **dict.fromkeys(ARITH, _check_arith),
     **dict.fromkeys(LOGIC, _check_logic),
+    **dict.fromkeys(SHIFT, _check_shift),
     **dict.fromkeys(COMPARE, _check_compare),
 }
 

@@ -109,3 +109,59 @@ def _floordiv_magic(a, d, m, shift):
 def _mod_magic(a, d, m, shift):
     # Python's a % d (the sign of d) from the floor quotient
     return a - _floordiv_magic(a, d, m, shift) * d
+
+
+@triton.jit
+def _atan(x):
+    # |x| > 1 through atan(t) = pi/2 - atan(1/t); t > tan(pi/8) through atan(t) = pi/4 + atan((t - 1)/(t + 1));
+    # then atan(u) = u + u^3 P(u^2) on |u| <= tan(pi/8), P a least-squares fit (relative error < 3e-9).
+    t = tl.abs(x)
+    outer = t > 1.0
+    t = tl.where(outer, 1.0 / tl.where(outer, t, 1.0), t)
+    middle = t > 0.41421356237309503
+    u = tl.where(middle, (t - 1.0) / (t + 1.0), t)
+    z = u * u
+    p = -0.06459380905500625
+    p = p * z + 0.10746300220773844
+    p = p * z - 0.14264232782943018
+    p = p * z + 0.1999955008687265
+    p = p * z - 0.3333333181356032
+    r = u + u * z * p
+    r = tl.where(middle, 0.7853981633974483 + r, r)
+    r = tl.where(outer, 1.5707963267948966 - r, r)
+    return tl.where(x < 0, -r, r)
+
+
+@triton.jit
+def _expm1(x):
+    # (u - 1) * x / log(u) with u = e^x cancels the rounding error of e^x near 0 (Kahan); away from 0, u - 1
+    # loses nothing. The unselected branch takes the log of 2, never of 1 or of inf.
+    u = tl.exp(x)
+    near = (tl.abs(x) < 0.5) & (u != 1.0)
+    corrected = (u - 1.0) * (x / tl.log(tl.where(near, u, 2.0)))
+    return tl.where(u == 1.0, x, tl.where(near, corrected, u - 1.0))
+
+
+@triton.jit
+def _round_half_even(x):
+    # torch.round: x - floor(x) is exact, so ties are seen as ties and go to the even neighbour. NaN and
+    # infinities pass through (their fraction is NaN, which compares False).
+    r = tl.floor(x)
+    fraction = x - r
+    half = r * 0.5
+    odd = tl.floor(half) != half
+    return tl.where((fraction > 0.5) | ((fraction == 0.5) & odd), r + 1.0, r)
+
+
+@triton.jit
+def _shl(a, s, BITS: tl.constexpr):
+    # torch's a << s: 0 for a count outside [0, BITS) (a hardware shift would take it modulo BITS)
+    inside = (s >= 0) & (s < BITS)
+    return tl.where(inside, a << tl.where(inside, s, 0), 0)
+
+
+@triton.jit
+def _shr(a, s, BITS: tl.constexpr):
+    # torch's a >> s (arithmetic): the sign fill for a count outside [0, BITS)
+    inside = (s >= 0) & (s < BITS)
+    return a >> tl.where(inside, s, BITS - 1)
