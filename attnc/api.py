@@ -360,6 +360,21 @@ class Attention:
             self._plan = (key, block_map, bindings)
         return self._plan[1]
 
+    def distributed(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, group: Any = None,
+                    layout: str = "zigzag", scale: float | None = None, return_lse: bool = False,
+                    enable_gqa: bool = False, backend: str = "auto") -> Any:
+        """Context-parallel attention of this variant: this rank's shards `[B, H, S_local, D]` of a sequence
+        split across the ranks of `group` in `layout`; the mods see global positions (see
+        `attnc.distributed`)."""
+        if self.text is not None:
+            raise ValueError("attnc: context parallelism runs variants written as Python mods; a text variant binds "
+                             "its values by name and has no Python mods to move to global positions")
+        from attnc.distributed.ring import attention  # the distributed package builds on this module
+
+        return attention(query, key, value, group=group, layout=layout, mask_mod=self.mask_mod,
+                         score_mod=self.score_mod, scale=scale, return_lse=return_lse, enable_gqa=enable_gqa,
+                         backend=backend)
+
     def tile_stats(self, B: int, H: int, Q_LEN: int, KV_LEN: int, *, BLOCK_M: int = 128,
                    BLOCK_N: int = 128, device: Any = "cpu", **values: Any) -> dict[str, int]:
         """How many (query tile, key tile) pairs the kernel skips ("empty"), masks ("partial") and
