@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from attnc.codegen.bias import AffineBias, affine_bias
 from attnc.codegen.skeleton import (
     TEMPLATES,
     Emitter,
@@ -41,9 +42,17 @@ def _score_lines(emitter: Emitter, root: Node | None) -> list[str]:
     return [*lines, f"score = {result}{broadcast}"]
 
 
+def _affine_bias_lines(bias: AffineBias | None) -> list[str]:
+    if bias is None:
+        return []
+    block, (alpha, beta, gamma) = Emitter(prefix="a").emit_inline([bias.alpha, bias.beta, bias.gamma])
+    return [*block, f"bias_alpha = {alpha}", f"bias_beta = {beta}", f"bias_gamma = {gamma}"]
+
+
 def _visit_args(captures: list[str], hoisted: list[str], test_params: list[str]) -> list[str]:
     return ["acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc, stride_kn, stride_kd, stride_vn, stride_vd,",
             "start_n, b_idx, h_idx, q_idx, q_lo, q_hi, sm_scale, qk_scale, KV_LEN,",
+            "q_origin, bias_cols, bias_kv, bias_at_q0,",
             *(f"{name}," for name in captures + hoisted + test_params),
             "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
             "SCALE_POSITIVE, FAST_MATH,"]
@@ -57,7 +66,8 @@ def generate_forward(program: Program, tile_test: TileTest | None = None,
     every tile and masks each. `kv_full` (`attnc.ir.tiles.kv_full_range`) splits a single key range into
     on-band tiles (tested, masked) and off-band tiles (neither)."""
     emitter = Emitter()
-    score = _score_lines(emitter, program.score)
+    bias = affine_bias(program.score)
+    score = _score_lines(emitter, program.score) if bias is None else []
     mask = mask_lines(emitter, program.mask)
     hoisted = hoisted_names(emitter)
     test = split_tile_test(tile_test)
@@ -66,6 +76,7 @@ def generate_forward(program: Program, tile_test: TileTest | None = None,
     common = common_holes(captures, param_args)
     # without a score mod the scale folds into the exponent's multiply-add (see the skeleton)
     common["constants"].append(f"HAS_SCORE_MOD = tl.constexpr({program.score is not None})")
+    common["constants"].append(f"AFFINE_BIAS = tl.constexpr({bias is not None})")
     holes = {
         **common,
         "hoisted_params": [f"{name}," for name in hoisted],
@@ -73,6 +84,7 @@ def generate_forward(program: Program, tile_test: TileTest | None = None,
         "hoist_program": emitter.lines[Level.PROGRAM],
         "hoist_q": emitter.lines[Level.QUERY],
         "score_mod": score,
+        "affine_bias": _affine_bias_lines(bias),
         "mask_mod": mask,
         "tile_test": test.per_tile,
         "hoist_tile_test": test.hoisted,

@@ -15,6 +15,8 @@
 #   hoisted_pass   the same names, passed at each call
 #   score_mod      computes `score` from `score` (the scaled q.k) and the indices
 #   mask_mod       computes `mask` (bool); evaluated only on partial tiles
+#   affine_bias    for a score mod `score + alpha * kv + beta * q + gamma` (attnc.codegen.bias, AFFINE_BIAS):
+#                  computes bias_alpha, bias_beta, bias_gamma once per program; score_mod is then unused
 #   tile_test      computes `may_true` / `may_false` for the tile box [q_lo, q_hi] x [kv_lo, kv_hi]
 #                  from the terms that move with the key tile; hoist_tile_test computes the rest once per
 #                  program, passed to _visit_tile as tile_test_params
@@ -56,7 +58,7 @@ def _finite_max(m):
 def _attend_tile(
     acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
     stride_kn, stride_kd, stride_vn, stride_vd,
-    start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN,
+    start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN, q_origin, bias_cols, bias_kv, bias_at_q0,
     # HOLE: capture_args
     # HOLE: hoisted_params
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
@@ -95,7 +97,12 @@ def _attend_tile(
         qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
         # Online softmax in base 2: the running maximum m_i and the exponents are logits times log2(e), and
         # the scale (with log2(e)) reaches each score in the same multiply-add that subtracts the maximum.
-        if HAS_SCORE_MOD:  # noqa: SIM108 (the hole is a block of statements)
+        if AFFINE_BIAS:
+            # an affine bias (attnc.codegen.bias): its per-column term rides on the multiply-add that scales the
+            # score, its value for this tile joins the row maximum, its per-row term waits for the epilogue
+            score = qk * qk_scale + bias_cols
+            tile_bias = bias_kv * (start_n - q_origin).to(tl.float32) + bias_at_q0
+        elif HAS_SCORE_MOD:
             score = qk * sm_scale
             # HOLE: score_mod
         else:
@@ -105,7 +112,11 @@ def _attend_tile(
             score = tl.where(mask, score, float("-inf"))
         if CHECK_KV:
             score = tl.where(kv_in[None, :], score, float("-inf"))
-        if HAS_SCORE_MOD:
+        if AFFINE_BIAS:
+            m_new = tl.maximum(m_i, tl.max(score, 1) + tile_bias)
+            m_safe = _finite_max(m_new)
+            p = tl.exp2(score - (m_safe - tile_bias)[:, None])
+        elif HAS_SCORE_MOD:
             m_new = tl.maximum(m_i, tl.max(score, 1) * LOG2E)
             m_safe = _finite_max(m_new)
             p = tl.exp2(score * LOG2E - m_safe[:, None])
@@ -129,7 +140,7 @@ def _attend_tile(
 def _visit_tile(
     acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
     stride_kn, stride_kd, stride_vn, stride_vd,
-    start_n, b_idx, h_idx, q_idx, q_lo, q_hi, sm_scale, qk_scale, KV_LEN,
+    start_n, b_idx, h_idx, q_idx, q_lo, q_hi, sm_scale, qk_scale, KV_LEN, q_origin, bias_cols, bias_kv, bias_at_q0,
     # HOLE: capture_args
     # HOLE: hoisted_params
     # HOLE: tile_test_params
@@ -142,7 +153,7 @@ def _visit_tile(
         acc, l_i, m_i = _attend_tile(
             acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
             stride_kn, stride_kd, stride_vn, stride_vd,
-            start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN,
+            start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN, q_origin, bias_cols, bias_kv, bias_at_q0,
             # HOLE: capture_pass
             # HOLE: hoisted_pass
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, False, UPCAST, DOT_PRECISION, USE_TMA,
@@ -153,7 +164,7 @@ def _visit_tile(
         acc, l_i, m_i = _attend_tile(
             acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
             stride_kn, stride_kd, stride_vn, stride_vd,
-            start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN,
+            start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN, q_origin, bias_cols, bias_kv, bias_at_q0,
             # HOLE: capture_pass
             # HOLE: hoisted_pass
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, True, True, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
@@ -170,7 +181,7 @@ def _visit_tile(
         acc, l_i, m_i = _attend_tile(
             acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
             stride_kn, stride_kd, stride_vn, stride_vd,
-            start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN,
+            start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN, q_origin, bias_cols, bias_kv, bias_at_q0,
             # HOLE: capture_pass
             # HOLE: hoisted_pass
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, may_true, not KV_EVEN, UPCAST, DOT_PRECISION,
@@ -235,6 +246,19 @@ def attnc_forward(
     q_idx = offs_m[:, None]
     # HOLE: hoist_program
     # HOLE: hoist_q
+    q_origin = start_m * BLOCK_M
+    if AFFINE_BIAS:
+        # the bias alpha * kv + beta * q + gamma in base 2, rebased on this tile's first query (q_origin)
+        # HOLE: affine_bias
+        bias_kv = bias_alpha * LOG2E
+        bias_cols = bias_kv * tl.arange(0, BLOCK_N).to(tl.float32)[None, :]
+        bias_at_q0 = ((bias_alpha + bias_beta) * q_origin.to(tl.float32) + bias_gamma) * LOG2E
+        bias_rows = bias_beta * LOG2E * (offs_m - q_origin).to(tl.float32)
+    else:
+        bias_kv = 0.0
+        bias_cols = 0.0
+        bias_at_q0 = 0.0
+        bias_rows = 0.0
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -259,7 +283,7 @@ def attnc_forward(
                     acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
                     stride_kn, stride_kd, stride_vn, stride_vd,
                     block * SPARSE_KV_BLOCK + (t % TILES_PER_BLOCK) * BLOCK_N, b_idx, h_idx, q_idx,
-                    sm_scale, qk_scale, KV_LEN,
+                    sm_scale, qk_scale, KV_LEN, q_origin, bias_cols, bias_kv, bias_at_q0,
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, not KV_EVEN, UPCAST, DOT_PRECISION,
@@ -273,7 +297,7 @@ def attnc_forward(
                 acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
                 stride_kn, stride_kd, stride_vn, stride_vd,
                 block * SPARSE_KV_BLOCK + (t % TILES_PER_BLOCK) * BLOCK_N, b_idx, h_idx, q_idx,
-                sm_scale, qk_scale, KV_LEN,
+                sm_scale, qk_scale, KV_LEN, q_origin, bias_cols, bias_kv, bias_at_q0,
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, True, not KV_EVEN, UPCAST, DOT_PRECISION,
@@ -291,7 +315,7 @@ def attnc_forward(
             acc, l_i, m_i = _attend_tile(
                 acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
                 stride_kn, stride_kd, stride_vn, stride_vd,
-                start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN,
+                start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN, q_origin, bias_cols, bias_kv, bias_at_q0,
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, False, UPCAST, DOT_PRECISION, USE_TMA,
@@ -301,7 +325,7 @@ def attnc_forward(
             acc, l_i, m_i = _attend_tile(
                 acc, l_i, m_i, q, K_head, V_head, K_desc, V_desc,
                 stride_kn, stride_kd, stride_vn, stride_vd,
-                kv_whole, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN,
+                kv_whole, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN, q_origin, bias_cols, bias_kv, bias_at_q0,
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, True, UPCAST, DOT_PRECISION, USE_TMA,
@@ -315,6 +339,7 @@ def attnc_forward(
              + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od,
              out.to(OUT.dtype.element_ty), mask=m_in[:, None] & (offs_dv[None, :] < HEAD_DV))
     log2_l = tl.log2(l_safe)
+    m_i = m_i + bias_rows  # an affine bias's per-row term, left out of the loop (it cancels in softmax)
     lse = tl.where(l_i == 0.0, float("-inf"), (m_i + log2_l) * LN2)
     LSE_rows = LSE + off_b * stride_lb + off_h * stride_lh + offs_m * stride_lm
     tl.store(LSE_rows, lse, mask=m_in)
