@@ -138,12 +138,27 @@ SCORE_MODS: dict[str, Callable] = {
     "elu": lambda s, b, h, q, kv: F.elu(s * 3, alpha=0.5),
     "mish": lambda s, b, h, q, kv: F.mish(s * 3),
     "hardswish": lambda s, b, h, q, kv: F.hardswish(s * 4),
+    "hardsigmoid": lambda s, b, h, q, kv: F.hardsigmoid(s * 4) * 3,
+    "relu6": lambda s, b, h, q, kv: F.relu6(s * 8 + 2),
+    "celu_selu": lambda s, b, h, q, kv: F.celu(s * 3, alpha=2.0) + F.selu(s * 2),
+    "softsign_tanhshrink": lambda s, b, h, q, kv: F.softsign(s * 3) * 2 + F.tanhshrink(s * 2),
+    "frac_square_reciprocal": lambda s, b, h, q, kv: torch.frac(s * 3) + s.square() + torch.reciprocal(s * s + 1),
 }
 
 
 @pytest.mark.parametrize("name", sorted(SCORE_MODS))
 def test_score_mod_matches_torch_forward_and_backward(name):
     assert_like_torch(score_mod=SCORE_MODS[name])
+
+
+HALF_BIAS = torch.linspace(-2.5, 2.5, KV_LEN).to(torch.float16)
+
+
+@pytest.mark.parametrize("fn", [F.gelu, F.silu, F.softplus, F.logsigmoid, torch.atan, torch.expm1, F.mish],
+                         ids=lambda fn: fn.__name__)
+def test_functions_of_half_tensors_round_once_as_torch(fn):
+    """torch computes these in float32 for a float16 tensor and rounds once; so does attnc."""
+    assert_like_torch(score_mod=lambda s, b, h, q, kv: s + fn(HALF_BIAS[kv]))
 
 
 # -- masks: predicates on captured data, integer operations on indices --------------------------------------
