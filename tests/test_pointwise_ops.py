@@ -26,6 +26,8 @@ from attnc.ir.dtypes import DType
 from attnc.ir.interpret import index_grids
 from attnc.ir.node import load, node, var
 from attnc.ir.ops import Op
+from attnc.runtime.config import KernelConfig
+from attnc.runtime.launch_backward import BackwardConfigs
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -355,3 +357,21 @@ def test_shifts_in_kernels_match_torch_for_every_count(dtype):
     s = counts.repeat(values.numel()).to(dtype.torch)
     assert torch.equal(_elementwise(Op.SHL, dtype, 2)(a, s), torch.bitwise_left_shift(a, s))
     assert torch.equal(_elementwise(Op.SHR, dtype, 2)(a, s), torch.bitwise_right_shift(a, s))
+
+
+def test_every_new_operation_compiles_for_sm90():
+    """What the interpreter lets through, ptxas may not: each new kernel helper and rendering, forward and
+    backward, compiled ahead of time (no GPU needed)."""
+    bias = torch.randn(KV_LEN, requires_grad=True)
+
+    def score_mod(s, b, h, q, kv):
+        x = s + bias[kv]
+        y = F.gelu(x) + torch.atan(x) + torch.expm1(x * 0.1) + torch.round(x) + torch.fmod(x, 1.5)
+        return y + ((q << (kv % 5)) >> (kv % 7)) * 0.01 + torch.fmod(q, kv % 3 + 1)
+
+    config = KernelConfig(32, 32, 4, 1)
+    report = attnc.compile(lambda b, h, q, kv: ~torch.isnan(bias[kv]), score_mod).resources(
+        arch="sm_90", dtype=torch.float16, head_dim=32, backward=True, config=config,
+        backward_configs=BackwardConfigs(config, config))
+    assert {"forward", "backward_dkdv", "backward_dq"} <= set(report)
+    assert all(info["registers"] > 0 for info in report.values())
