@@ -362,10 +362,10 @@ class Attention:
 
     def distributed(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, group: Any = None,
                     layout: str = "zigzag", scale: float | None = None, return_lse: bool = False,
-                    enable_gqa: bool = False, backend: str = "auto") -> Any:
+                    enable_gqa: bool = False, backend: str = "auto", captured_grads: str = "sum") -> Any:
         """Context-parallel attention of this variant: this rank's shards `[B, H, S_local, D]` of a sequence
         split across the ranks of `group` in `layout`; the mods see global positions (see
-        `attnc.distributed`)."""
+        `attnc.distributed.attention`)."""
         if self.text is not None:
             raise ValueError("attnc: context parallelism runs variants written as Python mods; a text variant binds "
                              "its values by name and has no Python mods to move to global positions")
@@ -373,7 +373,7 @@ class Attention:
 
         return attention(query, key, value, group=group, layout=layout, mask_mod=self.mask_mod,
                          score_mod=self.score_mod, scale=scale, return_lse=return_lse, enable_gqa=enable_gqa,
-                         backend=backend)
+                         backend=backend, captured_grads=captured_grads)
 
     def tile_stats(self, B: int, H: int, Q_LEN: int, KV_LEN: int, *, BLOCK_M: int = 128,
                    BLOCK_N: int = 128, device: Any = "cpu", **values: Any) -> dict[str, int]:

@@ -27,6 +27,7 @@ class Case:
     local: int  # positions per rank
     heads: tuple[int, int] = (2, 2)  # (query heads, key/value heads)
     backend: str = "reference"
+    captured: str = "sum"  # "local": each rank's share, summed here as a training loop would
 
 
 def variant(name: str, S: int, heads: int) -> tuple[Callable | None, Callable | None, list[torch.Tensor]]:
@@ -75,7 +76,7 @@ def run_case(case: Case, rank: int, world: int) -> None:
 
     local = [cp.shard(t, layout=case.layout).requires_grad_(True) for t in (q, k, v)]
     got, got_lse = cp.attention(*local, layout=case.layout, mask_mod=mask_mod, score_mod=score_mod,
-                                return_lse=True, enable_gqa=gqa, backend=case.backend)
+                                return_lse=True, enable_gqa=gqa, backend=case.backend, captured_grads=case.captured)
     mine = shard_positions(case.layout, S, world, rank)
     local_finite = finite[:, :, mine]
     ((got * dout[:, :, mine]).sum() + (torch.where(local_finite, got_lse, 0.0) * dlse[:, :, mine]).sum()).backward()
@@ -91,6 +92,8 @@ def run_case(case: Case, rank: int, world: int) -> None:
         torch.testing.assert_close(local_t.grad, full_t.grad[:, :, mine], **tol,
                                    msg=lambda m, name=name: f"{where}: d{name}: {m}")
     for t, expected in zip(learned, expected_learned, strict=True):
+        if case.captured == "local" and world > 1:
+            dist.all_reduce(t.grad)
         torch.testing.assert_close(t.grad, expected, **tol, msg=lambda m: f"{where}: captured gradient: {m}")
 
 
@@ -113,6 +116,7 @@ WORLDS = {
     2: [Case("causal", "zigzag", 14), Case("document", "zigzag", 10), Case("full", "striped", 9),
         Case("alibi", "contiguous", 11, heads=(4, 2)), Case("causal", "zigzag", 10, backend="triton")],
     3: [Case("causal", "zigzag", 10), Case("sliding", "striped", 9), Case("alibi", "zigzag", 8, heads=(4, 2)),
+        Case("alibi", "striped", 5, captured="local"),
         Case("document", "contiguous", 7)],
     4: [Case("causal", "zigzag", 6), Case("causal", "contiguous", 5), Case("causal", "striped", 7),
         Case("sliding", "contiguous", 9), Case("document", "striped", 5), Case("full", "zigzag", 4)],
@@ -206,3 +210,31 @@ def test_a_compiled_variant_runs_distributed_on_one_process() -> None:
     torch.testing.assert_close(out, attn(q, k, v, backend="reference"), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="text variant"):
         attnc.compile("mask: q >= kv").distributed(q, k, v)
+
+
+def changing_documents(rank: int, world: int, init_file: str) -> None:
+    """The plan is reused between calls only while the data it was decided from is unchanged."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        S = 24
+        doc = torch.zeros(S, dtype=torch.int32)
+
+        def document(b, h, q, kv):
+            return doc[q] == doc[kv]
+
+        g = torch.Generator().manual_seed(3)
+        q, k, v = (torch.randn(1, 2, S, 16, generator=g) for _ in range(3))
+        mine = shard_positions("contiguous", S, world, rank)
+        # first no block crosses ranks, then every pair is allowed: a stale plan would skip needed blocks
+        for ids in (torch.arange(S) // 12, torch.zeros(S), torch.arange(S) // 4):
+            doc.copy_(ids)  # in place: the same tensor, a new version
+            got = cp.attention(*(cp.shard(t, layout="contiguous") for t in (q, k, v)), layout="contiguous",
+                               mask_mod=document, backend="reference")
+            expected = attnc.flex_attention(q, k, v, mask_mod=document, backend="reference")[:, :, mine]
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_plan_follows_the_data_it_was_decided_from() -> None:
+    spawn(changing_documents, 2)

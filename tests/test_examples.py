@@ -56,3 +56,9 @@ def test_training_example_lowers_the_loss():
     stdout = _run("train_document_masking.py")
     first, last = (float(x) for x in re.search(r"loss fell from ([0-9.]+) to ([0-9.]+)", stdout).groups())
     assert last < first
+
+
+def test_context_parallel_training_example_lowers_the_loss():
+    stdout = _run("train_context_parallel.py")
+    first, last = (float(x) for x in re.search(r"loss fell from ([0-9.]+) to ([0-9.]+)", stdout).groups())
+    assert last < first / 2

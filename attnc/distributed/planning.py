@@ -96,7 +96,21 @@ class RingPlan:
 
 
 def ring_plan(variant: GlobalPositions, problem: Problem) -> RingPlan:
-    """The computed segment pairs of every (query rank, key rank), one tile test per pair."""
+    """The computed segment pairs of every (query rank, key rank), one tile test per pair; reused while the
+    shapes, the mods' parameters and their captured tensors (by version) stay the same."""
+    key = (problem, variant.values_key())
+    found = variant.plans.get(key)
+    if found is None:
+        found = variant.plans[key] = _ring_plan(variant, problem)
+        while len(variant.plans) > _PLANS_KEPT:
+            del variant.plans[next(iter(variant.plans))]
+    return found
+
+
+_PLANS_KEPT = 8
+
+
+def _ring_plan(variant: GlobalPositions, problem: Problem) -> RingPlan:
     W = problem.world_size
     parts = [segments(problem.layout, problem.S, W, r) for r in range(W)]
     needs = tuple(

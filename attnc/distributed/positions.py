@@ -28,6 +28,13 @@ class GlobalPositions:
         self.score_mod = _with_globals(score, constants) if score_mod is not None else None
         self._move = move
         self.attention: Attention = attnc.compile(self.mask_mod, self.score_mod)
+        self.plans: dict[Any, Any] = {}  # ring plans by (problem, values_key()): see attnc.distributed.planning
+
+    def values_key(self) -> tuple[Any, ...]:
+        """What the mods' values are now: their parameters (at offset 0) and captured tensors by identity and
+        version; the bindings are kept in the key so the tensors stay alive while it is used."""
+        bindings = self.at(0, 0)._bind({})
+        return (tuple(bindings.params), bindings.version_key(), _Kept(bindings))
 
     def at(self, q_start: int, kv_start: int) -> Attention:
         """The compiled variant with local index 0 at global positions q_start / kv_start."""
@@ -58,3 +65,16 @@ def _with_globals(fn: Callable, constants: dict[str, int]) -> Callable:
     copy = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
     copy.__qualname__ = fn.__qualname__
     return copy
+
+
+class _Kept:
+    """Holds an object in a key without taking part in its equality."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Kept)
+
+    def __hash__(self) -> int:
+        return 0

@@ -46,6 +46,7 @@ class Ring:
     scale: float | None
     enable_gqa: bool
     backend: str
+    sum_captured: bool  # sum captured tensors' gradients over the group (else this rank's share)
 
     @property
     def world_size(self) -> int:
@@ -71,11 +72,19 @@ class Ring:
 
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, group: Any = None,
               layout: str = "zigzag", mask_mod: Any = None, score_mod: Any = None, scale: float | None = None,
-              return_lse: bool = False, enable_gqa: bool = False, backend: str = "auto") -> Any:
+              return_lse: bool = False, enable_gqa: bool = False, backend: str = "auto",
+              captured_grads: str = "sum") -> Any:
     """Attention of this rank's query shard over the whole sequence's keys, with K / V passed around the
     ranks of `group`. Shards are `[B, H, S_local, D]` in `layout` (see `attnc.distributed.layout`); mods see
     global positions. Returns this rank's output (and float32 lse `[B, H, S_local]`). Differentiable: every
-    rank must run the backward (it is a collective too)."""
+    rank must run the backward (it is a collective too).
+
+    `captured_grads`: "sum" (default) gives every rank the gradient of the captured tensors summed over the
+    group, the single-device gradient when each rank back-propagates its own shard's loss; "local" gives this
+    rank's share only, for training loops that reduce parameter gradients over the group themselves (DDP or
+    FSDP over the context-parallel ranks), which would otherwise count them once per rank."""
+    if captured_grads not in ("sum", "local"):
+        raise ValueError(f"attnc.distributed: captured_grads must be 'sum' or 'local', got {captured_grads!r}")
     world_size, rank = group_size_and_rank(group)
     variant = variant_for(mask_mod, score_mod, stride(layout, world_size))
     S = _checked_length(query, key, value, group, layout, world_size, rank, variant, (scale, enable_gqa, backend))
@@ -83,7 +92,8 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, gr
     peers = tuple(dist.get_global_rank(group, r) if group is not None else r for r in range(world_size)) \
         if world_size > 1 else (0,)
     ring = Ring(variant, group, peers, rank, ring_plan(variant, problem),
-                tuple(segments(layout, S, world_size, r) for r in range(world_size)), scale, enable_gqa, backend)
+                tuple(segments(layout, S, world_size, r) for r in range(world_size)), scale, enable_gqa, backend,
+                captured_grads == "sum")
     attn = variant.attention
     bindings = attn._bind({})
     sources = bindings.tensors if bindings.sources is None else bindings.sources
@@ -299,6 +309,6 @@ def _wait(works: list[Any]) -> None:
 
 
 def _summed(gradient: torch.Tensor, ring: Ring) -> torch.Tensor:
-    if ring.world_size > 1:
+    if ring.world_size > 1 and ring.sum_captured:
         dist.all_reduce(gradient, group=ring.group)
     return gradient
