@@ -180,3 +180,251 @@ def test_tables_built_in_the_mod_from_constants_stay_constants():
     traced = trace(None, mod)
     assert len(traced.program.tensors) == 1  # the arange table; the 2.0 is folded in
     assert "const(2.0" in repr(traced.program.score)
+
+
+def test_a_tensor_a_mod_indexes_by_traced_values_is_pinned_data():
+    def mod(s, b, h, q, kv):
+        return s + torch.arange(4.0)[h]
+
+    traced = trace(None, mod)
+    assert len(traced.program.tensors) == 1 and torch.equal(traced.bind(None, mod).tensors[0], torch.arange(4.0))
+
+
+def test_an_infinitely_recursive_mod_is_reported_at_its_own_line():
+    def recursive(b, h, q_idx, kv_idx):
+        return recursive(b, h, q_idx, kv_idx)
+
+    with pytest.raises(TraceError) as info:
+        trace(recursive, None)
+    assert info.value.location.filename == __file__ and info.value.location.lineno == line_of(recursive)
+    assert "raised RecursionError" in info.value.problem
+
+
+# -- 8. deep expressions: no RecursionError, anywhere ------------------------------------------------------
+
+
+def chained_masks(n: int):
+    from attnc.variants.base import MaskMod
+
+    mods = [MaskMod.wrap(lambda b, h, q, kv, i=i: q - kv != i + 100) for i in range(n)]
+    combined = mods[0]
+    for mod in mods[1:]:
+        combined = combined & mod  # nested n deep: ((m0 & m1) & m2) & ...
+    return combined
+
+
+def many_conditions(b, h, q_idx, kv_idx):
+    allowed = q_idx >= kv_idx
+    for i in range(300):
+        allowed = allowed & ((q_idx // 7 != i) | (kv_idx % 5 != i % 5))
+    return allowed
+
+
+def inverted_1000_times(b, h, q_idx, kv_idx):
+    allowed = q_idx >= kv_idx
+    for _ in range(1000):
+        allowed = ~allowed
+    return allowed
+
+
+def long_sum(score, b, h, q_idx, kv_idx):
+    total = score
+    for i in range(2000):
+        total = total + (q_idx - kv_idx + i % 3) * 1e-4
+    return total
+
+
+def xor_chain(b, h, q_idx, kv_idx):
+    allowed = q_idx >= kv_idx
+    for i in range(40):
+        allowed = allowed ^ (kv_idx == i)
+    return allowed
+
+
+DEEP = {
+    "chained": (lambda: chained_masks(150), None, lambda q, kv: (q >= 0) & ~((q - kv >= 100) & (q - kv < 250))),
+    "conditions": (lambda: many_conditions, None, None),
+    "inverted": (lambda: inverted_1000_times, None, lambda q, kv: q >= kv),
+    "sum": (lambda: None, long_sum, None),
+    "xor": (lambda: xor_chain, None, None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DEEP))
+def test_deep_expressions_compile_and_agree(case):
+    make_mask, score_mod, dense_mask = DEEP[case]
+    attn = attnc.compile(make_mask(), score_mod)
+    repr(attn.program.mask or attn.program.score)
+    attn.explain()
+    q, k, v = qkv(L=12)
+    out = attn(q, k, v, backend="triton")
+    torch.testing.assert_close(out, attn(q, k, v, backend="reference"), atol=2e-5, rtol=2e-5)
+    if dense_mask is not None:
+        positions = torch.arange(12)
+        allowed = dense_mask(positions[:, None], positions[None, :])
+        torch.testing.assert_close(out, dense(q, k, v, lambda s: s.masked_fill(~allowed, -math.inf)))
+
+
+def test_deep_masks_keep_the_tile_analysis_sound_and_linear():
+    from attnc.ir.tiles import beyond_analysis, kv_full_range, kv_ranges, tile_test
+
+    mask = attnc.compile(xor_chain).program.mask
+    assert beyond_analysis(mask)
+    assert kv_ranges(mask) == [(None, None)] and kv_full_range(mask) is None
+    assert tile_test(mask).may_true.arg is True and tile_test(mask).may_false.arg is True
+
+
+def test_attnc_show_prints_a_deep_text_mask(capsys, tmp_path):
+    from attnc.cli import main
+
+    path = tmp_path / "deep.attn"
+    path.write_text("mask: " + " & ".join(f"(q - kv != {i})" for i in range(300)) + "\n")
+    assert main(["show", str(path), "--ir", "--tiles", "--source", "--seq", "256"]) == 0
+    assert "partial" in capsys.readouterr().out
+
+
+# -- 4. integer division by zero is an error on every backend ------------------------------------------------
+
+ZERO_DIVISION = "As in PyTorch, an integer divisor must not be 0 anywhere, even where the quotient is not used"
+
+
+@pytest.mark.parametrize("case", ["floordiv", "mod", "div_floor", "remainder"])
+def test_a_constant_zero_divisor_is_refused_when_traced(case):
+    mods = {
+        "floordiv": lambda b, h, q_idx, kv_idx: q_idx // 0 == kv_idx,
+        "mod": lambda b, h, q_idx, kv_idx: q_idx % 0 == kv_idx,
+        "div_floor": lambda b, h, q_idx, kv_idx: torch.div(q_idx, 0, rounding_mode="floor") == kv_idx,
+        "remainder": lambda b, h, q_idx, kv_idx: torch.remainder(q_idx, 0) == kv_idx,
+    }
+    with pytest.raises(TraceError) as info:
+        trace(mods[case], None)
+    assert info.value.location.lineno == mods[case].__code__.co_firstlineno
+    assert info.value.problem == f"integer {'modulo' if case in ('mod', 'remainder') else 'division'} by zero"
+
+
+def width_mask(width: int):
+    return lambda b, h, q_idx, kv_idx: q_idx // width == kv_idx // width
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_zero_divisors_at_run_time_raise_the_same_error_on_both_backends(backend):
+    chunks = torch.tensor([2, 0], dtype=torch.int32)
+    cases = [
+        (width_mask(0), "the divisor (reading parameter 'width') is 0."),
+        (lambda b, h, q_idx, kv_idx: q_idx % chunks[h] == 0, "the divisor (reading captured tensor t0) is 0 at h=1."),
+        (lambda b, h, q_idx, kv_idx: q_idx % (kv_idx - 3) == 0, "the divisor is 0 at kv_idx=3."),
+    ]
+    q, k, v = qkv()
+    for mod, where in cases:
+        with pytest.raises(ZeroDivisionError) as info:
+            attnc.compile(mod)(q, k, v, backend=backend)
+        assert str(info.value).startswith(f"attnc: integer {'division' if 'width' in where else 'modulo'} by zero "
+                                          f"in the mask mod: {where} {ZERO_DIVISION}")
+
+
+def test_a_zero_divisor_in_an_unselected_branch_is_still_an_error():
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return torch.where(kv_idx != 3, score + q_idx // (kv_idx - 3), score)
+
+    with pytest.raises(ZeroDivisionError, match="in the score mod: the divisor is 0 at kv_idx=3"):
+        attnc.compile(score_mod=score_mod)(*qkv(), backend="reference")
+
+
+def test_a_parameter_that_becomes_zero_is_caught_before_the_launch():
+    attn = attnc.compile(width_mask(4))
+    q, k, v = qkv()
+    expected = attn(q, k, v, backend="triton")
+    attn.mask_mod = width_mask(0)
+    with pytest.raises(ZeroDivisionError, match="reading parameter 'width'"):
+        attn(q, k, v, backend="triton")
+    with pytest.raises(ZeroDivisionError, match="reading parameter 'width'"):
+        attn.block_mask(1, 1, 8, 8, BLOCK_SIZE=4)
+    attn.mask_mod = width_mask(4)
+    torch.testing.assert_close(attn(q, k, v, backend="triton"), expected)
+
+
+def test_create_block_mask_checks_tensor_divisors():
+    chunks = torch.tensor([0], dtype=torch.int32)
+    with pytest.raises(ZeroDivisionError, match="reading captured tensor t0"):
+        attnc.create_block_mask(lambda b, h, q_idx, kv_idx: q_idx // chunks[0] == kv_idx, 1, 1, 8, 8)
+
+
+# -- 9. errors at trace time or at the call, naming the argument ----------------------------------------------
+
+
+@pytest.mark.parametrize(("case", "problem"), [
+    ("traced", "integer ** needs a constant exponent (kernels compute integer powers by multiplication)"),
+    ("large", "integer ** 100: integer exponents up to 8 are supported"),
+    ("torch_pow", "integer ** needs a constant exponent (kernels compute integer powers by multiplication)"),
+])
+def test_integer_powers_are_checked_when_traced(case, problem):
+    mods = {
+        "traced": lambda b, h, q_idx, kv_idx: q_idx ** kv_idx > 0,
+        "large": lambda b, h, q_idx, kv_idx: q_idx ** 100 > 0,
+        "torch_pow": lambda b, h, q_idx, kv_idx: torch.pow(q_idx, kv_idx) > 0,
+    }
+    with pytest.raises(TraceError) as info:
+        trace(mods[case], None)
+    assert info.value.problem == problem and info.value.location.lineno == mods[case].__code__.co_firstlineno
+
+
+def test_a_closure_exponent_becomes_a_constant():
+    def power(k: int):
+        return lambda b, h, q_idx, kv_idx: q_idx ** k >= kv_idx
+
+    assert "const(3, DType.int32)" in repr(trace(power(3), None).program.mask)
+    with pytest.raises(TraceError, match=r"integer \*\* 9: integer exponents up to 8"):
+        trace(power(9), None)
+
+
+@pytest.mark.parametrize(("shapes", "message"), [
+    (((1, 0, 8, 16), (1, 0, 8, 16), (1, 0, 8, 16)), "attnc: query has no heads (shape (1, 0, 8, 16)); H must be at "
+                                                    "least 1"),
+    (((1, 1, 8, 0), (1, 1, 8, 0), (1, 1, 8, 4)), "attnc: query has head dim 0 (shape (1, 1, 8, 0)); D must be at "
+                                                 "least 1"),
+])
+def test_empty_heads_and_head_dims_are_named(shapes, message):
+    q, k, v = (torch.zeros(s) for s in shapes)
+    with pytest.raises(ValueError) as info:
+        attnc.compile(lambda b, h, q_idx, kv_idx: q_idx >= kv_idx)(q, k, v, backend="reference")
+    assert str(info.value) == message
+
+
+def test_lengths_beyond_int32_are_named():
+    huge = torch.zeros(1, 1, 1, 16).expand(1, 1, 2**31, 16)  # a view: nothing is allocated
+    q = torch.zeros(1, 1, 8, 16)
+    attn = attnc.compile(lambda b, h, q_idx, kv_idx: q_idx >= kv_idx)
+    with pytest.raises(ValueError, match=r"^attnc: key length \(dim 2\) = 2147483648 is out of range: positions are "
+                                         r"int32, so lengths go from 0 to 2147418112"):
+        attn(q, huge, huge, backend="reference")
+    with pytest.raises(ValueError, match=r"^attnc: KV_LEN = 2147483648 is out of range"):
+        attnc.create_block_mask(lambda b, h, q_idx, kv_idx: q_idx >= kv_idx, 1, 1, 8, 2**31)
+    with pytest.raises(ValueError, match=r"^attnc: Q_LEN = -1 is out of range"):
+        attn.tile_stats(1, 1, -1, 8)
+    with pytest.raises(ValueError, match=r"^attnc: H = 0 must be at least 1"):
+        attn.block_mask(1, 0, 8, 8)
+
+
+def test_meta_tensors_are_named():
+    q = torch.zeros(1, 1, 8, 16, device="meta")
+    with pytest.raises(ValueError, match=r"^attnc: query is a meta tensor \(shape \(1, 1, 8, 16\)\)"):
+        attnc.compile(lambda b, h, q_idx, kv_idx: q_idx >= kv_idx)(q, q, q, backend="triton")
+
+
+def test_attnc_show_names_a_length_beyond_int32(capsys):
+    from attnc.cli import main
+
+    assert main(["show", "causal", "--seq", "3000000000"]) != 0
+    assert "--seq, --kv-seq and --block must be at most 2147418112" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["\ufefflet d = q - kv\nmask: d >= 0", "let d = q - kv\rmask: d >= 0",
+                                  "let d = q - kv\r\nmask: d >= 0\r\n"])
+def test_text_with_a_byte_order_mark_or_cr_line_ends(text):
+    assert attnc.parse(text).program.mask is attnc.parse("let d = q - kv\nmask: d >= 0").program.mask
+
+
+def test_text_reports_an_oversized_constant_at_its_line_and_column():
+    with pytest.raises(attnc.TextError) as info:
+        attnc.parse("let d = q - kv\nmask: d < 99999999999")
+    assert str(info.value).startswith("<text>:2:11: the constant 99999999999 does not fit in int32")

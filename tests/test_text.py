@@ -475,7 +475,7 @@ SEMANTIC_ERRORS = [
     ("param n: int\nscore: score * 2 ** n", 2, 18, "an integer parameter as the exponent", "float"),
     ("mask: q < 10 ** 100", 1, 14, "the constant 10 ** 100 is too large", ""),
     ("score: score + 1 / 0", 1, 18, "the constant expression fails: division by zero", ""),
-    ("mask: q < 3000000000", 1, 9, "the constant 3000000000 does not fit in int32", ""),
+    ("mask: q < 3000000000", 1, 11, "the constant 3000000000 does not fit in int32", ""),
     ("mask: q < 0x_", 1, 11, "invalid number `0x_`", ""),
     ("let d = q - kv\nlet d = kv - q\nmask: d > 0", 2, 5, "`d` is defined twice (first on line 1)", ""),
     ("let a = b2 + 1\nlet b2 = q\nmask: a > 0", 1, 9, "`b2` is used before its definition (line 2)",

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from attnc.arguments import MAX_LENGTH
 from attnc.dsl.text import ParamDecl, TensorDecl
 from attnc.ir.node import Node
 from attnc.ir.ops import Op
@@ -51,6 +52,8 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if min(args.seq, args.kv_seq or args.seq, args.block) < 1:
         raise CliError("--seq, --kv-seq and --block must be positive")
+    if max(args.seq, args.kv_seq or args.seq, args.block) > MAX_LENGTH:
+        raise CliError(f"--seq, --kv-seq and --block must be at most {MAX_LENGTH}: positions are int32")
     target = load_target(args)
     default = not (args.ir or args.tiles or args.source or args.backward)
     sections: list[tuple[str, str]] = []

@@ -18,7 +18,7 @@ import dataclasses
 from attnc.dsl.errors import TraceError
 from attnc.ir.dtypes import DType, promote
 from attnc.ir.node import Node, const, node
-from attnc.ir.ops import Op
+from attnc.ir.ops import INT_DIVISIONS, Op
 
 Scalar = bool | int | float
 
@@ -111,7 +111,42 @@ def arith(op: Op, a: Operand, b: Operand, *, python: bool = False) -> Typed:
             "integers to negative integer powers are not allowed (as in PyTorch)",
             "use a float exponent, e.g. x ** -1.0",
         )
-    return Typed(node(op, dtype, to_node(a, dtype), to_node(b, dtype)), weak)
+    left, right = to_node(a, dtype), to_node(b, dtype)
+    if op is Op.POW and dtype.is_int:
+        _check_int_exponent(right)
+    if op in INT_DIVISIONS and dtype.is_int and right.op is Op.CONST and right.arg == 0:
+        raise TraceError.here(f"integer {'division' if op is Op.FLOORDIV else 'modulo'} by zero",
+                              "divide by a non-zero constant, or by a float for inf / nan")
+    return Typed(node(op, dtype, left, right), weak)
+
+
+def is_int_power(base: Operand, exponent: Operand) -> bool:
+    """Whether `base ** exponent` is an integer power (both operands bool or integer)."""
+    def integral(x: Operand) -> bool:
+        k = key(x)
+        return k in (bool, int) or (isinstance(k, DType) and not k.is_float)
+
+    return integral(base) and integral(exponent)
+
+
+# Integer powers are computed by repeated multiplication, in the kernels as in the reference.
+MAX_INT_EXPONENT = 8
+
+
+def _check_int_exponent(exponent: Node) -> None:
+    if exponent.op is not Op.CONST:
+        raise TraceError.here(
+            "integer ** needs a constant exponent (kernels compute integer powers by multiplication)",
+            "convert the base to float for a computed exponent, e.g. x.float() ** y",
+        )
+    if exponent.arg < 0:
+        raise TraceError.here("integers to negative integer powers are not allowed (as in PyTorch)",
+                              "use a float exponent, e.g. x ** -1.0")
+    if exponent.arg > MAX_INT_EXPONENT:
+        raise TraceError.here(
+            f"integer ** {exponent.arg}: integer exponents up to {MAX_INT_EXPONENT} are supported",
+            "multiply explicitly, or convert the base to float, e.g. x.float() ** 12",
+        )
 
 
 def _negative_int(x: Operand) -> bool:

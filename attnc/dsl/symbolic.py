@@ -42,8 +42,9 @@ def _power(*, reflected: bool = False) -> Callable[[Sym, Any], Sym]:
         base, exponent = self.tracer.lift(self), self.tracer.lift(other)
         if reflected:
             base, exponent = exponent, base
-        if isinstance(exponent, Typed) and exponent.weak in (int, bool) and sem.key(base) in (int, bool):
-            # Python's int ** int is a float exactly when the exponent is negative: the type needs the value
+        if isinstance(exponent, Typed) and sem.is_int_power(base, exponent):
+            # an integer power needs a constant exponent (and Python's int ** int is a float exactly when the
+            # exponent is negative): a closure scalar there becomes a constant
             self.tracer.specialize(exponent.node)
         return Sym(sem.arith(Op.POW, base, exponent, python=True), self.tracer)
 

@@ -466,7 +466,11 @@ class _Builder:
 
     def _binary(self, tree: lark.Tree) -> Value:
         left, op, right = tree.children
-        return self._apply(_BINARY[op.value], op, self.value(left), self.value(right))
+        values = self.value(left), self.value(right)
+        # a literal too large for int32 is what an error is about: point at it rather than at the operator
+        wide = [c for c, v in zip((left, right), values, strict=True)
+                if isinstance(c, lark.Tree) and c.data == "integer" and not _INT32[0] <= v <= _INT32[1]]
+        return self._apply(_BINARY[op.value], op, *values, at=wide[0] if wide else None)
 
     def _unary(self, tree: lark.Tree) -> Value:
         op, operand = tree.children
@@ -477,9 +481,10 @@ class _Builder:
             raise self.error("chained comparisons are not supported", tree.children[3], _CHAIN_HINT)
         return self._binary(tree)
 
-    def _apply(self, fn: Callable, op: lark.Token, *values: Value) -> Value:
-        """An operator, as Python applies it to traced values (reflected methods, literal folding)."""
-        with self.located(op):
+    def _apply(self, fn: Callable, op: lark.Token, *values: Value, at: lark.Tree | None = None) -> Value:
+        """An operator, as Python applies it to traced values (reflected methods, literal folding); errors
+        point at `at`, else at the operator."""
+        with self.located(at or op):
             operands = [self._symbolic(v) if isinstance(v, _Bare) else v for v in values]
             for v in operands:
                 if isinstance(v, torch.dtype):

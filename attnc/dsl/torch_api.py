@@ -48,6 +48,19 @@ def _binary(build: Callable[..., Typed], op: Op, *, reflected: bool = False) -> 
     return handler
 
 
+def _power(*, reflected: bool = False) -> Handler:
+    """torch.pow: an integer power needs a constant exponent, so a closure scalar there becomes one."""
+    def handler(tracer: Any, input: object, other: object) -> Typed:
+        base, exponent = tracer.lift(input), tracer.lift(other)
+        if reflected:
+            base, exponent = exponent, base
+        if isinstance(exponent, Typed) and sem.is_int_power(base, exponent):
+            tracer.specialize(exponent.node)
+        return sem.arith(Op.POW, base, exponent)
+
+    return handler
+
+
 def _unary(build: Callable[[Typed], Typed]) -> Handler:
     return lambda tracer, input: build(sem.strong(tracer.lift(input)))
 
@@ -204,7 +217,8 @@ _CONVERSIONS = {
 def _by_name() -> dict[str, Handler]:
     """Handlers for names that exist both as torch.<name> and as Tensor.<name>."""
     out: dict[str, Handler] = {name: _math(op) for name, op in _FLOAT_MATH.items()}
-    out |= {name: _binary(sem.arith, op) for name, op in _ARITH.items()}
+    out |= {name: _binary(sem.arith, op) for name, op in _ARITH.items() if op is not Op.POW}
+    out["pow"] = _power()
     out |= {name: _binary(sem.compare, op) for name, op in _COMPARE.items()}
     out |= {name: _binary(sem.logic, op) for name, op in _BITWISE.items()}
     out |= {"logical_and": _logical(Op.AND), "logical_or": _logical(Op.OR), "logical_xor": _logical(Op.XOR)}
@@ -238,8 +252,8 @@ def _dunders() -> dict[Callable, Handler]:
     return {
         torch.Tensor.__floordiv__: _binary(sem.arith, Op.FLOORDIV),
         torch.Tensor.__rfloordiv__: _binary(sem.arith, Op.FLOORDIV, reflected=True),
-        torch.Tensor.__pow__: _binary(sem.arith, Op.POW),
-        torch.Tensor.__rpow__: _binary(sem.arith, Op.POW, reflected=True),
+        torch.Tensor.__pow__: _power(),
+        torch.Tensor.__rpow__: _power(reflected=True),
         torch.Tensor.__mod__: _binary(sem.arith, Op.MOD),
         torch.Tensor.__and__: _binary(sem.logic, Op.AND),
         torch.Tensor.__or__: _binary(sem.logic, Op.OR),

@@ -81,6 +81,8 @@ LOGIC = frozenset({Op.AND, Op.OR, Op.XOR})
 SHIFT = frozenset({Op.SHL, Op.SHR})  # integer operands of the node's dtype
 COMPARE = frozenset({Op.LT, Op.LE, Op.GT, Op.GE, Op.EQ, Op.NE})
 BINARY = ARITH | LOGIC | SHIFT | COMPARE
+# integer division and remainders: a zero divisor is an error (attnc.ir.divisors)
+INT_DIVISIONS = frozenset({Op.FLOORDIV, Op.MOD, Op.FMOD})
 COMMUTATIVE = frozenset({Op.ADD, Op.MUL, Op.MIN, Op.MAX, Op.AND, Op.OR, Op.XOR, Op.EQ, Op.NE})
 # a < b  <=>  b > a: used to put comparisons in canonical operand order
 MIRROR = {Op.LT: Op.GT, Op.GT: Op.LT, Op.LE: Op.GE, Op.GE: Op.LE, Op.EQ: Op.EQ, Op.NE: Op.NE}
