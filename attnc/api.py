@@ -22,14 +22,12 @@ from typing import Any
 
 import torch
 
-from attnc import arguments
 from attnc.codegen.backward import DKDV_KERNEL, DQ_KERNEL, BackwardSource, generate_backward
 from attnc.codegen.block_map import generate_block_map
 from attnc.codegen.forward import KernelSource, generate_forward
 from attnc.dsl.text import TextVariant, text_variant
 from attnc.dsl.trace import StaleTrace, Traced, trace
 from attnc.ir import DType, Node, Op, Program, TensorSpec, const, load, node, var
-from attnc.ir.divisors import DivisorCheck
 from attnc.ir.interpret import Env, evaluate
 from attnc.ir.passes import optimize
 from attnc.ir.printer import format_program
@@ -41,16 +39,13 @@ from attnc.runtime.autograd import AttentionFunction, GradientPlan, needs_grad
 from attnc.runtime.block_mask import BlockMask, as_batched, block_size_pair, build_block_mask
 from attnc.runtime.cache import KernelCache
 from attnc.runtime.config import (
-    FLAG_OPTIONS,
-    KERNEL_OPTIONS,
     KernelConfig,
     Settings,
-    check_kernel_options,
-    with_options,
 )
 from attnc.runtime.deterministic import captured_gradients
 from attnc.runtime.device_block_map import device_block_classes
 from attnc.runtime.interpreter import INTERPRETER_UNAVAILABLE, interpreter_active
+from attnc.runtime.kernel_options import KernelOptions, check_kernel_options
 
 BACKENDS = ("auto", "triton", "reference")
 # How a block map is built: from the mask's structure (O(blocks) on the host or device, with per-block
@@ -87,7 +82,6 @@ class Attention:
     def _retrace(self) -> None:
         self.traced: Traced | TextVariant = trace(self.mask_mod, self.score_mod) if self.text is None else self.text
         self.program: Program = optimize(self.traced.program)
-        self._divisors = DivisorCheck(self.traced.program)
         self._source: KernelSource | None = None
         self._kernel: Any = None
         self._block_map_source: KernelSource | None = None
@@ -150,7 +144,6 @@ class Attention:
         shares the mask: `attn(q, k, v, block_mask=bm)`. `builder` (see BUILDERS): "auto" uses the
         structure when it decides every block's class without pair-by-pair work, else the generated kernel
         on a GPU and dense torch on the CPU. `values`: a text variant's tensors and parameters by name."""
-        _check_sizes(B=B, H=H, Q_LEN=Q_LEN, KV_LEN=KV_LEN, optional=True)
         return self._block_mask(self._bind(values), B or 1, H or 1, Q_LEN, KV_LEN, device, BLOCK_SIZE, builder)
 
     def _block_mask(self, bindings: Any, B: int, H: int, Q_LEN: int, KV_LEN: int, device: Any,
@@ -164,8 +157,6 @@ class Attention:
             builder = ("structure" if mask is None or sparsity.analysable(mask)
                        else "kernel" if device.type == "cuda" else "dense")
         tensors = [t.to(device) for t in bindings.tensors]
-        self._divisors.check((B, H, Q_LEN, KV_LEN), tensors, bindings.params, bindings.version_key(), device,
-                             score=False)
         shape = {"B": B, "H": H, "Q_LEN": Q_LEN, "KV_LEN": KV_LEN, "q_block": q_block, "kv_block": kv_block,
                  "device": device}
         if builder == "structure":
@@ -219,14 +210,11 @@ class Attention:
         `deterministic=True` computes captured-tensor gradients without atomics, bitwise reproducibly (see
         `attnc.runtime.deterministic` for what it costs); q, k and v gradients are always deterministic.
         `values`: a text variant's tensors and parameters by name (`slopes=t, window=128`)."""
-        arguments.check_attention_tensors(query, key, value)
         key, value = shared_kv_batch(query, key, value)
         shapes = launch.check_inputs(query, key, value, enable_gqa=enable_gqa)
         kernel_options = check_kernel_options(kernel_options)  # before anything launches
         block_mask = as_batched(block_mask) if block_mask is not None else None
         bindings = self._bind(values)
-        self._divisors.check((shapes.B, shapes.Hq, shapes.Q_LEN, shapes.KV_LEN), bindings.tensors, bindings.params,
-                             bindings.version_key(), query.device)
         chosen = choose_backend(backend, query)
         if chosen == "reference":
             out, lse = self._reference(query, key, value, scale, bindings, block_mask, shapes)
@@ -236,12 +224,12 @@ class Attention:
         return (out, lse) if return_lse else out
 
     def _triton(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None,
-                bindings: Any, block_mask: Any, shapes: launch.Shapes, kernel_options: dict[str, int] | None,
+                bindings: Any, block_mask: Any, shapes: launch.Shapes, kernel_options: KernelOptions,
                 deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
         interpret = query.device.type != "cuda"
         given = block_mask
         block_mask = self._kernel_block_mask(query, bindings, shapes, block_mask)
-        config = _with_options(self._launch_config("forward", shapes, query), kernel_options)
+        config = kernel_options.forward_config(self._launch_config("forward", shapes, query))
         if given is not None and needs_grad(query, key, value, *bindings.tensors):
             launch.check_block_mask(block_mask, shapes, query.device)
             _check_transposed_lists(block_mask)
@@ -316,7 +304,6 @@ class Attention:
         `timer(fn) -> ms` defaults to CUDA-event timing on a GPU; in the Triton interpreter one must be given.
         Returns the config chosen per kernel ("forward", "backward_dkdv", "backward_dq")."""
         key, value = shared_kv_batch(query, key, value)
-        arguments.check_attention_tensors(query, key, value)
         shapes = launch.check_inputs(query, key, value, enable_gqa=enable_gqa)
         bindings = self._bind(values)
         if block_mask is not None:
@@ -390,7 +377,6 @@ class Attention:
         """How many (query tile, key tile) pairs the kernel skips ("empty"), masks ("partial") and
         attends without the mask ("full"), summed over B x H, for tiles of BLOCK_M x BLOCK_N. `values`: a
         text variant's tensors and parameters by name."""
-        _check_sizes(B=B, H=H, Q_LEN=Q_LEN, KV_LEN=KV_LEN, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
         shapes = (B, H, -(-Q_LEN // BLOCK_M), -(-KV_LEN // BLOCK_N))
         if self.program.mask is None:
             return {"empty": 0, "partial": 0, "full": shapes[0] * shapes[1] * shapes[2] * shapes[3]}
@@ -465,15 +451,6 @@ class Attention:
                                  python=python)
 
 
-def _check_sizes(*, optional: bool = False, **sizes: Any) -> None:
-    """Lengths (`*_LEN`) in int32 range; batch, heads and blocks positive (B and H may be None if `optional`)."""
-    for name, n in sizes.items():
-        if name.endswith("_LEN"):
-            arguments.check_length(name, n)
-        else:
-            arguments.check_count(name, n, optional=optional and name in ("B", "H"))
-
-
 def _structure(program: Program) -> tuple[TileTest | None, list[tuple[Any, Any]] | None]:
     """The mask's tile test and its closed-form key ranges, for the forward kernel to find its tiles itself.
     (None, None) for a mask that reads tensors at q- or kv-dependent positions: such a kernel is given a
@@ -506,22 +483,9 @@ def _scale(scale: float | None, shapes: launch.Shapes) -> float:
 
 
 def _backward_with_options(configs: launch_backward.BackwardConfigs,
-                           options: dict[str, int] | None) -> launch_backward.BackwardConfigs:
-    if not options:
-        return configs
-
-    def bounded(config: KernelConfig) -> KernelConfig:
-        # tiles asked for the forward bound the backward's too (a BlockMask's blocks must still divide); the
-        # Hopper flags apply as given
-        flags = {KERNEL_OPTIONS[k]: bool(options[k]) for k in FLAG_OPTIONS if k in options}
-        return dataclasses.replace(config, block_m=min(config.block_m, options.get("BLOCK_M", config.block_m)),
-                                   block_n=min(config.block_n, options.get("BLOCK_N", config.block_n)), **flags)
-
-    return launch_backward.BackwardConfigs(bounded(configs.dkdv), bounded(configs.dq))
-
-
-def _with_options(config: KernelConfig, options: dict[str, int | bool]) -> KernelConfig:
-    return with_options(config, options) if options else config
+                           options: KernelOptions) -> launch_backward.BackwardConfigs:
+    return launch_backward.BackwardConfigs(options.backward_config("dkdv", configs.dkdv),
+                                           options.backward_config("dq", configs.dq))
 
 
 _WARNED: set[str] = set()

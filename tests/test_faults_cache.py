@@ -147,7 +147,7 @@ def test_jit_reads_the_verified_text_not_the_file(tmp_path: Path) -> None:
     ({"num_stages": 9}, "kernel_options['num_stages']=9 is invalid: num_stages must be from 1 to 8"),
     ({"USE_TMA": "yes"}, "kernel_options['USE_TMA']='yes' is invalid: USE_TMA must be True or False"),
     ({"WARP_SPECIALIZE": 1}, "kernel_options['WARP_SPECIALIZE']=1 is invalid: WARP_SPECIALIZE must be True or False"),
-    ({"BLOCK_K": 64}, "unknown kernel_options ['BLOCK_K']; known: ['BLOCK_M', 'BLOCK_N', 'USE_TMA'"),
+    ({"BLOCK_K": 64}, "unknown kernel_options ['BLOCK_K']; known: ['BACKEND', 'BLOCKS_ARE_CONTIGUOUS', 'BLOCK_M'"),
     ([("BLOCK_M", 16)], "kernel_options must be a dict of option names to values, got list"),
 ])
 def test_invalid_kernel_options_are_named_before_any_launch(options: Any, message: str,

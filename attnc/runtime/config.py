@@ -9,11 +9,8 @@ the Hopper options booleans.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import operator
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,42 +80,6 @@ def field_problem(name: str, value: Any) -> str | None:
     if name == "num_stages":
         return None if 1 <= value <= MAX_STAGES else f"must be from 1 to {MAX_STAGES}"
     return "is not a kernel config field"
-
-
-# kernel_options names (FlexAttention's spelling where it has one) and the KernelConfig fields they set
-KERNEL_OPTIONS = {"BLOCK_M": "block_m", "BLOCK_N": "block_n", "num_warps": "num_warps", "num_stages": "num_stages",
-                  "USE_TMA": "tma", "WARP_SPECIALIZE": "warp_specialize"}
-FLAG_OPTIONS = ("USE_TMA", "WARP_SPECIALIZE")
-
-
-def check_kernel_options(options: Any) -> dict[str, int | bool]:
-    """A user's `kernel_options`, checked before anything launches and normalised (integers of any integral
-    type become `int`); a ValueError names the first option that is unknown or out of range."""
-    if options is None:
-        return {}
-    if not isinstance(options, Mapping):
-        raise ValueError(f"attnc: kernel_options must be a dict of option names to values, got "
-                         f"{type(options).__name__}")
-    unknown = sorted(map(str, set(options) - set(KERNEL_OPTIONS)))
-    if unknown:
-        raise ValueError(f"attnc: unknown kernel_options {unknown}; known: {sorted(KERNEL_OPTIONS)}")
-    return {name: _option_value(name, value) for name, value in options.items()}
-
-
-def _option_value(name: str, value: Any) -> int | bool:
-    normalised = value
-    if name not in FLAG_OPTIONS and type(value) is not bool:
-        with contextlib.suppress(TypeError):  # numpy and torch integers are integers; 2.0 and "64" are not
-            normalised = operator.index(value)
-    problem = field_problem(KERNEL_OPTIONS[name], normalised)
-    if problem is not None:
-        raise ValueError(f"attnc: kernel_options[{name!r}]={value!r} is invalid: {name} {problem}")
-    return normalised
-
-
-def with_options(config: KernelConfig, options: Mapping[str, int | bool]) -> KernelConfig:
-    """`config` with the (checked) kernel options applied."""
-    return dataclasses.replace(config, **{KERNEL_OPTIONS[name]: value for name, value in options.items()})
 
 
 def _largest_dividing_power_of_two(n: int, cap: int) -> int:
