@@ -22,12 +22,14 @@ from typing import Any
 
 import torch
 
+from attnc import arguments
 from attnc.codegen.backward import DKDV_KERNEL, DQ_KERNEL, BackwardSource, generate_backward
 from attnc.codegen.block_map import generate_block_map
 from attnc.codegen.forward import KernelSource, generate_forward
 from attnc.dsl.text import TextVariant, text_variant
 from attnc.dsl.trace import StaleTrace, Traced, trace
 from attnc.ir import DType, Node, Op, Program, TensorSpec, const, load, node, var
+from attnc.ir.divisors import DivisorCheck
 from attnc.ir.interpret import Env, evaluate
 from attnc.ir.passes import optimize
 from attnc.ir.printer import format_program
@@ -82,6 +84,7 @@ class Attention:
     def _retrace(self) -> None:
         self.traced: Traced | TextVariant = trace(self.mask_mod, self.score_mod) if self.text is None else self.text
         self.program: Program = optimize(self.traced.program)
+        self._divisors = DivisorCheck(self.traced.program)
         self._source: KernelSource | None = None
         self._kernel: Any = None
         self._block_map_source: KernelSource | None = None
@@ -144,6 +147,7 @@ class Attention:
         shares the mask: `attn(q, k, v, block_mask=bm)`. `builder` (see BUILDERS): "auto" uses the
         structure when it decides every block's class without pair-by-pair work, else the generated kernel
         on a GPU and dense torch on the CPU. `values`: a text variant's tensors and parameters by name."""
+        _check_sizes(B=B, H=H, Q_LEN=Q_LEN, KV_LEN=KV_LEN, optional=True)
         return self._block_mask(self._bind(values), B or 1, H or 1, Q_LEN, KV_LEN, device, BLOCK_SIZE, builder)
 
     def _block_mask(self, bindings: Any, B: int, H: int, Q_LEN: int, KV_LEN: int, device: Any,
@@ -157,6 +161,8 @@ class Attention:
             builder = ("structure" if mask is None or sparsity.analysable(mask)
                        else "kernel" if device.type == "cuda" else "dense")
         tensors = [t.to(device) for t in bindings.tensors]
+        self._divisors.check((B, H, Q_LEN, KV_LEN), tensors, bindings.params, bindings.version_key(), device,
+                             score=False)
         shape = {"B": B, "H": H, "Q_LEN": Q_LEN, "KV_LEN": KV_LEN, "q_block": q_block, "kv_block": kv_block,
                  "device": device}
         if builder == "structure":
@@ -210,11 +216,14 @@ class Attention:
         `deterministic=True` computes captured-tensor gradients without atomics, bitwise reproducibly (see
         `attnc.runtime.deterministic` for what it costs); q, k and v gradients are always deterministic.
         `values`: a text variant's tensors and parameters by name (`slopes=t, window=128`)."""
+        arguments.check_attention_tensors(query, key, value)
         key, value = shared_kv_batch(query, key, value)
         shapes = launch.check_inputs(query, key, value, enable_gqa=enable_gqa)
         kernel_options = check_kernel_options(kernel_options)  # before anything launches
         block_mask = as_batched(block_mask) if block_mask is not None else None
         bindings = self._bind(values)
+        self._divisors.check((shapes.B, shapes.Hq, shapes.Q_LEN, shapes.KV_LEN), bindings.tensors, bindings.params,
+                             bindings.version_key(), query.device)
         chosen = choose_backend(backend, query)
         if chosen == "reference":
             out, lse = self._reference(query, key, value, scale, bindings, block_mask, shapes)
@@ -304,6 +313,7 @@ class Attention:
         `timer(fn) -> ms` defaults to CUDA-event timing on a GPU; in the Triton interpreter one must be given.
         Returns the config chosen per kernel ("forward", "backward_dkdv", "backward_dq")."""
         key, value = shared_kv_batch(query, key, value)
+        arguments.check_attention_tensors(query, key, value)
         shapes = launch.check_inputs(query, key, value, enable_gqa=enable_gqa)
         bindings = self._bind(values)
         if block_mask is not None:
@@ -377,6 +387,7 @@ class Attention:
         """How many (query tile, key tile) pairs the kernel skips ("empty"), masks ("partial") and
         attends without the mask ("full"), summed over B x H, for tiles of BLOCK_M x BLOCK_N. `values`: a
         text variant's tensors and parameters by name."""
+        _check_sizes(B=B, H=H, Q_LEN=Q_LEN, KV_LEN=KV_LEN, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
         shapes = (B, H, -(-Q_LEN // BLOCK_M), -(-KV_LEN // BLOCK_N))
         if self.program.mask is None:
             return {"empty": 0, "partial": 0, "full": shapes[0] * shapes[1] * shapes[2] * shapes[3]}
@@ -449,6 +460,15 @@ class Attention:
         return inspect_attention(self, arch=arch, shape=Shape(*shape, head_dim, head_dim_v, dtype), backward=backward,
                                  config=config, backward_configs=backward_configs, values=values or None,
                                  python=python)
+
+
+def _check_sizes(*, optional: bool = False, **sizes: Any) -> None:
+    """Lengths (`*_LEN`) in int32 range; batch, heads and blocks positive (B and H may be None if `optional`)."""
+    for name, n in sizes.items():
+        if name.endswith("_LEN"):
+            arguments.check_length(name, n)
+        else:
+            arguments.check_count(name, n, optional=optional and name in ("B", "H"))
 
 
 def _structure(program: Program) -> tuple[TileTest | None, list[tuple[Any, Any]] | None]:
