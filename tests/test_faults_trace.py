@@ -274,6 +274,16 @@ def test_deep_masks_keep_the_tile_analysis_sound_and_linear():
     assert tile_test(mask).may_true.arg is True and tile_test(mask).may_false.arg is True
 
 
+@pytest.mark.parametrize("case", ["inverted", "conditions"])
+def test_deep_text_expressions_build_the_python_trace(case):
+    text, python = {
+        "inverted": ("mask: " + "~" * 1000 + "(q >= kv)", inverted_1000_times),
+        "conditions": ("mask: (q >= kv)" + "".join(f" & ((q // 7 != {i}) | (kv % 5 != {i % 5}))" for i in range(300)),
+                       many_conditions),
+    }[case]
+    assert attnc.parse(text).program.mask is trace(python, None).program.mask
+
+
 def test_attnc_show_prints_a_deep_text_mask(capsys, tmp_path):
     from attnc.cli import main
 

@@ -362,6 +362,27 @@ class _Source:
             raise self.error(f"invalid number `{token}`", token) from None
 
 
+_OPERATORS_TREES = frozenset({"binary", "unary", "comparison"})
+_UNBUILT = object()
+
+
+def _operands_first(root: lark.Tree) -> list[lark.Tree]:
+    """The operands below an operator node, each after its own operands and left to right (the order in
+    which the operators' handlers would build them), found without recursion; operands of other nodes
+    (calls, indexing) are left to those nodes."""
+    order: list[lark.Tree] = []
+    stack: list[tuple[lark.Tree, bool]] = [(root, False)]
+    while stack:
+        tree, expanded = stack.pop()
+        if expanded:
+            order.append(tree)
+            continue
+        stack.append((tree, True))
+        if tree.data in _OPERATORS_TREES:
+            stack.extend((c, False) for c in reversed(tree.children) if isinstance(c, lark.Tree))
+    return order[:-1]  # the root itself is built by its caller
+
+
 class _Builder:
     """Walks the parse tree of one variant and builds its Program."""
 
@@ -375,6 +396,7 @@ class _Builder:
         self.score: Sym | None = None  # the raw score, while a `let` or the score rule is built
         self.lets: dict[str, _Let] = {}  # the definitions built so far
         self.reads_score = False  # whether the expression being built reads the raw score
+        self._built: dict[int, Value] = {}  # operands of an operator chain, built ahead (see `value`)
         self._build = {"name": self._name, "integer": self._number, "real": self._number, "binary": self._binary,
                        "unary": self._unary, "comparison": self._comparison, "index": self._index,
                        "attribute": self._attribute, "call": self._call}
@@ -408,7 +430,14 @@ class _Builder:
     # -- expressions --------------------------------------------------------------------------------------
 
     def value(self, tree: lark.Tree) -> Value:
-        return self._build[tree.data](tree)
+        """The value of an expression. Operator chains (`a & b & ...`, `~~~x`, long sums) are built without
+        recursion: their operands first, in the order the operators would build them, each kept until
+        its operator asks for it."""
+        if tree.data in _OPERATORS_TREES and id(tree) not in self._built:
+            for operand in _operands_first(tree):
+                self._built[id(operand)] = self._build[operand.data](operand)
+        built = self._built.pop(id(tree), _UNBUILT)
+        return self._build[tree.data](tree) if built is _UNBUILT else built
 
     def _name(self, tree: lark.Tree) -> Value:
         name = tree.children[0]
