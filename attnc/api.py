@@ -406,8 +406,9 @@ class Attention:
         if block_mask is not None:
             launch.check_block_mask(block_mask, shapes, query.device)
             program, tensors = _with_block_sparsity(program, tensors, block_mask)
-        return reference_attention(program, query, key, value, tensors=tensors, params=bindings.params,
-                                   scale=scale)
+        out, lse = reference_attention(program, query, key, value, tensors=tensors, params=bindings.params,
+                                       scale=scale)
+        return launch.in_order_of(query, out), lse
 
     def explain(self, *, backward: bool = False) -> str:
         """The traced IR, the IR after each optimisation step, where each generated value is computed

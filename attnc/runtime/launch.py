@@ -186,6 +186,25 @@ def check_block_mask(block_mask: Any, shapes: Shapes, device: torch.device) -> t
     return q_block, kv_block
 
 
+def dimension_order(t: torch.Tensor) -> list[int]:
+    """t's dimensions from the outermost in memory to the innermost (ties: in dimension order)."""
+    return sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
+
+
+def empty_in_order_of(like: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """An empty tensor of `shape` laid out in memory in `like`'s dimension order: an output keeps its query's
+    layout (a [B, S, H, D] tensor viewed as [B, H, S, D] gives an output with the same memory order)."""
+    order = dimension_order(like)
+    physical = like.new_empty([shape[d] for d in order])
+    return physical.permute([order.index(d) for d in range(len(order))])
+
+
+def in_order_of(like: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """`t` (same rank as `like`) laid out in `like`'s dimension order; differentiable, no copy when it is."""
+    order = dimension_order(like)
+    return t.permute(order).contiguous().permute([order.index(d) for d in range(len(order))])
+
+
 def capture_args(tensors: Sequence[torch.Tensor], params: Sequence[int | float]) -> list[Any]:
     args: list[Any] = []
     for t in tensors:
@@ -197,7 +216,7 @@ def launch_forward(kernel: Any, query: torch.Tensor, key: torch.Tensor, value: t
                    shapes: Shapes, scale: float | None, tensors: Sequence[torch.Tensor],
                    params: Sequence[int | float], block_mask: Any, config: KernelConfig, has_mask: bool,
                    interpret: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    out = query.new_empty(shapes.B, shapes.Hq, shapes.Q_LEN, shapes.Dv)
+    out = empty_in_order_of(query, (shapes.B, shapes.Hq, shapes.Q_LEN, shapes.Dv))
     lse = row_statistics_buffer(shapes, query.device)[0]
     if shapes.Q_LEN == 0:
         return out, lse
