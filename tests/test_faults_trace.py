@@ -116,6 +116,22 @@ def test_derived_values_follow_in_place_changes(case):
 SCALE = torch.tensor(0.5)
 
 
+def test_a_block_map_from_derived_document_ids_follows_their_changes():
+    ids = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2], dtype=torch.int32)
+
+    def same_document(b, h, q_idx, kv_idx):
+        doc = ids * 2  # recomputed from ids at every call
+        return doc[q_idx] == doc[kv_idx]
+
+    attn = attnc.compile(same_document)
+    q, k, v = qkv(H=1)
+    for _ in range(2):
+        allowed = ids[:, None] == ids[None, :]
+        expected = dense(q, k, v, lambda s, allowed=allowed: s.masked_fill(~allowed, -math.inf))
+        torch.testing.assert_close(attn(q, k, v, backend="triton"), expected)
+        ids[2:] = torch.tensor([1, 1, 2, 2, 3, 3], dtype=torch.int32)
+
+
 def test_derived_values_are_reused_until_a_captured_tensor_changes():
     table = torch.tensor([1.0, 2.0])
 
