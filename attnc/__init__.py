@@ -9,7 +9,8 @@ from attnc.runtime.interpreter import enable_if_no_gpu
 # Must run before triton is first imported (see attnc/runtime/interpreter.py).
 enable_if_no_gpu()
 
-from attnc.api import Attention, compile, create_block_mask, flex_attention  # noqa: E402
+# AuxOutput / AuxRequest: FlexAttention's own types for return_aux, so code importing them from here works
+from attnc.api import Attention, AuxOutput, AuxRequest, compile, create_block_mask, flex_attention  # noqa: E402
 from attnc.dsl.text import TextError, TextVariant, parse  # noqa: E402
 from attnc.dsl.trace import TraceError  # noqa: E402
 from attnc.runtime.block_mask import BlockMask  # noqa: E402
@@ -19,6 +20,6 @@ from attnc.variants.combinators import and_masks, noop_mask, or_masks  # noqa: E
 __version__ = "0.1.0"
 
 __all__ = [
-    "Attention", "BlockMask", "TextError", "TextVariant", "TraceError", "and_masks", "compile", "create_block_mask",
-    "flex_attention", "noop_mask", "or_masks", "parse", "visualize",
+    "Attention", "AuxOutput", "AuxRequest", "BlockMask", "TextError", "TextVariant", "TraceError", "and_masks",
+    "compile", "create_block_mask", "flex_attention", "noop_mask", "or_masks", "parse", "visualize",
 ]

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch.nn.attention.flex_attention import AuxOutput, AuxRequest  # noqa: F401  (AuxRequest: re-exported by attnc)
 
 from attnc import arguments
 from attnc.codegen.backward import DKDV_KERNEL, DQ_KERNEL, BackwardSource, generate_backward
@@ -33,7 +34,7 @@ from attnc.ir.divisors import DivisorCheck
 from attnc.ir.interpret import Env, evaluate
 from attnc.ir.passes import optimize
 from attnc.ir.printer import format_program
-from attnc.ir.reference import reference_attention
+from attnc.ir.reference import reference_attention, reference_max_scores
 from attnc.ir.tiles import TileTest, kv_full_range, kv_ranges, tile_test
 from attnc.ir.transpose import q_full_range, q_ranges
 from attnc.runtime import aot, launch, launch_backward, sparsity, tuning
@@ -410,6 +411,21 @@ class Attention:
                                        scale=scale)
         return launch.in_order_of(query, out), lse
 
+    def max_scores(self, query: torch.Tensor, key: torch.Tensor, lse: torch.Tensor, scale: float | None = None, *,
+                   block_mask: Any = None, **values: Any) -> torch.Tensor:
+        """float32 `[B, Hq, Q_LEN]`: each row's largest logit (after the score mod, over the keys it may
+        attend to), -inf for a row without one. `lse` from a call on these inputs: a kernel's lse carries
+        the maximum it kept; otherwise the logits are evaluated again."""
+        written = launch.written_statistics(lse.detach())
+        if written is not None:
+            return torch.where(torch.isneginf(lse.detach()), -math.inf, written[1] * math.log(2.0))
+        key, _ = shared_kv_batch(query, key, key)
+        bindings = self._bind(values)
+        program, tensors = self.traced.program, list(bindings.tensors)
+        if block_mask is not None:
+            program, tensors = _with_block_sparsity(program, tensors, as_batched(block_mask))
+        return reference_max_scores(program, query, key, tensors=tensors, params=bindings.params, scale=scale)
+
     def explain(self, *, backward: bool = False) -> str:
         """The traced IR, the IR after each optimisation step, where each generated value is computed
         (hoisted out of the key loop or not), and the generated Triton source; with `backward=True` also
@@ -593,15 +609,27 @@ def shared_kv_batch(query: Any, key: Any, value: Any) -> tuple[Any, Any]:
 
 def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, score_mod: ScoreMod | None = None,
                    block_mask: Any = None, scale: float | None = None, enable_gqa: bool = False,
-                   return_lse: bool = False, *, mask_mod: MaskMod | None = None, backend: str = "auto",
-                   kernel_options: dict[str, int] | None = None, deterministic: bool = False) -> Any:
+                   return_lse: bool = False, kernel_options: dict[str, Any] | None = None, *,
+                   return_aux: Any = None, mask_mod: MaskMod | None = None, backend: str = "auto",
+                   deterministic: bool = False) -> Any:
     """FlexAttention-compatible entry point: the kernel visits only the blocks `block_mask` lists and
-    evaluates its `mask_mod` only on partial blocks."""
+    evaluates its `mask_mod` only on partial blocks. `return_aux=AuxRequest(lse=..., max_scores=...)` returns
+    `(out, AuxOutput)` as torch does: the lse and each row's largest logit (after the score mod; -inf for a
+    row without keys)."""
+    if return_aux is not None and return_lse:
+        raise ValueError("attnc: give return_lse or return_aux, not both (return_aux=AuxRequest(lse=True) "
+                         "replaces return_lse)")
     if mask_mod is None and block_mask is not None:
         mask_mod = block_mask.mask_mod
     attn = _compiled(mask_mod, score_mod)
-    return attn(query, key, value, scale, return_lse, block_mask=block_mask, enable_gqa=enable_gqa,
-                backend=backend, kernel_options=kernel_options, deterministic=deterministic)
+    want_lse = return_lse or return_aux is not None
+    result = attn(query, key, value, scale, want_lse, block_mask=block_mask, enable_gqa=enable_gqa,
+                  backend=backend, kernel_options=kernel_options, deterministic=deterministic)
+    if return_aux is None:
+        return result
+    out, lse = result
+    max_scores = attn.max_scores(query, key, lse, scale, block_mask=block_mask) if return_aux.max_scores else None
+    return out, AuxOutput(lse=lse if return_aux.lse else None, max_scores=max_scores)
 
 
 PLAN_BLOCK = 128

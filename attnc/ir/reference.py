@@ -109,3 +109,25 @@ def _row_max(logits: Tensor) -> Tensor:
     if logits.shape[-1] == 0:  # no keys at all
         return logits.new_full((*logits.shape[:-1], 1), -math.inf)
     return logits.amax(dim=-1, keepdim=True)
+
+
+def reference_max_scores(
+    program: Program,
+    query: Tensor,
+    key: Tensor,
+    *,
+    tensors: Sequence[Tensor] = (),
+    params: Sequence[int | float] = (),
+    scale: float | None = None,
+) -> Tensor:
+    """float32 `[B, Hq, Q]`: each row's largest logit (after the score mod, over allowed keys); -inf for a row
+    without one. Not differentiable (FlexAttention's max_scores is a statistic)."""
+    _check_shapes(query, key, key)
+    (B, Hq, Q, D), KV = query.shape, key.shape[2]
+    k = key.float().repeat_interleave(Hq // key.shape[1], dim=1)
+    env = Env(*index_grids(B, Hq, Q, KV, query.device), tensors=tensors, params=params)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    with torch.no_grad():
+        rows = [_row_max(_logits(program, query[:, :, r].float(), k, scale, dataclasses.replace(env, q=env.q[:, :, r])))
+                for r in _row_chunks(B * Hq * KV, Q)]
+    return torch.cat(rows, dim=2).squeeze(-1)

@@ -259,13 +259,21 @@ def _plane_stride(lse: torch.Tensor) -> int:
     return lse.numel()
 
 
-def row_statistics(lse: torch.Tensor) -> torch.Tensor:
-    """The statistics buffer the forward wrote `lse` into; for an lse from elsewhere, one rebuilt from it (the
-    maximum taken as the whole base-2 lse, which is exact while the logits are small)."""
+def written_statistics(lse: torch.Tensor) -> torch.Tensor | None:
+    """The statistics buffer a forward kernel wrote `lse` into, or None for an lse from elsewhere."""
     storage = lse.untyped_storage()
     if (lse.dtype == torch.float32 and lse.is_contiguous() and lse.storage_offset() == 0
             and storage.nbytes() == STAT_PLANES * lse.numel() * 4):
         return lse.new_empty(0).set_(storage, 0, (STAT_PLANES, *lse.shape))
+    return None
+
+
+def row_statistics(lse: torch.Tensor) -> torch.Tensor:
+    """The statistics buffer the forward wrote `lse` into; for an lse from elsewhere, one rebuilt from it (the
+    maximum taken as the whole base-2 lse, which is exact while the logits are small)."""
+    written = written_statistics(lse)
+    if written is not None:
+        return written
     base2 = lse.float() * math.log2(math.e)
     rebuilt = torch.where(lse == float("-inf"), float("inf"), base2)
     return torch.stack([lse.float(), rebuilt, torch.zeros_like(rebuilt)]).contiguous()
