@@ -56,6 +56,27 @@ def delta_rows(out: torch.Tensor, dout: torch.Tensor, dlse: torch.Tensor | None)
     return delta.contiguous()
 
 
+def key_side_rows(stats: torch.Tensor, out: torch.Tensor, dout: torch.Tensor,
+                  dlse: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(statistics, dO, delta) for the dK/dV kernel, which spends no operation per score on the row sum l: its
+    exponent subtracts m + e, with e = floor(log2(l)) (as much of it as adds to m exactly), and the rest of 1 / l,
+    f = 2^(e - log2(l)) in (1/2, 1], multiplies dO and delta instead. Its dK and dV are then exact for dO
+    rounded once more to its dtype (a relative 2^-9 in bfloat16), and its exponent is the forward's at any
+    magnitude of the logits. Returns statistics whose plane 1 is m + e."""
+    m2, log2_l = stats[1], stats[2]
+    shifted = m2 + torch.floor(log2_l)
+    e = shifted - m2  # what the sum added, exactly: at |m| >= 2^24 the sum rounds
+    # an empty row (m = inf) keeps m; a rounding up past log2(l) would make f > 1 (dO could overflow): keep m
+    usable = torch.isfinite(shifted) & (e <= log2_l)
+    shifted, e = torch.where(usable, shifted, m2), torch.where(usable, e, 0.0)
+    f = torch.exp2(e - log2_l)
+    scaled = (dout.float() * f[..., None]).to(dout.dtype)
+    delta = (scaled.float() * out.float()).sum(-1)
+    if dlse is not None:
+        delta = delta - f * dlse.float()
+    return torch.stack([stats[0], shifted]), scaled, delta.contiguous()
+
+
 def _grad_buffers(tensors: Sequence[torch.Tensor], slots: Sequence[int], wanted: Sequence[bool],
                   dummy: torch.Tensor) -> tuple[list[Any], dict[str, bool], dict[int, torch.Tensor]]:
     """float32 accumulators for the captured tensors that need a gradient; a dummy for the others."""
@@ -89,7 +110,9 @@ def launch_backward(dkdv_kernel: Any, dq_kernel: Any, query: torch.Tensor, key: 
     # each kernel streams two operands through descriptors when TMA is on: dK/dV q and dO, dQ k and v.
     # The dQ loop is never warp-specialized: Triton's pass fails on it (seen for a softcap at D = 64).
     dq_config = dataclasses.replace(configs.dq, warp_specialize=False)
-    configs = BackwardConfigs(with_tma_if_ready(configs.dkdv, query, dout), with_tma_if_ready(dq_config, key, value))
+    key_stats, key_dout, key_delta = key_side_rows(stats, out, dout, dlse)
+    configs = BackwardConfigs(with_tma_if_ready(configs.dkdv, query, key_dout),
+                              with_tma_if_ready(dq_config, key, value))
     sm_scale = float(scale if scale is not None else 1.0 / math.sqrt(shapes.D))
     captured = capture_args(tensors, params)
     grad_args, grad_flags, buffers = _grad_buffers(tensors, grad_slots, grad_wanted, lse)
@@ -107,9 +130,11 @@ def launch_backward(dkdv_kernel: Any, dq_kernel: Any, query: torch.Tensor, key: 
     q_side, has_full_q = block_mask_args(block_mask, shapes, lse, side="q")
     c = consts(configs.dkdv, has_full_q)
     c.pop("KV_EVEN")
+    key_common = [*query.stride(), *key.stride(), *value.stride(), *key_dout.stride(), *key_stats.stride()[1:],
+                  key_stats.stride(0)]
     dkdv_kernel[(triton.cdiv(shapes.KV_LEN, configs.dkdv.block_n), shapes.B * shapes.Hkv)](
-        query, key, value, dout, stats, delta, dk, dv, *common, *dk.stride(), *dv.stride(), *q_side, sm_scale,
-        shapes.Hq, shapes.Hkv, shapes.gqa_group, shapes.Q_LEN, shapes.KV_LEN, *captured, **c,
+        query, key, value, key_dout, key_stats, key_delta, dk, dv, *key_common, *dk.stride(), *dv.stride(), *q_side,
+        sm_scale, shapes.Hq, shapes.Hkv, shapes.gqa_group, shapes.Q_LEN, shapes.KV_LEN, *captured, **c,
         num_warps=configs.dkdv.num_warps, num_stages=configs.dkdv.num_stages)
 
     kv_side, has_full_kv = block_mask_args(block_mask, shapes, lse)

@@ -9,6 +9,10 @@
 #   dv += p^T do                      dz = p * (do.v - delta)   (delta = rowsum(do * out) - dlse)
 #   ds = dz * dz/dscore               dq += ds k * scale        dk += ds^T q * scale
 #
+# Neither kernel spends an operation per score on l: the dQ kernel works with exp2(z log2(e) - m) and scales
+# each row of dq by 1 / l at the end; the dK/dV kernel subtracts m + e (e, an integer part of log2(l) whose
+# sum with m is exact) and reads dO and delta premultiplied by 2^(e - log2(l)) (`launch_backward.key_side_rows`).
+#
 # and the gradient of a captured tensor read by a LOAD node L is the sum of dz * dz/dL over the pairs
 # that read each element (accumulated by the dQ kernel, pre-reduced within the tile by what the index
 # depends on). The dK/dV kernel works on transposed tiles [BLOCK_N, BLOCK_M] so that its accumulators are
@@ -78,9 +82,8 @@ def _dkdv_tile(
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
-    # the forward's base-2 row maximum and log2 of its row sum (rows past Q_LEN: p = 0)
+    # the forward's base-2 row maximum plus e, a part of log2(l) it adds exactly (rows past Q_LEN: p = 0)
     m2 = tl.load(LSE_head + stride_ls + offs_m * stride_lm, mask=q_in, other=float("inf"))
-    log2_l = tl.load(LSE_head + 2 * stride_ls + offs_m * stride_lm, mask=q_in, other=0.0)
     delta = tl.load(DELTA_head + offs_m * stride_lm, mask=q_in, other=0.0)
     if UPCAST:
         # The interpreter's matmul (numpy) sums in an order that depends on the operands' roles, and at large
@@ -103,14 +106,15 @@ def _dkdv_tile(
         score = tl.where(mask, score, float("-inf"))
     if CHECK_Q:
         score = tl.where(q_in[None, :], score, float("-inf"))
-    # p = exp2(z - m - log2(l)): the maximum is subtracted in the multiply-add that scales the score, as in the
-    # forward, so the difference is exact whatever the logits' magnitude; log2(l) (at most log2(KV_LEN)) after it
+    # pt = exp2(z - m - e) = p * 2^(log2(l) - e): the maximum is subtracted in the multiply-add that scales the
+    # score, as in the forward, so the difference is exact whatever the logits' magnitude; the rest of the
+    # normalisation, 2^(e - log2(l)) in (1/2, 1], arrives premultiplied into dO and delta (launch_backward)
     if HAS_SCORE_MOD:
-        pt = tl.exp2(score * LOG2E - m2[None, :] - log2_l[None, :])
+        pt = tl.exp2(score * LOG2E - m2[None, :])
     elif SCALE_POSITIVE:  # the scale and log2(e) ride on the multiply-add that subtracts the maximum
-        pt = tl.exp2(score * qk_scale - m2[None, :] - log2_l[None, :])
+        pt = tl.exp2(score * qk_scale - m2[None, :])
     else:
-        pt = tl.exp2(score - m2[None, :] - log2_l[None, :])
+        pt = tl.exp2(score - m2[None, :])
     dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PRECISION)
     dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
     if HAS_SCORE_MOD:
