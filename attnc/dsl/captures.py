@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from attnc.dsl import vector
 from attnc.dsl.closure import Leaf, Path, ShapeEntry, Walk, describe_change
 from attnc.dsl.derived import Ref, Replay, TensorGraph
 from attnc.dsl.errors import StaleTrace, TraceError
@@ -146,6 +147,11 @@ class Recorder:
             return Typed(const(tensor.item(), _dtype_of(tensor)))
         slot = self._tensor_slot(tensor)
         return Typed(load(slot, self.tensor_specs[slot].dtype, *[const(0, INDEX)] * tensor.ndim))
+
+    def read(self, tensor: torch.Tensor, index: Any) -> Sym:
+        """`tensor[index]`: a traced scalar, or a read with dimensions left (chained indexing, small vectors:
+        attnc.dsl.vector)."""
+        return vector.read(self, tensor, index if isinstance(index, tuple) else (index,))
 
     def load(self, tensor: torch.Tensor, index: Any) -> Typed:
         """`tensor[index]` for a captured tensor indexed by traced values."""

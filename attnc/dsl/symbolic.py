@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import torch
+import torch.utils._pytree as pytree
 
 from attnc.dsl import semantics as sem
 from attnc.dsl import torch_api
@@ -128,6 +129,11 @@ class Sym:
     @classmethod
     def __torch_function__(cls, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None):
         tracer = _find_tracer(args, kwargs or {})
+        many = next((x for x in pytree.tree_leaves((args, kwargs)) if getattr(x, "is_many", False)), None)
+        if many is not None:  # a vector among the arguments (attnc.dsl.vector): reduced or elementwise
+            return many.dispatch(func, args, kwargs or {})
+        if func is torch.Tensor.__getitem__:  # a scalar, or a read with dimensions left to index
+            return tracer.read(*args)
         return Sym(torch_api.dispatch(tracer, func, args, kwargs or {}), tracer)
 
     def __getattr__(self, name: str) -> Callable[..., Sym]:

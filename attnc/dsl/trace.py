@@ -89,6 +89,10 @@ def _run(recorder: Recorder, fn: Callable, args: list[Sym], what: str, mod: Call
             "return one expression, e.g. `return q_idx >= kv_idx`",
             location_of_code(_code_of(mod)),
         )
+    if getattr(out, "is_many", False):  # a vector (attnc.dsl.vector): a mod returns one value per position
+        raise TraceError(f"{what} returned a vector of {len(out)} elements, not a value",
+                         "reduce it to one value, e.g. v.sum(), v.any(), torch.dot(a, b)",
+                         location_of_code(_code_of(mod)))
     return recorder.lift(out)
 
 
