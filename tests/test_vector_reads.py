@@ -97,7 +97,7 @@ def test_learned_per_feature_bias_sum_and_matmul():
     def make(u, w, k_feat):
         def score_mod(s, b, h, q, kv):
             return s + (u[b, h, q] * w * k_feat[b, kv]).sum() * 0.2 + (u[b, h, q] @ k_feat[b, kv]) * 0.1 \
-                + k_feat[b, kv].mean()
+                + k_feat[b, kv].mean() + torch.linalg.vecdot(w, k_feat[b, kv]) * 0.1
 
         return score_mod, None
 

@@ -218,11 +218,21 @@ def _prod(input: object, dim: object = None, keepdim: bool = False, *, dtype: to
 
 
 def _dot(input: object, other: object) -> Sym:
-    a, b = _vector(input).elements(), _vector(other).elements()
+    """Of two vectors, or of a vector and a 1-d captured tensor (read element by element)."""
+    many = _vector(input if isinstance(input, Many) else other)
+    a, b = (_elements_of(x, len(many.elements()), many.tracer) if not isinstance(x, Many) else x.elements()
+            for x in (input, other))
+    if a is None or b is None:
+        raise TraceError.here("torch.dot needs two vectors", "e.g. torch.dot(q_pe[b, h, q_idx], k_pe[b, 0, kv_idx])")
     if len(a) != len(b):
         raise TraceError.here(f"torch.dot of vectors of {len(a)} and {len(b)} elements",
                               "both vectors need the same length")
     return _tree(lambda x, y: x + y, [x * y for x, y in zip(a, b, strict=True)])
+
+
+def _vecdot(x: object, y: object, *, dim: int = -1) -> Sym:
+    _check_dim(dim, False)
+    return _dot(x, y)
 
 
 def _boolean(combine: Callable[[Sym, Sym], Sym]) -> Callable[..., Sym]:
@@ -257,6 +267,7 @@ def _reductions() -> dict[Callable, Callable[..., Sym]]:
     for name, reduction in by_name.items():
         for owner in (torch, torch.Tensor):
             table[getattr(owner, name)] = reduction
+    table[torch.linalg.vecdot] = _vecdot
     table[torch.Tensor.__matmul__] = _dot
     table[torch.Tensor.__rmatmul__] = lambda input, other: _dot(other, input)
     return table
