@@ -236,6 +236,7 @@ class Attention:
     def _triton(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None,
                 bindings: Any, block_mask: Any, shapes: launch.Shapes, kernel_options: KernelOptions,
                 deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        launch.check_kernel_dtype(query)
         interpret = query.device.type != "cuda"
         given = block_mask
         block_mask = self._kernel_block_mask(query, bindings, shapes, block_mask)
@@ -316,6 +317,7 @@ class Attention:
         key, value = shared_kv_batch(query, key, value)
         arguments.check_attention_tensors(query, key, value)
         shapes = launch.check_inputs(query, key, value, enable_gqa=enable_gqa)
+        launch.check_kernel_dtype(query)
         bindings = self._bind(values)
         if block_mask is not None:
             block_mask = as_batched(block_mask)
@@ -408,7 +410,7 @@ class Attention:
             launch.check_block_mask(block_mask, shapes, query.device)
             program, tensors = _with_block_sparsity(program, tensors, block_mask)
         out, lse = reference_attention(program, query, key, value, tensors=tensors, params=bindings.params,
-                                       scale=scale)
+                                       scale=scale, float64=query.dtype == torch.float64)
         return launch.in_order_of(query, out), lse
 
     def max_scores(self, query: torch.Tensor, key: torch.Tensor, lse: torch.Tensor, scale: float | None = None, *,
@@ -533,10 +535,13 @@ def choose_backend(backend: str, query: torch.Tensor) -> str:
         raise ValueError(f"attnc: backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
-    if query.device.type == "cuda":
+    if query.device.type == "cuda" and query.dtype in launch.KERNEL_DTYPES:
         return "triton"
-    message = (f"attnc: backend='auto' on {query.device.type} tensors runs the reference interpreter; pass "
-               "backend='triton' to run the generated kernel in the Triton interpreter")
+    if query.device.type == "cuda":
+        message = f"attnc: backend='auto' runs {query.dtype} inputs on the reference interpreter"
+    else:
+        message = (f"attnc: backend='auto' on {query.device.type} tensors runs the reference interpreter; pass "
+                   "backend='triton' to run the generated kernel in the Triton interpreter")
     if message not in _WARNED:
         _WARNED.add(message)
         warnings.warn(message, stacklevel=3)

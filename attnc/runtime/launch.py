@@ -17,7 +17,8 @@ import triton
 from attnc.runtime.block_mask import block_size_pair
 from attnc.runtime.config import KernelConfig, next_power_of_two
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # float64 runs on the reference backend
 MAX_HEAD_DIM = 256
 
 
@@ -41,7 +42,8 @@ def check_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(f"attnc: {name} must be a 4-D tensor [B, H, L, D], got {_describe(t)}")
         if t.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"attnc: {name} has dtype {t.dtype}; supported: float16, bfloat16, float32")
+            raise TypeError(f"attnc: {name} has dtype {t.dtype}; supported: float16, bfloat16, float32 and (on the "
+                            "reference backend) float64")
     if not (query.dtype == key.dtype == value.dtype):
         raise TypeError(f"attnc: query, key and value must share a dtype, got {query.dtype}, {key.dtype}, "
                         f"{value.dtype}")
@@ -61,6 +63,13 @@ def check_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
     if max(D, Dv) > MAX_HEAD_DIM:
         raise ValueError(f"attnc: head dims up to {MAX_HEAD_DIM} are supported, got D={D}, Dv={Dv}")
     return Shapes(B, Hq, Hkv, Q_LEN, KV_LEN, D, Dv)
+
+
+def check_kernel_dtype(query: torch.Tensor) -> None:
+    """The generated kernels accumulate in float32; float64 (gradcheck's dtype) runs on the reference."""
+    if query.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"attnc: the generated kernels take float16, bfloat16 and float32 inputs, got {query.dtype}; "
+                        "run float64 (e.g. for gradcheck) with backend='reference'")
 
 
 def _check_heads(Hq: int, Hkv: int, enable_gqa: bool) -> None:
