@@ -145,6 +145,10 @@ SCORE_MODS: dict[str, Callable] = {
     "celu_selu": lambda s, b, h, q, kv: F.celu(s * 3, alpha=2.0) + F.selu(s * 2),
     "softsign_tanhshrink": lambda s, b, h, q, kv: F.softsign(s * 3) * 2 + F.tanhshrink(s * 2),
     "frac_square_reciprocal": lambda s, b, h, q, kv: torch.frac(s * 3) + s.square() + torch.reciprocal(s * s + 1),
+    "logaddexp": lambda s, b, h, q, kv: torch.logaddexp(s * 2, (kv - q) * 0.1),
+    "lerp": lambda s, b, h, q, kv: torch.lerp(s, s * s, 0.3) + s.lerp(-s, torch.sigmoid(s * 3)),
+    "logit": lambda s, b, h, q, kv: torch.logit(torch.sigmoid(s * 2)) + torch.special.logit(torch.sigmoid(s), eps=0.2),
+    "deg2rad_rad2deg": lambda s, b, h, q, kv: torch.deg2rad(s * 30) + torch.rad2deg(s * 0.02),
 }
 
 

@@ -227,6 +227,40 @@ def tan(x: Typed) -> Typed:
     return in_float(x, lambda v: _div(_fn(Op.SIN, v), _fn(Op.COS, v)))
 
 
+def logaddexp(a: Operand, b: Operand) -> Typed:
+    """log(e^a + e^b) as torch: max(a, b) + log1p(exp(-|a - b|)), and a itself when a == b is infinite
+    (where the difference, inf - inf, is replaced by 0 so that no NaN reaches a gradient)."""
+    dtype, _ = sem.result_dtype((a, b), python=False)
+    x, y = Typed(sem.to_node(a, dtype)), Typed(sem.to_node(b, dtype))
+
+    def body(v: Typed) -> Typed:
+        u = Typed(cast(y.node, v.node.dtype))
+        same_infinity = sem.logic(Op.AND, sem.compare(Op.EQ, v, u), isinf(v))
+        gap = sem.absolute(_where(same_infinity, 0.0, _sub(v, u)))
+        return _where(same_infinity, v, _add(sem.arith(Op.MAX, v, u), _fn(Op.LOG1P, _fn(Op.EXP, sem.negate(gap)))))
+
+    return in_float(x, body)
+
+
+def lerp(start: Operand, end: Operand, weight: Operand) -> Typed:
+    """torch.lerp: start + w * (end - start) for |w| < 1/2, end - (end - start) * (1 - w) otherwise."""
+    dtype, _ = sem.result_dtype((start, end, weight), python=False)
+    s, e, w = (Typed(sem.to_node(v, dtype)) for v in (start, end, weight))
+    span = _sub(e, s)
+    return _where(_lt(sem.absolute(w), 0.5), _add(s, _mul(w, span)), _sub(e, _mul(span, _sub(1.0, w))))
+
+
+def logit(x: Typed, eps: float | None = None) -> Typed:
+    """log(x / (1 - x)), x first clamped to [eps, 1 - eps] when eps is given (gradient 0 outside, as torch)."""
+
+    def body(v: Typed) -> Typed:
+        if eps is not None:
+            v = _where(_lt(v, eps), eps, _where(_gt(v, 1.0 - eps), 1.0 - eps, v))
+        return _fn(Op.LOG, _div(v, _sub(1.0, v)))
+
+    return in_float(x, body)
+
+
 # -- predicates -------------------------------------------------------------------------------------
 
 
@@ -319,6 +353,11 @@ BY_NAME: dict[str, Handler] = {
     "isposinf": _unary(isposinf), "isneginf": _unary(isneginf), "nan_to_num": _nan_to_num,
     "square": _unary(lambda x: sem.arith(Op.MUL, x, x)), "reciprocal": _unary(lambda x: sem.arith(Op.TRUEDIV, 1, x)),
     "sgn": _unary(sem.sign), "positive": _unary(sem.positive),
+    "logaddexp": lambda tracer, input, other: logaddexp(tracer.lift(input), tracer.lift(other)),
+    "lerp": lambda tracer, input, end, weight: lerp(tracer.lift(input), tracer.lift(end), tracer.lift(weight)),
+    "logit": lambda tracer, input, eps=None: logit(sem.strong(tracer.lift(input)), eps),
+    "deg2rad": _unary(lambda x: in_float(x, lambda v: _mul(v, math.pi / 180.0))),
+    "rad2deg": _unary(lambda x: in_float(x, lambda v: _mul(v, 180.0 / math.pi))),
 }
 
 DUNDERS: dict[Callable, Handler] = {
@@ -349,6 +388,7 @@ FUNCTIONS: dict[Callable, Handler] = {
     torch.special.expm1: _math(Op.EXPM1),
     torch.special.log1p: _math(Op.LOG1P),
     torch.special.round: _round_handler,
+    torch.special.logit: BY_NAME["logit"],
 }
 
 __all__ = ["BY_NAME", "DUNDERS", "FUNCTIONS", "in_float"]
