@@ -454,3 +454,15 @@ def test_text_reports_an_oversized_constant_at_its_line_and_column():
     with pytest.raises(attnc.TextError) as info:
         attnc.parse("let d = q - kv\nmask: d < 99999999999")
     assert str(info.value).startswith("<text>:2:11: the constant 99999999999 does not fit in int32")
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize(("Q", "KV"), [(0, 8), (8, 0)])
+def test_empty_sequences_with_a_mask_that_reads_data(backend, Q, KV):
+    ids = torch.zeros(8, dtype=torch.int32)
+    attn = attnc.compile(lambda b, h, q_idx, kv_idx: ids[q_idx] == ids[kv_idx])
+    q, k, v = torch.randn(1, 1, Q, 16, requires_grad=True), torch.randn(1, 1, KV, 16), torch.randn(1, 1, KV, 16)
+    out, lse = attn(q, k, v, backend=backend, return_lse=True)
+    out.sum().backward()
+    assert out.shape == (1, 1, Q, 16) and lse.shape == (1, 1, Q) and not out.any()
+    assert attnc.create_block_mask(attn.mask_mod, 1, 1, Q, KV).to_dense().numel() == 0

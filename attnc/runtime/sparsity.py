@@ -57,7 +57,7 @@ def classify_blocks(program: Program, tensors: Sequence[torch.Tensor], params: S
                     device: torch.device) -> torch.Tensor:
     """int8 classes [B, H, nQ, nKV] (EMPTY 0, PARTIAL 1, FULL 2) of the blocks of `program.mask`."""
     nq, nkv = -(-Q_LEN // q_block), -(-KV_LEN // kv_block)
-    if program.mask is None:
+    if program.mask is None or nq == 0 or nkv == 0:  # no mask, or no blocks to classify
         return torch.full((B, H, nq, nkv), FULL, dtype=torch.int8, device=device)
     ranges = tile_ranges(program, tensors, params, B=B, H=H, Q_LEN=Q_LEN, KV_LEN=KV_LEN, q_block=q_block,
                          kv_block=kv_block)
