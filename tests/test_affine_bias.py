@@ -71,3 +71,15 @@ def test_affine_biases_match_the_reference_forward_and_backward(score_mod):
     empty = torch.arange(75) % 9 == 4
     assert (results["triton"][1][:, :, empty] == float("-inf")).all()
     assert (results["triton"][0][:, :, empty] == 0).all()
+
+
+def test_the_gradient_of_a_captured_slope_matches_the_reference():
+    slopes = torch.tensor([0.5, 0.125, 2.0**-5, 1.0]).to(DEVICE).requires_grad_(True)
+    attn = attnc.compile(mask_mod=_causal_with_empty_rows, score_mod=lambda s, b, h, q, kv: s + slopes[h] * (kv - q))
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 4, 70, 16, generator=g).to(DEVICE) for _ in range(3))
+    grads = {}
+    for backend in ("triton", "reference"):
+        out = attn(q, k, v, backend=backend)
+        (grads[backend],) = torch.autograd.grad((out * torch.cos(out)).sum(), (slopes,))
+    torch.testing.assert_close(grads["triton"], grads["reference"], atol=2e-4, rtol=2e-4)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from attnc.codegen.bias import affine_bias, affine_bias_lines
 from attnc.codegen.skeleton import (
     TEMPLATES,
     Emitter,
@@ -124,28 +125,34 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
     slots = grad_slots(program)
     grad_signature, grad_call = _grad_arg_names(program, slots)
 
+    bias = affine_bias(program.score)  # then the kernels add the bias themselves, no score mod per element
     by_query = Emitter(score_name="raw_score")
-    score_q, mask_q = _score_lines(by_query, program), mask_lines(by_query, program.mask)
+    score_q = _score_lines(by_query, program) if bias is None else []
+    mask_q = mask_lines(by_query, program.mask)
     grads = _grad_lines(by_query, program, slots)
     by_key = Emitter(level_of=key_major_level, score_name="raw_score")
-    score_kv, mask_kv = _score_lines(by_key, program), mask_lines(by_key, program.mask)
+    score_kv = _score_lines(by_key, program) if bias is None else []
+    mask_kv = mask_lines(by_key, program.mask)
     hoisted_q, hoisted_kv = hoisted_names(by_query), hoisted_names(by_key)
     test_q, test_kv = split_tile_test(tile_test), split_tile_test(tile_test, key_major_level)
 
     dq_visit = ["dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,",
                 "stride_kn, stride_kd, stride_vn, stride_vd,",
                 "start_n, b_idx, h_idx, q_idx, q_in, q_lo, q_hi, sm_scale, qk_scale, KV_LEN,",
+                "q_origin, bias_cols, bias_a,",
                 *(f"{name}," for name in captures + grad_call + hoisted_q + test_q.params),
                 "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
                 "SCALE_POSITIVE, FAST_MATH,"]
     dkdv_visit = ["dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,",
                   "stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,",
                   "start_m, b_idx, h_idx, kv_idx, kv_lo, kv_hi, sm_scale, qk_scale, Q_LEN,",
+                  "kv_origin, bias_rows, bias_b, bias_at_origin,",
                   *(f"{name}," for name in captures + hoisted_kv + test_kv.params),
                   "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
                   "SCALE_POSITIVE, FAST_MATH,"]
     common = common_holes(captures, param_args)
     common["constants"].append(f"HAS_SCORE_MOD = tl.constexpr({program.score is not None})")
+    common["constants"].append(f"AFFINE_BIAS = tl.constexpr({bias is not None})")
     holes = {
         **common,
         "grad_args": [f"{name}," for name in grad_signature],
@@ -163,6 +170,8 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
         "score_mod_kv": score_kv,
         "mask_mod_kv": mask_kv,
         "grad_accumulate": grads,
+        "affine_bias_q": affine_bias_lines(bias),
+        "affine_bias_kv": affine_bias_lines(bias),
         "tile_test_q": test_q.per_tile,
         "tile_test_kv": test_kv.per_tile,
         "hoist_tile_test_q": test_q.hoisted,

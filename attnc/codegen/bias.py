@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from attnc.codegen.skeleton import Emitter
 from attnc.ir.dtypes import DType
 from attnc.ir.node import Node, const, node, var
 from attnc.ir.ops import Op
@@ -88,3 +89,11 @@ def _affine(n: Node) -> bool:
         # an integer position sum converted to float32 (exact below 2^24)
         return n.dtype is DType.float32 and n.src[0].dtype is DType.int32 and _affine(n.src[0])
     return False
+
+
+def affine_bias_lines(bias: AffineBias | None) -> list[str]:
+    """Lines computing `bias_alpha`, `bias_beta` and `bias_gamma` (once per program; none without a bias)."""
+    if bias is None:
+        return []
+    block, (alpha, beta, gamma) = Emitter(prefix="a").emit_inline([bias.alpha, bias.beta, bias.gamma])
+    return [*block, f"bias_alpha = {alpha}", f"bias_beta = {beta}", f"bias_gamma = {gamma}"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from attnc.codegen.bias import AffineBias, affine_bias
+from attnc.codegen.bias import affine_bias, affine_bias_lines
 from attnc.codegen.skeleton import (
     TEMPLATES,
     Emitter,
@@ -40,13 +40,6 @@ def _score_lines(emitter: Emitter, root: Node | None) -> list[str]:
     # A score mod that ignores the key index still yields one value per (q, kv) pair.
     broadcast = "" if "kv" in root.deps else " + tl.zeros_like(score)"
     return [*lines, f"score = {result}{broadcast}"]
-
-
-def _affine_bias_lines(bias: AffineBias | None) -> list[str]:
-    if bias is None:
-        return []
-    block, (alpha, beta, gamma) = Emitter(prefix="a").emit_inline([bias.alpha, bias.beta, bias.gamma])
-    return [*block, f"bias_alpha = {alpha}", f"bias_beta = {beta}", f"bias_gamma = {gamma}"]
 
 
 def _visit_args(captures: list[str], hoisted: list[str], test_params: list[str]) -> list[str]:
@@ -84,7 +77,7 @@ def generate_forward(program: Program, tile_test: TileTest | None = None,
         "hoist_program": emitter.lines[Level.PROGRAM],
         "hoist_q": emitter.lines[Level.QUERY],
         "score_mod": score,
-        "affine_bias": _affine_bias_lines(bias),
+        "affine_bias": affine_bias_lines(bias),
         "mask_mod": mask,
         "tile_test": test.per_tile,
         "hoist_tile_test": test.hoisted,

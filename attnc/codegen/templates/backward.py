@@ -53,7 +53,7 @@ TESTED = tl.constexpr(2)
 def _dkdv_tile(
     dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
     stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,
-    start_m, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN,
+    start_m, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN, kv_origin, bias_rows, bias_b, bias_at_origin,
     # HOLE: capture_args
     # HOLE: hoisted_params_kv
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
@@ -93,7 +93,11 @@ def _dkdv_tile(
         qkt = tl.trans(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION))
     else:
         qkt = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
-    if HAS_SCORE_MOD:
+    if AFFINE_BIAS:
+        # an affine bias (attnc.codegen.bias) rebased on this program's first key: its per-key term rides on
+        # the multiply-add that scales the score, the rest joins the subtracted row maximum
+        score = qkt * qk_scale + bias_rows
+    elif HAS_SCORE_MOD:
         # raw_score stays unmodified: the derivatives of the score mod read it
         raw_score = qkt * sm_scale
         score = raw_score
@@ -109,7 +113,9 @@ def _dkdv_tile(
     # pt = exp2(z - m - e) = p * 2^(log2(l) - e): the maximum is subtracted in the multiply-add that scales the
     # score, as in the forward, so the difference is exact whatever the logits' magnitude; the rest of the
     # normalisation, 2^(e - log2(l)) in (1/2, 1], arrives premultiplied into dO and delta (launch_backward)
-    if HAS_SCORE_MOD:
+    if AFFINE_BIAS:
+        pt = tl.exp2(score - (m2 - (bias_b * (offs_m - kv_origin).to(tl.float32) + bias_at_origin))[None, :])
+    elif HAS_SCORE_MOD:
         pt = tl.exp2(score * LOG2E - m2[None, :])
     elif SCALE_POSITIVE:  # the scale and log2(e) ride on the multiply-add that subtracts the maximum
         pt = tl.exp2(score * qk_scale - m2[None, :])
@@ -117,7 +123,7 @@ def _dkdv_tile(
         pt = tl.exp2(score - m2[None, :])
     dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PRECISION)
     dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-    if HAS_SCORE_MOD:
+    if HAS_SCORE_MOD and not AFFINE_BIAS:  # an affine bias has dz/dscore = 1
         # where p is 0 the pair contributes nothing, even where dz/dscore is not finite (a masked pair)
         dst = tl.where(pt == 0.0, 0.0, pt * (dpt - delta[None, :]) * dscore)
     else:
@@ -131,6 +137,7 @@ def _dkdv_visit(
     dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
     stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,
     start_m, b_idx, h_idx, kv_idx, kv_lo, kv_hi, sm_scale, qk_scale, Q_LEN,
+    kv_origin, bias_rows, bias_b, bias_at_origin,
     # HOLE: capture_args
     # HOLE: hoisted_params_kv
     # HOLE: tile_test_params_kv
@@ -143,7 +150,7 @@ def _dkdv_visit(
         dk, dv = _dkdv_tile(
             dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
             stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,
-            start_m, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN,
+            start_m, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN, kv_origin, bias_rows, bias_b, bias_at_origin,
             # HOLE: capture_pass
             # HOLE: hoisted_pass_kv
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, False, UPCAST, DOT_PRECISION, USE_TMA,
@@ -153,7 +160,7 @@ def _dkdv_visit(
         dk, dv = _dkdv_tile(
             dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
             stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,
-            start_m, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN,
+            start_m, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN, kv_origin, bias_rows, bias_b, bias_at_origin,
             # HOLE: capture_pass
             # HOLE: hoisted_pass_kv
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, True, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
@@ -167,7 +174,7 @@ def _dkdv_visit(
             dk, dv = _dkdv_tile(
                 dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
                 stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,
-                start_m, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN,
+                start_m, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN, kv_origin, bias_rows, bias_b, bias_at_origin,
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass_kv
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, may_false, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
@@ -241,6 +248,17 @@ def attnc_backward_dkdv(
             DO_desc = DO_head
         # HOLE: hoist_program_kv
         # HOLE: hoist_kv
+        kv_origin = start_n
+        if AFFINE_BIAS:
+            # the bias alpha * kv + beta * q + gamma in base 2, rebased on this program's first key
+            # HOLE: affine_bias_kv
+            bias_rows = bias_alpha * LOG2E * (offs_n - kv_origin).to(tl.float32)[:, None]
+            bias_b = bias_beta * LOG2E
+            bias_at_origin = ((bias_alpha + bias_beta) * kv_origin.to(tl.float32) + bias_gamma) * LOG2E
+        else:
+            bias_rows = 0.0
+            bias_b = 0.0
+            bias_at_origin = 0.0
         # As in the forward: the tiles known to be free of masking first, in branch-free loops, then the rest.
         if USE_BLOCK_MASK:
             # the BlockMask's query-side lists: for this key block, its full and partial query blocks, each
@@ -257,7 +275,7 @@ def attnc_backward_dkdv(
                         dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
                         stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,
                         block * SPARSE_Q_BLOCK + (t % TILES_PER_BLOCK) * BLOCK_M, b_idx, h_idx, kv_idx,
-                        sm_scale, qk_scale, Q_LEN,
+                        sm_scale, qk_scale, Q_LEN, kv_origin, bias_rows, bias_b, bias_at_origin,
                         # HOLE: capture_pass
                         # HOLE: hoisted_pass_kv
                         HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
@@ -271,7 +289,7 @@ def attnc_backward_dkdv(
                     dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
                     stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,
                     block * SPARSE_Q_BLOCK + (t % TILES_PER_BLOCK) * BLOCK_M, b_idx, h_idx, kv_idx,
-                        sm_scale, qk_scale, Q_LEN,
+                        sm_scale, qk_scale, Q_LEN, kv_origin, bias_rows, bias_b, bias_at_origin,
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass_kv
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, HAS_MASK, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
@@ -290,6 +308,7 @@ def attnc_backward_dkdv(
                     dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
                     stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,
                     start_m, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN,
+                    kv_origin, bias_rows, bias_b, bias_at_origin,
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass_kv
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, False, UPCAST, DOT_PRECISION, USE_TMA,
@@ -300,6 +319,7 @@ def attnc_backward_dkdv(
                     dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,
                     stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,
                     q_whole, b_idx, h_idx, kv_idx, sm_scale, qk_scale, Q_LEN,
+                    kv_origin, bias_rows, bias_b, bias_at_origin,
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass_kv
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, True, UPCAST, DOT_PRECISION, USE_TMA,
@@ -318,7 +338,7 @@ def attnc_backward_dkdv(
 def _dq_tile(
     dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,
     stride_kn, stride_kd, stride_vn, stride_vd,
-    start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN,
+    start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN, q_origin, bias_cols, bias_a,
     # HOLE: capture_args
     # HOLE: grad_args
     # HOLE: hoisted_params_q
@@ -347,7 +367,10 @@ def _dq_tile(
         kt = kt.to(tl.float32)
         vt = vt.to(tl.float32)
     qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
-    if HAS_SCORE_MOD:
+    if AFFINE_BIAS:
+        # an affine bias rebased on this program's first query: per-key term here, the rest in m2 (see below)
+        score = qk * qk_scale + bias_cols
+    elif HAS_SCORE_MOD:
         raw_score = qk * sm_scale
         score = raw_score
         dscore = 1.0
@@ -361,18 +384,21 @@ def _dq_tile(
         score = tl.where(kv_in[None, :], score, float("-inf"))
     # p here is the forward's unnormalised exp2(z - m) (in [0, 1]): each row's 1 / l multiplies its dq once, at
     # the end, and the captured tensors' gradients where they are accumulated
-    if HAS_SCORE_MOD:
+    if AFFINE_BIAS:
+        p = tl.exp2(score - (m2 - bias_a * (start_n - q_origin).to(tl.float32))[:, None])
+    elif HAS_SCORE_MOD:
         p = tl.exp2(score * LOG2E - m2[:, None])
     elif SCALE_POSITIVE:  # the scale and log2(e) ride on the multiply-add that subtracts the maximum
         p = tl.exp2(score * qk_scale - m2[:, None])
     else:
         p = tl.exp2(score - m2[:, None])
     dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
-    if HAS_SCORE_MOD:
+    if HAS_SCORE_MOD and not AFFINE_BIAS:
         dz = tl.where(p == 0.0, 0.0, p * (dp - delta[:, None]))
         ds = tl.where(p == 0.0, 0.0, dz * dscore)
-    else:
+    else:  # no mod, or an affine bias (dz/dscore = 1)
         ds = p * (dp - delta[:, None])
+        dz = ds
     dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=DOT_PRECISION)
     # HOLE: grad_accumulate
     return dq
@@ -382,7 +408,7 @@ def _dq_tile(
 def _dq_visit(
     dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,
     stride_kn, stride_kd, stride_vn, stride_vd,
-    start_n, b_idx, h_idx, q_idx, q_in, q_lo, q_hi, sm_scale, qk_scale, KV_LEN,
+    start_n, b_idx, h_idx, q_idx, q_in, q_lo, q_hi, sm_scale, qk_scale, KV_LEN, q_origin, bias_cols, bias_a,
     # HOLE: capture_args
     # HOLE: grad_args
     # HOLE: hoisted_params_q
@@ -396,7 +422,7 @@ def _dq_visit(
         dq = _dq_tile(
             dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,
             stride_kn, stride_kd, stride_vn, stride_vd,
-            start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN,
+            start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN, q_origin, bias_cols, bias_a,
             # HOLE: capture_pass
             # HOLE: grad_pass
             # HOLE: hoisted_pass_q
@@ -407,7 +433,7 @@ def _dq_visit(
         dq = _dq_tile(
             dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,
             stride_kn, stride_kd, stride_vn, stride_vd,
-            start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN,
+            start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN, q_origin, bias_cols, bias_a,
             # HOLE: capture_pass
             # HOLE: grad_pass
             # HOLE: hoisted_pass_q
@@ -422,7 +448,7 @@ def _dq_visit(
             dq = _dq_tile(
                 dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,
                 stride_kn, stride_kd, stride_vn, stride_vd,
-                start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN,
+                start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN, q_origin, bias_cols, bias_a,
                 # HOLE: capture_pass
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
@@ -498,6 +524,18 @@ def attnc_backward_dq(
     q_idx = offs_m[:, None]
     # HOLE: hoist_program_q
     # HOLE: hoist_q
+    q_origin = start_m * BLOCK_M
+    if AFFINE_BIAS:
+        # the bias in base 2 rebased on this program's first query: its per-query terms leave the row maximum
+        # here, once; the tiles add alpha * (key - q_origin) back
+        # HOLE: affine_bias_q
+        bias_a = bias_alpha * LOG2E
+        bias_cols = bias_a * tl.arange(0, BLOCK_N).to(tl.float32)[None, :]
+        m2 = m2 - (bias_beta * LOG2E * (offs_m - q_origin).to(tl.float32)
+                   + ((bias_alpha + bias_beta) * q_origin.to(tl.float32) + bias_gamma) * LOG2E)
+    else:
+        bias_a = 0.0
+        bias_cols = 0.0
 
     if USE_BLOCK_MASK:
         sparse_row = (start_m * BLOCK_M) // SPARSE_Q_BLOCK
@@ -512,7 +550,7 @@ def attnc_backward_dq(
                     dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,
                     stride_kn, stride_kd, stride_vn, stride_vd,
                     block * SPARSE_KV_BLOCK + (t % TILES_PER_BLOCK) * BLOCK_N, b_idx, h_idx, q_idx, q_in,
-                sm_scale, qk_scale, KV_LEN,
+                sm_scale, qk_scale, KV_LEN, q_origin, bias_cols, bias_a,
                     # HOLE: capture_pass
                     # HOLE: grad_pass
                     # HOLE: hoisted_pass_q
@@ -527,7 +565,7 @@ def attnc_backward_dq(
                 dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,
                 stride_kn, stride_kd, stride_vn, stride_vd,
                 block * SPARSE_KV_BLOCK + (t % TILES_PER_BLOCK) * BLOCK_N, b_idx, h_idx, q_idx, q_in,
-                sm_scale, qk_scale, KV_LEN,
+                sm_scale, qk_scale, KV_LEN, q_origin, bias_cols, bias_a,
                 # HOLE: capture_pass
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
@@ -545,7 +583,7 @@ def attnc_backward_dq(
             dq = _dq_tile(
                 dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,
                 stride_kn, stride_kd, stride_vn, stride_vd,
-                start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN,
+                start_n, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN, q_origin, bias_cols, bias_a,
                 # HOLE: capture_pass
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
@@ -556,7 +594,7 @@ def attnc_backward_dq(
             dq = _dq_tile(
                 dq, q, do, m2, inv_l, delta, K_head, V_head, K_desc, V_desc,
                 stride_kn, stride_kd, stride_vn, stride_vd,
-                kv_whole, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN,
+                kv_whole, b_idx, h_idx, q_idx, q_in, sm_scale, qk_scale, KV_LEN, q_origin, bias_cols, bias_a,
                 # HOLE: capture_pass
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
