@@ -394,7 +394,9 @@ def _dq_tile(
         p = tl.exp2(score - m2[:, None])
     dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
     if HAS_SCORE_MOD and not AFFINE_BIAS:
-        dz = tl.where(p == 0.0, 0.0, p * (dp - delta[:, None]))
+        # dp - delta is finite, so dz is 0 where p is; where p is 0 the pair contributes nothing, even where
+        # dz/dscore is not finite (a masked pair)
+        dz = p * (dp - delta[:, None])
         ds = tl.where(p == 0.0, 0.0, dz * dscore)
     else:  # no mod, or an affine bias (dz/dscore = 1)
         ds = p * (dp - delta[:, None])
