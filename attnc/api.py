@@ -385,6 +385,17 @@ class Attention:
                          score_mod=self.score_mod, scale=scale, return_lse=return_lse, enable_gqa=enable_gqa,
                          backend=backend, captured_grads=captured_grads)
 
+    def varlen(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+               cu_seqlens_k: torch.Tensor, **options: Any) -> Any:
+        """This variant over packed variable-length sequences (see `attnc.varlen_attention`)."""
+        if self.text is not None:
+            raise ValueError("attnc: the packed path runs variants written as Python mods; a text variant binds its "
+                             "values by name and has no Python mods to see per-sequence positions through")
+        from attnc.serving.varlen import varlen_attention  # the serving package builds on this module
+
+        return varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, mask_mod=self.mask_mod,
+                                score_mod=self.score_mod, **options)
+
     def tile_stats(self, B: int, H: int, Q_LEN: int, KV_LEN: int, *, BLOCK_M: int = 128,
                    BLOCK_N: int = 128, device: Any = "cpu", **values: Any) -> dict[str, int]:
         """How many (query tile, key tile) pairs the kernel skips ("empty"), masks ("partial") and

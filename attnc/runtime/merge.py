@@ -8,7 +8,9 @@ Ring attention merges one key block per step; split-KV decoding merges its split
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -34,4 +36,37 @@ def merge_partials(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor]) -
     lse = torch.full(lses[0].shape, float("-inf"), dtype=torch.float32, device=lses[0].device)
     for o, part in zip(outs, lses, strict=True):
         merge_into(out, lse, o, part.float())
+    return out.to(outs[0].dtype), lse
+
+
+def merge_attention(out_a: Any, lse_a: Any, out_b: torch.Tensor | None = None,
+                    lse_b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention over the union of disjoint key sets from each set's `(out, lse)`: `merge_attention(out_a,
+    lse_a, out_b, lse_b)` or `merge_attention([out_1, out_2, ...], [lse_1, lse_2, ...])` (cascade attention over
+    a shared prefix, context parallelism, split-KV). `out [..., rows, Dv]` with natural-log `lse [..., rows]`
+    (any leading layout, e.g. `[B, H]` or varlen's `[total, H]` for `out [total, H, Dv]`). A row without keys
+    in a part (lse -inf) takes nothing from it; a row without keys anywhere gives 0 and -inf. Differentiable,
+    with finite gradients everywhere. Returns (out in the parts' dtype, float32 lse)."""
+    if isinstance(out_a, list | tuple):
+        outs, lses = list(out_a), list(lse_a)
+    else:
+        if out_b is None or lse_b is None:
+            raise ValueError("merge_attention: give two (out, lse) pairs, or a list of outputs and a list of lses")
+        outs, lses = [out_a, out_b], [lse_a, lse_b]
+    if not outs or len(outs) != len(lses):
+        raise ValueError(f"merge_attention: give one lse per output, got {len(outs)} outputs and {len(lses)} lses")
+    for o, lse in zip(outs, lses, strict=True):
+        if tuple(o.shape[:-1]) != tuple(lse.shape) or o.shape != outs[0].shape:
+            raise ValueError(f"merge_attention: every out must be [..., rows, Dv] of one shape with lse [..., rows]; "
+                             f"got out {tuple(o.shape)} with lse {tuple(lse.shape)}")
+    parts = torch.stack([lse.float() for lse in lses])
+    top = parts.amax(0)
+    top = torch.where(torch.isinf(top), 0.0, top)
+    none = torch.isneginf(parts)
+    total = torch.where(none, 0.0, torch.exp(torch.where(none, 0.0, parts - top))).sum(0)
+    empty = total == 0
+    lse = torch.where(empty, -math.inf, torch.log(torch.where(empty, 1.0, total)) + top)
+    safe_lse = torch.where(empty, 0.0, lse)
+    out = sum(torch.where(n, 0.0, torch.exp(torch.where(n, 0.0, p - safe_lse))).unsqueeze(-1) * o.float()
+              for o, p, n in zip(outs, parts, none, strict=True))
     return out.to(outs[0].dtype), lse
