@@ -83,8 +83,12 @@ def _dkdv_tile(
         q = q.to(tl.float32)
         do = do.to(tl.float32)
     # the forward's base-2 row maximum plus e, a part of log2(l) it adds exactly (rows past Q_LEN: p = 0)
-    m2 = tl.load(LSE_head + stride_ls + offs_m * stride_lm, mask=q_in, other=float("inf"))
-    delta = tl.load(DELTA_head + offs_m * stride_lm, mask=q_in, other=0.0)
+    if CHECK_Q:
+        m2 = tl.load(LSE_head + stride_ls + offs_m * stride_lm, mask=q_in, other=float("inf"))
+        delta = tl.load(DELTA_head + offs_m * stride_lm, mask=q_in, other=0.0)
+    else:  # every row of the tile is inside the sequence
+        m2 = tl.load(LSE_head + stride_ls + offs_m * stride_lm)
+        delta = tl.load(DELTA_head + offs_m * stride_lm)
     if UPCAST:
         # The interpreter's matmul (numpy) sums in an order that depends on the operands' roles, and at large
         # logits an ulp of q.k moves p by orders of magnitude: the forward's q k^T, transposed, gives the
