@@ -16,6 +16,7 @@ from attnc.dsl.trace import TraceError  # noqa: E402
 from attnc.runtime.block_mask import BlockMask  # noqa: E402
 from attnc.runtime.merge import merge_attention  # noqa: E402
 from attnc.runtime.visualize import visualize  # noqa: E402
+from attnc.serving.kvcache import kvcache_attention  # noqa: E402
 from attnc.serving.varlen import varlen_attention  # noqa: E402
 from attnc.variants.combinators import and_masks, noop_mask, or_masks  # noqa: E402
 
@@ -23,6 +24,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Attention", "AuxOutput", "AuxRequest", "BlockMask", "TextError", "TextVariant", "TraceError", "and_masks",
-    "compile", "create_block_mask", "flex_attention", "merge_attention", "noop_mask", "or_masks", "parse",
-    "varlen_attention", "visualize",
+    "compile", "create_block_mask", "flex_attention", "kvcache_attention", "merge_attention", "noop_mask",
+    "or_masks", "parse", "varlen_attention", "visualize",
 ]

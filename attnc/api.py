@@ -396,6 +396,17 @@ class Attention:
         return varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, mask_mod=self.mask_mod,
                                 score_mod=self.score_mod, **options)
 
+    def kvcache(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
+                **options: Any) -> Any:
+        """This variant over a KV cache, contiguous or paged (see `attnc.kvcache_attention`)."""
+        if self.text is not None:
+            raise ValueError("attnc: the KV-cache path runs variants written as Python mods; a text variant binds "
+                             "its values by name and has no Python mods to see cache positions through")
+        from attnc.serving.kvcache import kvcache_attention  # the serving package builds on this module
+
+        return kvcache_attention(q, k_cache, v_cache, cache_seqlens, mask_mod=self.mask_mod,
+                                 score_mod=self.score_mod, **options)
+
     def tile_stats(self, B: int, H: int, Q_LEN: int, KV_LEN: int, *, BLOCK_M: int = 128,
                    BLOCK_N: int = 128, device: Any = "cpu", **values: Any) -> dict[str, int]:
         """How many (query tile, key tile) pairs the kernel skips ("empty"), masks ("partial") and

@@ -1,0 +1,137 @@
+"""Attention of new query tokens over a KV cache, contiguous or paged (FlashAttention's `flash_attn_with_kvcache`
+layout), for every variant.
+
+The Sq query rows are the last Sq positions of each sequence: a wrapper makes the mods see
+`q_idx = cache_seqlens[b] - Sq + i` and `kv_idx` = the absolute position, and allows only `kv_idx <
+cache_seqlens[b]`. `cache_seqlens` is a captured tensor read at `b`, a value constant over a tile, so the
+tile analysis keeps its closed forms: a causal mask visits the keys up to the query's position, a sliding
+window only the window's tiles, and no tile past a sequence's length is read.
+
+A paged cache (`[num_pages, page_size, Hkv, D]` with `block_table [B, max_pages]`) is gathered into one
+contiguous view per sequence, page by page, before the kernel runs: correct for pages in any order and
+shared between sequences, at the cost of that copy (reading pages through the table inside the kernel is
+the next step).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import attnc
+from attnc.api import Attention
+
+
+class CacheVariant:
+    """`mask_mod` / `score_mod` at the positions of the last Sq tokens of each cached sequence."""
+
+    def __init__(self, mask_mod: Callable | None, score_mod: Callable | None) -> None:
+        self.mask_mod, self.score_mod, self._install = _at_cache_positions(mask_mod, score_mod)
+        self.attention: Attention = attnc.compile(self.mask_mod, self.score_mod)
+
+    def lengths(self, cache_seqlens: torch.Tensor, Sq: int) -> None:
+        self._install(cache_seqlens, Sq)
+
+
+def _at_cache_positions(mask_mod: Callable | None,
+                        score_mod: Callable | None) -> tuple[Callable, Callable | None, Callable]:
+    lengths = torch.zeros(0, dtype=torch.int32)
+    new_tokens = 1
+
+    def install(cache_seqlens: torch.Tensor, Sq: int) -> None:
+        nonlocal lengths, new_tokens
+        lengths, new_tokens = cache_seqlens, Sq
+
+    def mask(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+        valid = kv_idx < lengths[b]
+        if mask_mod is None:
+            return valid
+        return valid & mask_mod(b, h, q_idx + (lengths[b] - new_tokens), kv_idx)
+
+    def score(s: Any, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+        return score_mod(s, b, h, q_idx + (lengths[b] - new_tokens), kv_idx)
+
+    return mask, (score if score_mod is not None else None), install
+
+
+@functools.lru_cache(maxsize=32)
+def cache_variant(mask_mod: Callable | None, score_mod: Callable | None) -> CacheVariant:
+    return CacheVariant(mask_mod, score_mod)
+
+
+def kvcache_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor, *,
+                      block_table: torch.Tensor | None = None, mask_mod: Callable | None = None,
+                      score_mod: Callable | None = None, scale: float | None = None, return_lse: bool = False,
+                      num_splits: int = 0, backend: str = "auto") -> Any:
+    """Attention of `q [B, Sq, Hq, D]` (the last Sq positions of each sequence) over a KV cache: contiguous
+    `k_cache, v_cache [B, S_max, Hkv, D]`, or paged `[num_pages, page_size, Hkv, D]` with `block_table
+    [B, max_pages]` int32 (page_size a multiple of 16). `cache_seqlens [B]` int32: each sequence's valid
+    length, the new tokens included. Mods see `q_idx = cache_seqlens[b] - Sq + i` and absolute `kv_idx`.
+    Returns `[B, Sq, Hq, Dv]` (and the float32 lse `[B, Hq, Sq]`). A sequence of length 0 gives 0 and -inf.
+    `num_splits`: 0 or 1 (one pass over the keys per query tile; splitting the keys is not available yet)."""
+    if num_splits not in (0, 1):
+        raise NotImplementedError(f"attnc.kvcache_attention: num_splits={num_splits}: splitting the keys across "
+                                  "programs is not available yet; pass 0 (automatic) or 1")
+    _check_query(q, k_cache, v_cache)
+    k, v = _contiguous_cache(k_cache, v_cache, block_table, cache_seqlens, q)
+    variant = cache_variant(mask_mod, score_mod)
+    variant.lengths(cache_seqlens, q.shape[1])
+    q4, k4, v4 = (t.transpose(1, 2) for t in (q, k, v))
+    out, lse = variant.attention(q4, k4, v4, scale, True, enable_gqa=True, backend=backend)
+    out = out.transpose(1, 2)
+    return (out, lse) if return_lse else out
+
+
+def _check_query(q: Any, k_cache: Any, v_cache: Any) -> None:
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"attnc.kvcache_attention: {name} must be 4-D, got {got}")
+        if t.device != q.device:
+            raise ValueError(f"attnc.kvcache_attention: {name} is on {t.device} but q is on {q.device}")
+    if k_cache.shape[:3] != v_cache.shape[:3]:
+        raise ValueError(f"attnc.kvcache_attention: k_cache {tuple(k_cache.shape)} and v_cache "
+                         f"{tuple(v_cache.shape)} must agree but for the head dim")
+
+
+def _contiguous_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor | None,
+                      cache_seqlens: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[B, S, Hkv, D]` key and value caches: the contiguous ones as they are, paged ones gathered."""
+    B = q.shape[0]
+    if block_table is None:
+        _check_lengths(cache_seqlens, B, k_cache.shape[1], q)
+        if k_cache.shape[0] != B:
+            raise ValueError(f"attnc.kvcache_attention: k_cache holds {k_cache.shape[0]} sequences but q has {B}")
+        return k_cache, v_cache
+    num_pages, page_size = k_cache.shape[:2]
+    if page_size % 16:
+        raise ValueError(f"attnc.kvcache_attention: page_size must be a multiple of 16, got {page_size}")
+    if (not isinstance(block_table, torch.Tensor) or block_table.dtype != torch.int32 or block_table.dim() != 2
+            or block_table.shape[0] != B or block_table.device != q.device):
+        got = (f"{block_table.dtype} {tuple(block_table.shape)} on {block_table.device}"
+               if isinstance(block_table, torch.Tensor) else type(block_table).__name__)
+        raise ValueError(f"attnc.kvcache_attention: block_table must be int32 [B={B}, max_pages] on {q.device}, "
+                         f"got {got}")
+    _check_lengths(cache_seqlens, B, block_table.shape[1] * page_size, q)
+    pages_used = (cache_seqlens.long() + page_size - 1) // page_size
+    used = torch.arange(block_table.shape[1], device=q.device) < pages_used[:, None]
+    if bool(((block_table < 0) | (block_table >= num_pages))[used].any()):
+        raise ValueError(f"attnc.kvcache_attention: block_table lists a page outside the pool [0, {num_pages}) "
+                         "among the pages cache_seqlens uses")
+    pages = torch.where(used, block_table, 0).long()  # unused entries may hold anything: never read
+    gathered = [cache[pages].flatten(1, 2) for cache in (k_cache, v_cache)]
+    return gathered[0], gathered[1]
+
+
+def _check_lengths(cache_seqlens: Any, B: int, capacity: int, q: torch.Tensor) -> None:
+    if (not isinstance(cache_seqlens, torch.Tensor) or cache_seqlens.dtype != torch.int32
+            or tuple(cache_seqlens.shape) != (B,) or cache_seqlens.device != q.device):
+        got = (f"{cache_seqlens.dtype} {tuple(cache_seqlens.shape)} on {cache_seqlens.device}"
+               if isinstance(cache_seqlens, torch.Tensor) else type(cache_seqlens).__name__)
+        raise ValueError(f"attnc.kvcache_attention: cache_seqlens must be int32 [B={B}] on {q.device}, got {got}")
+    if B and (int(cache_seqlens.min()) < 0 or int(cache_seqlens.max()) > capacity):
+        raise ValueError(f"attnc.kvcache_attention: cache_seqlens must lie in [0, {capacity}] (the cache's "
+                         f"capacity), got {int(cache_seqlens.min())} ... {int(cache_seqlens.max())}")
