@@ -123,3 +123,14 @@ def test_bad_caches_are_named(change, message) -> None:
     error = NotImplementedError if "num_splits" in change else ValueError
     with pytest.raises(error, match=message):
         attnc.kvcache_attention(q, pool, pool, args.pop("cache_seqlens"), backend="reference", **args)
+
+
+def test_tiles_past_each_sequence_and_outside_a_window_are_skipped() -> None:
+    from attnc.serving.kvcache import cache_variant
+
+    variant = cache_variant(window, None)
+    variant.lengths(torch.tensor([10, 100], dtype=torch.int32), 1)
+    # sequence 0: one 16-key tile holds its 10 keys, 7 are past them; sequence 1's query (position 99) sees
+    # keys 80-99: tile 5 whole, tile 6 in part, the other 6 tiles not at all
+    assert variant.attention.tile_stats(2, 1, 1, 128, BLOCK_M=16, BLOCK_N=16) == {
+        "empty": 7 + 6, "partial": 2, "full": 1}
