@@ -46,7 +46,7 @@ def _max_error(stdout: str) -> float:
 
 
 @pytest.mark.parametrize("script", ["quickstart.py", "new_variant.py", "alibi_sliding_window.py", "natten_2d.py",
-                                    "from_text.py"])
+                                    "from_text.py", "decode_paged_cache.py"])
 def test_examples_run_and_match_the_reference(script):
     stdout = _run(script)
     assert _max_error(stdout) < 1e-5, stdout
