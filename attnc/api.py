@@ -648,6 +648,8 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
                          "replaces return_lse)")
     if mask_mod is None and block_mask is not None:
         mask_mod = block_mask.mask_mod
+    if getattr(query, "is_nested", False):
+        return _nested(query, key, value, score_mod, block_mask, scale, return_lse, return_aux, mask_mod, backend)
     attn = _compiled(mask_mod, score_mod)
     want_lse = return_lse or return_aux is not None
     result = attn(query, key, value, scale, want_lse, block_mask=block_mask, enable_gqa=enable_gqa,
@@ -657,6 +659,18 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     out, lse = result
     max_scores = attn.max_scores(query, key, lse, scale, block_mask=block_mask) if return_aux.max_scores else None
     return out, AuxOutput(lse=lse if return_aux.lse else None, max_scores=max_scores)
+
+
+def _nested(query: Any, key: Any, value: Any, score_mod: ScoreMod | None, block_mask: Any, scale: float | None,
+            return_lse: bool, return_aux: Any, mask_mod: MaskMod | None, backend: str) -> Any:
+    """Jagged nested inputs run on the packed path (see attnc.serving.nested)."""
+    if block_mask is not None or return_aux is not None:
+        raise ValueError("attnc: with nested (jagged) inputs, give the mask as mask_mod (attnc finds the blocks "
+                         "each sequence needs) and ask for the lse with return_lse")
+    from attnc.serving.nested import nested_attention  # the serving package builds on this module
+
+    return nested_attention(query, key, value, mask_mod=mask_mod, score_mod=score_mod, scale=scale,
+                            return_lse=return_lse, backend=backend)
 
 
 PLAN_BLOCK = 128
