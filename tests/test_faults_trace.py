@@ -281,6 +281,23 @@ def test_deep_expressions_compile_and_agree(case):
         torch.testing.assert_close(out, dense(q, k, v, lambda s: s.masked_fill(~allowed, -math.inf)))
 
 
+def test_ir_walks_of_a_3000_deep_chain_do_not_recurse():
+    from attnc.ir import DType, Op, from_repr, node, var
+    from attnc.ir.passes import optimize
+    from attnc.ir.printer import format_node
+    from attnc.ir.program import Program
+
+    chain = var("q")
+    for i in range(3000):
+        chain = node(Op.ADD if i % 2 else Op.MUL, DType.int32, chain, var("kv"))
+    mask = node(Op.GE, DType.bool, chain, var("kv"))
+    assert mask.depth() == 3002
+    assert repr(mask).count("node(") == 3001 and len(format_node(mask).splitlines()) == 3004
+    optimize(Program(mask=mask), check=True)
+    shallow = node(Op.GE, DType.bool, node(Op.ADD, DType.int32, var("q"), var("kv")), var("kv"))
+    assert from_repr(repr(shallow)) is shallow
+
+
 def test_deep_masks_keep_the_tile_analysis_sound_and_linear():
     from attnc.ir.tiles import beyond_analysis, kv_full_range, kv_ranges, tile_test
 

@@ -137,6 +137,7 @@ ORDER_RULES = RuleSet(
 
 _RING = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.NEG})
 _MAX_TERMS = 256  # larger expansions are left as written
+_MAX_DEGREE = 8  # and so are polynomials of higher degree (each monomial of degree d is a chain of d factors)
 
 
 @functools.lru_cache(maxsize=1 << 14)
@@ -144,8 +145,9 @@ def normal_ring(n: Node) -> Node | None:
     """An integer +, -, * tree as its expanded polynomial over its other subterms ("atoms"), rebuilt
     grouped by loop level: ((b/h terms) + (q terms)) + (kv terms), the constant in the outermost group.
     `(q - kv) + kv -> q`; `q + 3 - kv - 1 -> (q + 2) - kv`. None (left as written) where expanding
-    could produce more than `_MAX_TERMS` terms, as repeated squaring would."""
-    if _term_bound(n) > _MAX_TERMS:
+    could produce more than `_MAX_TERMS` terms (as repeated squaring would) or a degree above `_MAX_DEGREE`."""
+    terms, degree = _expansion(n)
+    if terms > _MAX_TERMS or degree > _MAX_DEGREE:
         return None
     atoms: dict[Node, sympy.Symbol] = {}
     expr = _to_sympy(n, atoms)
@@ -158,13 +160,35 @@ def normal_ring(n: Node) -> Node | None:
     return _sum(monomials, n.dtype, bits)
 
 
-def _term_bound(n: Node) -> int:
-    """An upper bound on the number of terms of the expanded polynomial, without expanding it."""
-    bound: dict[Node, int] = {}
-    for m in _ring_order(n):  # operands first
-        bounds = [bound[s] for s in m.src] if m.op in _RING else []
-        bound[m] = math.prod(bounds) if m.op is Op.MUL else sum(bounds) or 1
-    return bound[n]
+_EXPANSIONS: dict[Node, tuple[int, int]] = {}  # memo: nodes are interned and immutable
+
+
+def _expansion(n: Node) -> tuple[int, int]:
+    """Upper bounds on the number of terms and on the degree of the expanded polynomial, without expanding
+    it (both capped just past their limits). Memoised, so bounding every prefix of a long chain (as
+    rewriting bottom-up does) costs linear time in total."""
+    stack = [n]
+    while stack:
+        top = stack[-1]
+        missing = [s for s in top.src if s not in _EXPANSIONS] if top.op in _RING else []
+        if missing:
+            stack.extend(missing)
+            continue
+        stack.pop()
+        if top not in _EXPANSIONS:
+            _EXPANSIONS[top] = _expansion_of(top)
+    return _EXPANSIONS[n]
+
+
+def _expansion_of(n: Node) -> tuple[int, int]:
+    if n.op not in _RING:
+        return 1, 0 if n.op is Op.CONST else 1
+    parts = [_EXPANSIONS[s] for s in n.src]
+    if n.op is Op.MUL:
+        terms, degree = math.prod(t for t, _ in parts), sum(d for _, d in parts)
+    else:
+        terms, degree = sum(t for t, _ in parts), max(d for _, d in parts)
+    return min(terms, _MAX_TERMS + 1), min(degree, _MAX_DEGREE + 1)
 
 
 def _ring_order(n: Node) -> list[Node]:
