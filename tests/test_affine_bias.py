@@ -24,7 +24,8 @@ def _program(score_mod):
 @pytest.mark.parametrize("score_mod", [
     alibi(4),
     lambda s, b, h, q, kv: s - 0.5 * (q - kv),
-    lambda s, b, h, q, kv: s + h * q,  # an integer bias
+    lambda s, b, h, q, kv: s + 0.5 * h * q,  # a per-head coefficient
+    lambda s, b, h, q, kv: s + (kv - q),  # an integer bias that cannot wrap
     lambda s, b, h, q, kv: SLOPES[h] * (kv - 3) + s,
 ])
 def test_affine_biases_are_recognised(score_mod):
@@ -36,6 +37,8 @@ def test_affine_biases_are_recognised(score_mod):
     lambda s, b, h, q, kv: s + kv * kv,  # not affine
     lambda s, b, h, q, kv: s + SLOPES[kv % 4],  # a read indexed by a position
     lambda s, b, h, q, kv: s + (kv // 2),  # floor division
+    lambda s, b, h, q, kv: s + h * q,  # an integer product that may wrap around int32, as the mod would
+    lambda s, b, h, q, kv: s + q + kv,  # likewise: q + kv passes 2**31 for the longest sequences
 ])
 def test_other_score_mods_are_not(score_mod):
     assert affine_bias(_program(score_mod).score) is None
@@ -83,3 +86,21 @@ def test_the_gradient_of_a_captured_slope_matches_the_reference():
         out = attn(q, k, v, backend=backend)
         (grads[backend],) = torch.autograd.grad((out * torch.cos(out)).sum(), (slopes,))
     torch.testing.assert_close(grads["triton"], grads["reference"], atol=2e-4, rtol=2e-4)
+
+
+def test_an_integer_bias_that_wraps_around_int32_matches_the_reference():
+    """The kernel must wrap exactly where the mod's int32 arithmetic does: such a bias takes the general path."""
+
+    def wrapping(score, b, h, q_idx, kv_idx):
+        c = q_idx
+        for _ in range(20):
+            c = c * 3 + kv_idx
+            c = c - q_idx
+        return score + c.float() * 1e-9
+
+    assert affine_bias(_program(wrapping).score) is None
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 40, 16, generator=g) for _ in range(3))
+    attn = attnc.compile(score_mod=wrapping)
+    torch.testing.assert_close(attn(q, k, v, backend="triton"), attn(q, k, v, backend="reference"), atol=2e-5,
+                               rtol=2e-5)

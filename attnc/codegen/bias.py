@@ -23,6 +23,7 @@ import dataclasses
 
 from attnc.codegen.skeleton import Emitter
 from attnc.ir.dtypes import DType
+from attnc.ir.int_range import fits_int32
 from attnc.ir.node import Node, const, node, var
 from attnc.ir.ops import Op
 from attnc.ir.transpose import substitute
@@ -86,8 +87,10 @@ def _affine(n: Node) -> bool:
         a, b = n.src
         return (not a.deps & _POSITIONS and _affine(b)) or (not b.deps & _POSITIONS and _affine(a))
     if n.op is Op.CAST:
-        # an integer position sum converted to float32 (exact below 2^24)
-        return n.dtype is DType.float32 and n.src[0].dtype is DType.int32 and _affine(n.src[0])
+        # an integer position sum converted to float32 (exact below 2^24); the kernel evaluates it in float,
+        # so it must not wrap around int32 where the mod (and the reference) would
+        return (n.dtype is DType.float32 and n.src[0].dtype is DType.int32 and _affine(n.src[0])
+                and fits_int32(n.src[0]))
     return False
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from attnc.codegen.emit import RENDER, literal
 from attnc.ir.dtypes import DType
+from attnc.ir.int_range import fits_int32
 from attnc.ir.node import Node, const, node
 from attnc.ir.ops import Op
 from attnc.ir.program import Program
@@ -159,7 +160,8 @@ class Emitter:
         total = n.src[0]
         if total.dtype is not DType.int32 or self.level_of(n) is not Level.TILE:
             return False
-        return len({self.level_of(side) for side in total.src}) == 2
+        # the parts' float sum equals the int32 sum's conversion only where that sum cannot wrap around
+        return len({self.level_of(side) for side in total.src}) == 2 and fits_int32(total)
 
     def _divides_int_by_hoisted(self, n: Node) -> bool:
         if n.op not in (Op.FLOORDIV, Op.MOD) or n.dtype is not DType.int32 or n.src[1].op is Op.CONST:
