@@ -166,7 +166,7 @@ def test_random_float_masks_are_classified_soundly_in_any_box(mask, values, box,
     assert got != FULL or allowed.all(), f"FULL, but the mask fails in {box}"
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(irs.float_masks(), irs.float_mask_values(), st.integers(20, 70), st.integers(20, 70), st.integers(3, 17),
        st.integers(3, 17))
 def test_random_float_masks_are_classified_soundly_by_blocks(mask, values, Q, KV, bq, bk) -> None:

@@ -92,6 +92,8 @@ _EMIT_LIMIT = 2**62
 _DNF_LIMIT = 64  # conjunctions per DNF; larger formulas are decided part by part (sound)
 _SPLIT_DEPTH = 8  # nested period splits along one path
 _PIECE_BUDGET = 4000  # period pieces per analysis
+_WORK_BUDGET = 20000  # conjunction groups and elimination rows per decision; past it parts may hold (sound)
+_PAIRWISE_LIMIT = 64  # rows compared pairwise for redundancy
 _ROW_LIMIT = 400  # Fourier-Motzkin rows; past it a conjunction is taken as satisfiable (sound)
 # bits of precision of each float type: an integer of at most 2**p in magnitude is exact in it
 _PRECISION = {DType.float16: 11, DType.bfloat16: 8, DType.float32: 24, DType.float64: 53}
@@ -1469,6 +1471,7 @@ class _Decider:
     def __init__(self) -> None:
         self._fresh = itertools.count()
         self.pieces = 0
+        self.work = 0  # groups and elimination rows so far; past _WORK_BUDGET the answer is "may hold" (sound)
 
     def fresh(self) -> Var:
         return Var(f"x{next(self._fresh)}")
@@ -1487,6 +1490,9 @@ class _Decider:
         """Conjuncts sharing variables: promote lone divisions, split periods, then DNF and eliminate."""
         if len(parts) == 1 and not isinstance(parts[0], Atom):
             return self.may_true(parts[0], box, depth)
+        self.work += 1
+        if self.work > _WORK_BUDGET:  # alternating and / or whose DNFs keep overflowing: stop deciding
+            return TRUE_N
         parts, box = _promote(parts, box, self.fresh)
         target = _split_target(parts) if depth < _SPLIT_DEPTH and self.pieces < _PIECE_BUDGET else None
         if target is not None:
@@ -1510,9 +1516,12 @@ class _Decider:
 
     def _feasible(self, literals: Sequence[Literal], box: Box) -> frozenset[Node] | None:
         """The conditions (all must hold) for a conjunction to hold somewhere; None: it holds nowhere."""
+        if self.work > _WORK_BUDGET:
+            return frozenset()  # may hold, on no condition: sound
         conditions = [lit.node if isinstance(lit, Cond) else lit.may_true
                       for lit in literals if not isinstance(lit, Atom)]
         rows = _eliminate([lit.lin for lit in literals if isinstance(lit, Atom)], box)
+        self.work += 1 + len(rows or ())
         out = frozenset(c for c in [*conditions, *(emit_ge0(r) for r in rows or ())] if c is not TRUE_N)
         return None if rows is None or FALSE_N in out else out
 
@@ -1765,8 +1774,10 @@ def _irredundant(rows: list[Lin]) -> list[Lin]:
         buckets.setdefault(_wide_terms(r), []).append(i)
 
     def redundant(i: int) -> bool:
-        return any(_implies(rows[j], rows[i]) and (j < i or not _implies(rows[i], rows[j]))
-                   for j in buckets[_wide_terms(rows[i])] if j != i)
+        bucket = buckets[_wide_terms(rows[i])]
+        if len(bucket) > _PAIRWISE_LIMIT:  # quadratic past here; keeping a redundant row is only longer code
+            return False
+        return any(_implies(rows[j], rows[i]) and (j < i or not _implies(rows[i], rows[j])) for j in bucket if j != i)
 
     return [r for i, r in enumerate(rows) if not redundant(i)]
 
