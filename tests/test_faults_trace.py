@@ -483,3 +483,33 @@ def test_empty_sequences_with_a_mask_that_reads_data(backend, Q, KV):
     out.sum().backward()
     assert out.shape == (1, 1, Q, 16) and lse.shape == (1, 1, Q) and not out.any()
     assert attnc.create_block_mask(attn.mask_mod, 1, 1, Q, KV).to_dense().numel() == 0
+
+
+class _Holder:
+    """An object a mod reads a tensor through."""
+
+
+_GLOBAL_HOLDER = _Holder()
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("where", ["closure", "global", "module"])
+def test_an_attribute_reassigned_to_another_tensor_is_read_again(backend: str, where: str) -> None:
+    """`o.t = new_tensor` between calls: the trace held the old tensor, so the mod is traced again."""
+    holder = {"closure": _Holder(), "global": _GLOBAL_HOLDER, "module": torch.nn.Module()}[where]
+    if where == "global":
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + _GLOBAL_HOLDER.t[kv_idx]
+    else:
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + holder.t[kv_idx]
+    q = torch.randn(1, 2, 8, 16, generator=torch.Generator().manual_seed(0))
+    for values in (torch.zeros(8), torch.arange(8.0) * 3, torch.linspace(2.0, -2.0, 8)):
+        if where == "module":
+            holder.t = torch.nn.Parameter(values)
+        else:
+            holder.t = values
+        got = attnc.flex_attention(q, q, q, score_mod=score_mod, backend=backend)
+        bias = values.view(1, 1, 1, 8).expand(1, 2, 8, 8)
+        expected = torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=bias)
+        torch.testing.assert_close(got.detach(), expected, atol=2e-5, rtol=2e-5)

@@ -121,7 +121,7 @@ class Walk:
             return obj
         parts = _parts(obj)
         if parts is None:
-            self._record(path, names, ("object", type(obj)))
+            self._record(path, names, ("object", type(obj), _tensor_attributes(obj)))
             return obj
         return (yield from self._container(obj, path, names, parts))
 
@@ -187,10 +187,31 @@ class Walk:
             return self._tensor(value, path, names)
         if value is None or isinstance(value, bool | int | float | str):
             self._record(path, names, ("value", type(value), value))
+        elif not isinstance(value, _NOT_INSTANCES) and _tensor_attributes(value):
+            self._record(path, names, ("object", type(value), _tensor_attributes(value)))
         return value
 
 
 # -- looking inside containers ------------------------------------------------------------------------
+
+
+# globals that are code or namespaces, not objects holding a mod's data
+_NOT_INSTANCES = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+                  functools.partial)
+
+
+def _tensor_attributes(obj: Any) -> tuple[tuple[str, int], ...]:
+    """Which tensor each of an object's attributes (and a module's parameters and buffers) holds, by identity:
+    a mod may read a tensor through the object (`self.bias[h]`), which the trace then holds; assigning
+    another tensor to the attribute changes this, so the trace is made again instead of reading the old one."""
+    try:
+        attributes = dict(vars(obj))
+    except TypeError:  # no __dict__ (slots, builtins)
+        return ()
+    for extra in ("_parameters", "_buffers"):
+        if isinstance(attributes.get(extra), dict):
+            attributes.update({f"{extra}.{k}": v for k, v in attributes[extra].items()})
+    return tuple(sorted((name, id(v)) for name, v in attributes.items() if isinstance(v, torch.Tensor)))
 
 
 def _parts(obj: Any) -> _Parts | None:
