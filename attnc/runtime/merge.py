@@ -9,15 +9,16 @@ Ring attention merges one key block per step; split-KV decoding merges its split
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 
 def weight(lse_part: torch.Tensor, lse_total: torch.Tensor) -> torch.Tensor:
-    """exp(l_i - l), 0 where the part has no key for the row (also where no part has one)."""
-    return torch.where(torch.isneginf(lse_part), 0.0, torch.exp(lse_part - lse_total))
+    """exp(l_i - l), 0 where the part has no key for the row (also where no part has one); the exponent is
+    masked too, so no NaN reaches a gradient."""
+    none = torch.isneginf(lse_part)
+    return torch.where(none, 0.0, torch.exp(torch.where(none, 0.0, lse_part - lse_total)))
 
 
 def merge_into(out: torch.Tensor, lse: torch.Tensor, out_part: torch.Tensor, lse_part: torch.Tensor) -> None:
@@ -26,17 +27,6 @@ def merge_into(out: torch.Tensor, lse: torch.Tensor, out_part: torch.Tensor, lse
     kept, added = weight(lse, total), weight(lse_part, total)
     out.mul_(kept.unsqueeze(-1)).add_(out_part.float() * added.unsqueeze(-1))
     lse.copy_(total)
-
-
-def merge_partials(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out in the parts' dtype, float32 lse) of attention over all the parts' keys."""
-    if not outs or len(outs) != len(lses):
-        raise ValueError("merge_partials: give one lse per output, and at least one part")
-    out = torch.zeros(outs[0].shape, dtype=torch.float32, device=outs[0].device)
-    lse = torch.full(lses[0].shape, float("-inf"), dtype=torch.float32, device=lses[0].device)
-    for o, part in zip(outs, lses, strict=True):
-        merge_into(out, lse, o, part.float())
-    return out.to(outs[0].dtype), lse
 
 
 def merge_attention(out_a: Any, lse_a: Any, out_b: torch.Tensor | None = None,
@@ -62,11 +52,9 @@ def merge_attention(out_a: Any, lse_a: Any, out_b: torch.Tensor | None = None,
     parts = torch.stack([lse.float() for lse in lses])
     top = parts.amax(0)
     top = torch.where(torch.isinf(top), 0.0, top)
-    none = torch.isneginf(parts)
-    total = torch.where(none, 0.0, torch.exp(torch.where(none, 0.0, parts - top))).sum(0)
+    total = weight(parts, top).sum(0)
     empty = total == 0
     lse = torch.where(empty, -math.inf, torch.log(torch.where(empty, 1.0, total)) + top)
     safe_lse = torch.where(empty, 0.0, lse)
-    out = sum(torch.where(n, 0.0, torch.exp(torch.where(n, 0.0, p - safe_lse))).unsqueeze(-1) * o.float()
-              for o, p, n in zip(outs, parts, none, strict=True))
+    out = sum(weight(p, safe_lse).unsqueeze(-1) * o.float() for o, p in zip(outs, parts, strict=True))
     return out.to(outs[0].dtype), lse
