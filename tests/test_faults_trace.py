@@ -12,7 +12,7 @@ import torch
 
 import attnc
 from attnc.dsl.errors import TraceError
-from attnc.dsl.trace import trace
+from attnc.dsl.trace import StaleTrace, trace
 
 warnings.filterwarnings("ignore", message="attnc: backend='auto'")
 
@@ -513,3 +513,86 @@ def test_an_attribute_reassigned_to_another_tensor_is_read_again(backend: str, w
         bias = values.view(1, 1, 1, 8).expand(1, 2, 8, 8)
         expected = torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=bias)
         torch.testing.assert_close(got.detach(), expected, atol=2e-5, rtol=2e-5)
+
+
+# -- 1. a tensor's shape read into Python is a constant of the trace: a new shape means a new trace ---------
+
+
+_SHAPE_READS = {
+    "shape": lambda t: t.shape[0],
+    "len": lambda t: len(t),
+    "size": lambda t: t.size(0),
+    "numel": lambda t: t.numel(),
+    "derived": lambda t: (t[1:] * 2).shape[0] + 1,
+}
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("read", sorted(_SHAPE_READS))
+def test_a_shape_read_in_the_mod_follows_the_captured_tensor(backend: str, read: str) -> None:
+    """`kv_idx < lengths.shape[0]`: rebinding `lengths` to a tensor of another length, or resizing it in
+    place, gives the mask of the new length, not the one traced."""
+    size_of = _SHAPE_READS[read]
+    lengths = torch.zeros(3)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return kv_idx < size_of(lengths) + 1
+
+    q, k, v = qkv(L=12)
+    attention = attnc.Attention(mask_mod)
+    for n in (3, 6, 2):
+        if n == 2:
+            lengths.resize_(n)  # in place: the same tensor object, another shape
+        else:
+            lengths = torch.zeros(n)
+        got = attention(q, k, v, backend=backend)
+        allowed = torch.arange(12) < size_of(lengths) + 1
+        expected = dense(q, k, v, lambda s, a=allowed: s.masked_fill(~a, -math.inf))
+        torch.testing.assert_close(got, expected, atol=2e-5, rtol=2e-5)
+
+
+def test_a_vector_read_follows_the_length_of_its_tensor() -> None:
+    """A vector's length is a shape read too (MLA's decoupled RoPE term with another rope width)."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = qkv(L=8)
+    q_pe = torch.randn(1, 2, 8, 4, generator=gen)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score + torch.dot(q_pe[b, h, q_idx], q_pe[b, h, kv_idx])
+
+    attention = attnc.Attention(score_mod=score_mod)
+    for width in (4, 6):
+        q_pe = torch.randn(1, 2, 8, width, generator=gen)
+        got = attention(q, k, v, backend="reference")
+        expected = dense(q, k, v, lambda s, p=q_pe: s + p @ p.transpose(-1, -2))
+        torch.testing.assert_close(got, expected, atol=2e-5, rtol=2e-5)
+
+
+def test_tensors_only_indexed_keep_their_trace_when_their_length_changes() -> None:
+    """Tables read only by index (a varlen call's offsets) change length from call to call: no new trace."""
+    offsets = torch.tensor([0, 3, 8])
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return kv_idx <= offsets[1]
+
+    q, k, v = qkv(L=8)
+    attention = attnc.Attention(mask_mod)
+    attention(q, k, v, backend="reference")
+    traced = attention.traced
+    offsets = torch.tensor([0, 5, 6, 8])
+    got = attention(q, k, v, backend="reference")
+    assert attention.traced is traced
+    expected = dense(q, k, v, lambda s: s.masked_fill(~(torch.arange(8) <= 5), -math.inf))
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=2e-5)
+
+
+def test_the_stale_trace_message_names_the_tensor_and_its_shapes() -> None:
+    lengths = torch.zeros(3)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return kv_idx < lengths.shape[0]
+
+    traced = trace(mask_mod, None)
+    lengths = torch.zeros(5)
+    with pytest.raises(StaleTrace, match=r"lengths had shape \[3\] when traced and \[5\] now"):
+        traced.bind(mask_mod, None)

@@ -10,6 +10,7 @@ the mods of a later call, so rebinding `window = 128` needs no new trace.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from collections.abc import Mapping
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 
 from attnc.dsl import vector
 from attnc.dsl.closure import Leaf, Path, ShapeEntry, Walk, describe_change
-from attnc.dsl.derived import Ref, Replay, TensorGraph
+from attnc.dsl.derived import Metadata, Ref, Replay, TensorGraph, describe_metadata, metadata_of
 from attnc.dsl.errors import StaleTrace, TraceError
 from attnc.dsl.semantics import WEAK_DTYPE, Operand, Typed, literal
 from attnc.dsl.symbolic import Sym
@@ -138,7 +139,7 @@ class Recorder:
 
     def _scalar_tensor(self, tensor: torch.Tensor) -> Typed:
         """A one-element tensor used as a value: runtime data unless the mod built it from constants."""
-        if tensor.numel() != 1:
+        if math.prod(self.read_shape(tensor)) != 1:
             raise TraceError.here(
                 f"a tensor of shape {list(tensor.shape)} is used as a value, but mods compute scalars",
                 "index it with expressions of the indices, e.g. bias[h, q_idx]",
@@ -147,6 +148,12 @@ class Recorder:
             return Typed(const(tensor.item(), _dtype_of(tensor)))
         slot = self._tensor_slot(tensor)
         return Typed(load(slot, self.tensor_specs[slot].dtype, *[const(0, INDEX)] * tensor.ndim))
+
+    def read_shape(self, tensor: torch.Tensor) -> tuple[int, ...]:
+        """A captured tensor's shape, for attnc's own decisions while tracing (a vector's length): the
+        trace depends on it as it does on a shape the mod reads itself."""
+        self.graph.note_metadata(tensor)
+        return tuple(tensor.shape)
 
     def read(self, tensor: torch.Tensor, index: Any) -> Sym:
         """`tensor[index]`: a traced scalar, or a read with dimensions left (chained indexing, small vectors:
@@ -196,7 +203,13 @@ class Recorder:
         params = tuple(leaf.path for leaf in self._params)
         inputs = tuple(self._source(t) for t in self.graph.inputs)
         replay = Replay(self.graph.recipes, len(self.graph.derived))
-        return Captures(tuple(shape), params, inputs, tuple(self._slots), replay, tuple(self.frozen.items()))
+        metadata = tuple(MetadataRead(ref, metadata_of(self._value(ref), strides=strides), strides, self._name(ref))
+                         for ref, strides in self.graph.metadata_reads.items())
+        return Captures(tuple(shape), params, inputs, tuple(self._slots), replay, tuple(self.frozen.items()),
+                        metadata)
+
+    def _value(self, ref: Ref) -> torch.Tensor:
+        return (self.graph.derived if ref.derived else self.graph.inputs)[ref.index]
 
     def _source(self, tensor: torch.Tensor) -> TensorSource:
         leaf = self._closure_tensors.get(id(tensor))
@@ -218,6 +231,23 @@ def _index_error(tensor: torch.Tensor, found: str) -> TraceError:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class MetadataRead:
+    """A runtime tensor whose shape (dtype, ...) the trace read into Python, and what it read."""
+
+    ref: Ref
+    metadata: Metadata
+    strides: bool
+    name: str
+
+    def check(self, inputs: tuple[torch.Tensor, ...], derived: list[torch.Tensor]) -> None:
+        tensor = derived[self.ref.index] if self.ref.derived else inputs[self.ref.index]
+        now = metadata_of(tensor, strides=self.strides)
+        if now != self.metadata:
+            raise StaleTrace(f"captured tensor {self.name or 'value'} had {describe_metadata(self.metadata, now)}; "
+                             "the mod read its shape into Python, so it must be traced again")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Captures:
     """Where each captured value lives, how derived tensors are recomputed, and the closure shape the
@@ -229,6 +259,7 @@ class Captures:
     slots: tuple[Slot, ...]  # what each LOAD slot reads
     replay: Replay  # derived tensors from the inputs
     frozen: tuple[tuple[Path, Any], ...]  # closure scalars the trace specialised on, with their values
+    metadata: tuple[MetadataRead, ...] = ()  # tensors whose metadata the trace depends on
 
     @property
     def tensors(self) -> tuple[TensorSource, ...]:
@@ -245,7 +276,14 @@ class Captures:
             _check_frozen(walk.leaves[path], value)
         params = tuple(_param_value(walk.leaves[path]) for path in self.params)
         inputs = tuple(_input_value(source, walk.leaves) for source in self.inputs)
+        # inputs first: recomputing derived values from an input of another shape may fail
+        for read in self.metadata:
+            if not read.ref.derived:
+                read.check(inputs, [])
         derived = self.replay.run(inputs)
+        for read in self.metadata:
+            if read.ref.derived:
+                read.check(inputs, derived)
         tensors = tuple(_slot_value(slot, inputs, derived) for slot in self.slots)
         return Bindings(tensors, params, inputs)
 

@@ -38,6 +38,8 @@ _METADATA = frozenset({
 _IN_PLACE_DUNDERS = frozenset({"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__",
                                "__ifloordiv__", "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__",
                                "__ilshift__", "__irshift__"})
+# Metadata reads whose answer depends on strides as well as on the shape.
+_STRIDE_READS = frozenset({"stride", "is_contiguous", "storage_offset"})
 _VALUE_HINT = ("compute with the tensor's elements in the mod instead (e.g. torch.where(t[h] > 0, a, b)), "
                "or read the value outside the mod and capture it as a Python number")
 
@@ -99,6 +101,10 @@ class TensorGraph:
         self.recipes: list[Recipe] = []
         self._refs: dict[int, Ref] = {}
         self._constants: dict[int, torch.Tensor] = {}  # built in the mod from constants; kept alive
+        # runtime tensors whose metadata (shape, dtype, ...) the mod read into Python: the trace holds what
+        # it read as constants (`n = t.shape[0]`), so it is valid only while those tensors keep that
+        # metadata; True where strides were read too
+        self.metadata_reads: dict[Ref, bool] = {}
 
     def ref(self, tensor: torch.Tensor, *, pin: bool = False) -> Ref | None:
         """The runtime tensor `tensor` is (an input on first sight), or None for a constant; `pin=True`
@@ -109,6 +115,12 @@ class TensorGraph:
         ref = self._refs[id(tensor)] = Ref(False, len(self.inputs))
         self.inputs.append(tensor)
         return ref
+
+    def note_metadata(self, tensor: torch.Tensor, *, strides: bool = False) -> None:
+        """The trace depends on `tensor`'s metadata (a runtime tensor's; a constant's cannot change)."""
+        ref = self.ref(tensor)
+        if ref is not None:
+            self.metadata_reads[ref] = self.metadata_reads.get(ref, False) or strides
 
     def call(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """Run a torch call on tensors; record it when it reads runtime tensors."""
@@ -128,6 +140,9 @@ class TensorGraph:
             self._constants.update((id(t), t) for t in tensors if id(t) not in self._refs)
             return result
         if not tensors and _metadata(func, name):
+            for leaf in leaves:
+                if isinstance(leaf, torch.Tensor):
+                    self.note_metadata(leaf, strides=name in _STRIDE_READS)
             return result
         if not all(isinstance(t, torch.Tensor) or t is None for t in outputs):
             raise TraceError.here(
@@ -160,6 +175,25 @@ def _metadata(func: Callable[..., Any], name: str) -> bool:
     """Shape, dtype, device, requires_grad and the like (property getters whose value is not a tensor),
     and the methods in `_METADATA`."""
     return _name(func).endswith(".__get__") or name in _METADATA
+
+
+Metadata = tuple[Any, ...]
+
+
+def metadata_of(tensor: torch.Tensor, *, strides: bool) -> Metadata:
+    """What a mod can read of a tensor without reading its values."""
+    found = (tuple(tensor.shape), tensor.dtype, tensor.device, tensor.requires_grad)
+    return (*found, tuple(tensor.stride()), tensor.storage_offset()) if strides else found
+
+
+def describe_metadata(old: Metadata, new: Metadata) -> str:
+    """`shape [3] when traced and [6] now`."""
+    names = ("shape", "dtype", "device", "requires_grad", "strides", "storage offset")
+    for name, was, now in zip(names, old, new, strict=True):
+        if was != now:
+            shown = (list(was), list(now)) if isinstance(was, tuple) else (was, now)
+            return f"{name} {shown[0]} when traced and {shown[1]} now"
+    return "other metadata"
 
 
 class TracingMode(TorchFunctionMode):

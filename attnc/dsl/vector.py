@@ -15,6 +15,7 @@ scalars. A reduction adds its elements as a balanced tree.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -85,11 +86,11 @@ def _elements_of(x: object, length: int, tracer: Any) -> Sequence[object] | None
     """`x` as `length` elements: a vector's own, a 1-d captured tensor's reads, or None for a scalar."""
     if isinstance(x, Many):
         items = x.elements()
-    elif isinstance(x, torch.Tensor) and x.numel() > 1:
+    elif isinstance(x, torch.Tensor) and math.prod(tracer.read_shape(x)) > 1:
         if x.ndim != 1:
             raise TraceError.here(f"a tensor of shape {list(x.shape)} meets a vector of {length} elements",
                                   "only 1-d tensors of the vector's length combine with it elementwise")
-        items = tuple(Sym(tracer.load(x, (i,)), tracer) for i in range(x.shape[0]))
+        items = tuple(Sym(tracer.load(x, (i,)), tracer) for i in range(tracer.read_shape(x)[0]))
     else:
         return None
     if len(items) != length:
@@ -156,7 +157,7 @@ class Partial(Many):
             raise TraceError.here(
                 f"this read of a tensor of shape {list(self.tensor.shape)} leaves {left} dimensions unindexed",
                 "index every dimension, or all but the last to get a vector, e.g. t[b, h, q_idx]")
-        n = self.tensor.shape[-1]
+        n = self.tracer.read_shape(self.tensor)[-1]
         if n > MAX_LENGTH:
             raise TraceError.here(f"a vector of {n} elements is read; vectors of at most {MAX_LENGTH} are supported",
                                   "index the last dimension too")
