@@ -143,8 +143,7 @@ def _check_natten_options(op: str, options: Mapping[str, Any]) -> None:
     for name, given in options.items():
         if name not in NATTEN_TUNING_DEFAULTS:
             raise TypeError(f"attnc: {op}() got an unexpected keyword argument {name!r}")
-        default = NATTEN_TUNING_DEFAULTS[name]
-        if given is default or given == default or (name == "attention_kwargs" and given == {}):
+        if _asks_nothing(given, NATTEN_TUNING_DEFAULTS[name]):
             continue
         if name == "attention_kwargs":
             raise ValueError(f"attnc: {op}: attention_kwargs={given!r} is not supported: the attention over "
@@ -152,6 +151,13 @@ def _check_natten_options(op: str, options: Mapping[str, Any]) -> None:
         raise ValueError(f"attnc: {op}: {name}={given!r} tunes NATTEN's own kernels and has no counterpart in "
                          "attnc, which picks its tiles itself; drop it (attnc's tiles are set with "
                          "kernel_options={'BLOCK_M': ..., 'BLOCK_N': ...}, or found by Attention.tune)")
+
+
+def _asks_nothing(given: Any, default: Any) -> bool:
+    """NATTEN's default value, or an empty attention_kwargs (compared by type first: a tensor is never one)."""
+    if given is default or (isinstance(given, dict) and not given and default is None):
+        return True
+    return type(given) is type(default) and given == default
 
 
 def _check_backend(op: str, backend: str | None) -> str:

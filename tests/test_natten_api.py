@@ -164,6 +164,18 @@ def test_an_empty_additional_context_changes_nothing():
     torch.testing.assert_close(merged, alone)
 
 
+def test_views_of_a_packed_qkv_projection_are_taken_as_they_are():
+    # NATTEN's modules split one [B, X, Y, 3, H, D] projection: q, k and v are strided views of it
+    qkv = torch.randn(2, 4, 5, 3, 2, 8, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    q, k, v = qkv.unbind(3)
+    out = attnc.natten.na2d(q, k, v, (3, 2), (2, 1), backend="reference")
+    want, _ = dense_natten(q, k, v, (4, 5), (3, 2), (2, 1), (1, 1), (False, False))
+    torch.testing.assert_close(out.double(), want, atol=2e-5, rtol=2e-5)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(4))
+    got, = torch.autograd.grad(out, qkv, dout)
+    torch.testing.assert_close(got, torch.autograd.grad(want, qkv, dout.double())[0], atol=2e-4, rtol=2e-4)
+
+
 def test_without_return_lse_only_the_output():
     q, k, v = inputs((4, 5))
     out = attnc.natten.na2d(q, k, v, 3, backend="reference")
