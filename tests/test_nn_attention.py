@@ -315,6 +315,7 @@ def test_cache_errors_name_the_problem(x):
     ({"dropout": 1.5}, ValueError, r"dropout must be a number in \[0, 1\)"),
     ({"bias": "yes"}, TypeError, "bias must be True or False"),
     ({"scale": -1.0}, ValueError, "scale must be a positive number or None"),
+    ({"backend": "cuda"}, ValueError, "backend must be one of"),
     ({"variant": "sliding_window"}, ValueError, r"variant 'sliding_window' needs arguments: pass "
                                                 r"attnc.variants.sliding_window\(...\)"),
     ({"variant": "rotary"}, ValueError, "unknown variant 'rotary'"),

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from attnc import variants
+from attnc.api import BACKENDS
 from attnc.api import Attention as CompiledAttention
 from attnc.api import compile as compile_variant
 from attnc.nn.kv_cache import KVCache
@@ -67,7 +68,7 @@ class Attention(nn.Module):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         _check_heads(embed_dim, num_heads, num_kv_heads)
-        _check_options(bias=bias, qk_norm=qk_norm, dropout=dropout, scale=scale)
+        _check_options(bias=bias, qk_norm=qk_norm, dropout=dropout, scale=scale, backend=backend)
         self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
         self.head_dim = embed_dim // num_heads
         self.scale, self.backend = (None if scale is None else float(scale)), backend
@@ -79,8 +80,8 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(self.head_dim, eps=QK_NORM_EPS) if qk_norm else None
         self.rope = _rotary(rope, self.head_dim)
         self.variant_parts = _variant_parts(variant)
-        self.user_mask_mod, self.user_score_mod = _checked_mod("mask_mod", mask_mod), _checked_mod("score_mod",
-                                                                                                   score_mod)
+        self.user_mask_mod = _checked_mod("mask_mod", mask_mod)
+        self.user_score_mod = _checked_mod("score_mod", score_mod)
         for spec in self.variant_parts:
             if isinstance(spec, BIAS_SPECS):
                 self._add_bias(spec, num_heads)
@@ -186,7 +187,7 @@ def _check_heads(embed_dim: Any, num_heads: Any, num_kv_heads: Any) -> None:
                          f"({num_kv_heads})")
 
 
-def _check_options(*, bias: Any, qk_norm: Any, dropout: Any, scale: Any) -> None:
+def _check_options(*, bias: Any, qk_norm: Any, dropout: Any, scale: Any, backend: Any) -> None:
     for name, value in (("bias", bias), ("qk_norm", qk_norm)):
         if not isinstance(value, bool):
             raise TypeError(f"attnc.nn.Attention: {name} must be True or False, got {value!r}")
@@ -199,6 +200,8 @@ def _check_options(*, bias: Any, qk_norm: Any, dropout: Any, scale: Any) -> None
                          "dropout) if you want one")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0):
         raise ValueError(f"attnc.nn.Attention: scale must be a positive number or None, got {scale!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"attnc.nn.Attention: backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def _rotary(rope: Any, head_dim: int) -> RotaryEmbedding | None:
