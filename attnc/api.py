@@ -12,6 +12,7 @@ The pipeline, in order (each step's name is also its label in `Attention.explain
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import functools
 import math
@@ -24,6 +25,7 @@ import torch
 from torch.nn.attention.flex_attention import AuxOutput, AuxRequest  # noqa: F401  (AuxRequest: re-exported by attnc)
 
 from attnc import arguments
+from attnc.arguments import shared_kv_batch
 from attnc.codegen.backward import DKDV_KERNEL, DQ_KERNEL, BackwardSource, generate_backward
 from attnc.codegen.block_map import generate_block_map
 from attnc.codegen.forward import KernelSource, generate_forward
@@ -37,7 +39,7 @@ from attnc.ir.printer import format_program
 from attnc.ir.reference import reference_attention, reference_max_scores
 from attnc.ir.tiles import TileTest, kv_full_range, kv_ranges, tile_test
 from attnc.ir.transpose import q_full_range, q_ranges
-from attnc.runtime import aot, launch, launch_backward, sparsity, tuning
+from attnc.runtime import aot, graph_ops, launch, launch_backward, sparsity, tuning
 from attnc.runtime.autograd import AttentionFunction, GradientPlan, needs_grad
 from attnc.runtime.block_mask import BlockMask, as_batched, block_size_pair, build_block_mask
 from attnc.runtime.cache import KernelCache
@@ -48,7 +50,7 @@ from attnc.runtime.config import (
 from attnc.runtime.deterministic import captured_gradients
 from attnc.runtime.device_block_map import device_block_classes
 from attnc.runtime.interpreter import INTERPRETER_UNAVAILABLE, interpreter_active
-from attnc.runtime.kernel_options import KernelOptions, check_kernel_options
+from attnc.runtime.kernel_options import CallOptions, KernelOptions, check_kernel_options
 
 BACKENDS = ("auto", "triton", "reference")
 # How a block map is built: from the mask's structure (O(blocks) on the host or device, with per-block
@@ -203,11 +205,16 @@ class Attention:
         if values:
             raise ValueError(f"attnc: unexpected keyword arguments {sorted(values)}: binding tensors and parameters "
                              "by name is for variants in the text syntax; Python mods capture their own")
+        return self.bind_mods(self.mask_mod, self.score_mod)
+
+    def bind_mods(self, mask_mod: MaskMod | None, score_mod: ScoreMod | None) -> Any:
+        """The current values of these mods' runtime data (the mods this variant was made from, or the same
+        functions reached another way); traced again first if they no longer have the traced shape."""
         try:
-            return self.traced.bind(self.mask_mod, self.score_mod)
+            return self.traced.bind(mask_mod, score_mod)
         except StaleTrace:
             self._retrace()
-            return self.traced.bind(self.mask_mod, self.score_mod)
+            return self.traced.bind(mask_mod, score_mod)
 
     def __call__(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None,
                  return_lse: bool = False, *, block_mask: Any = None, enable_gqa: bool = True,
@@ -217,25 +224,55 @@ class Attention:
         `deterministic=True` computes captured-tensor gradients without atomics, bitwise reproducibly (see
         `attnc.runtime.deterministic` for what it costs); q, k and v gradients are always deterministic.
         `values`: a text variant's tensors and parameters by name (`slopes=t, window=128`)."""
-        arguments.check_attention_tensors(query, key, value)
-        key, value = shared_kv_batch(query, key, value)
-        shapes = launch.check_inputs(query, key, value, enable_gqa=enable_gqa)
-        kernel_options = check_kernel_options(kernel_options)  # before anything launches
-        block_mask = as_batched(block_mask) if block_mask is not None else None
-        bindings = self._bind(values)
-        self._divisors.check((shapes.B, shapes.Hq, shapes.Q_LEN, shapes.KV_LEN), bindings.tensors, bindings.params,
-                             bindings.version_key(), query.device)
-        chosen = choose_backend(backend, query)
-        if chosen == "reference":
-            out, lse = self._reference(query, key, value, scale, bindings, block_mask, shapes)
+        options = CallOptions(scale, enable_gqa, backend, kernel_options, deterministic)
+        if torch.compiler.is_compiling():  # torch.compile / torch.export: the kernels as custom ops
+            if values:
+                raise ValueError("attnc: under torch.compile, a text variant's values are bound in compile() "
+                                 "(attnc.compile(text, name=value)), not per call")
+            out, lse = graph_ops.attend(self, self.mask_mod, self.score_mod, query, key, value, block_mask, options)
         else:
-            out, lse = self._triton(query, key, value, scale, bindings, block_mask, shapes, kernel_options,
-                                    deterministic)
+            _check_call(query, key, value, options)  # the arguments' errors come before the mods'
+            out, lse = self.attend(query, key, value, self._bind(values), block_mask, options)
         return (out, lse) if return_lse else out
 
-    def _triton(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None,
-                bindings: Any, block_mask: Any, shapes: launch.Shapes, kernel_options: KernelOptions,
-                deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bindings: Any, block_mask: Any,
+               options: CallOptions) -> tuple[torch.Tensor, torch.Tensor]:
+        """(out, lse) for bound values: differentiable through autograd.Function when called directly, and
+        the body of the custom op under torch.compile (attnc.runtime.graph_ops), where autograd is off."""
+        arguments.check_attention_tensors(query, key, value)
+        key, value = shared_kv_batch(query, key, value)
+        shapes = launch.check_inputs(query, key, value, enable_gqa=options.enable_gqa)
+        kernel_options = check_kernel_options(options.kernel_options)  # before anything launches
+        block_mask = as_batched(block_mask) if block_mask is not None else None
+        self._divisors.check((shapes.B, shapes.Hq, shapes.Q_LEN, shapes.KV_LEN), bindings.tensors, bindings.params,
+                             bindings.version_key(), query.device)
+        if choose_backend(options.backend, query) == "reference":
+            return self._reference(query, key, value, options.scale, bindings, block_mask, shapes)
+        plan = self._triton_plan(query, key, value, options.scale, bindings, block_mask, shapes, kernel_options,
+                                 options.deterministic)
+        if not needs_grad(query, key, value, *bindings.tensors):
+            return plan.forward(query, key, value, bindings.tensors)
+        return AttentionFunction.apply(plan, query, key, value, *bindings.tensors)
+
+    def attend_backward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, out: torch.Tensor,
+                        lse: torch.Tensor, dout: torch.Tensor, dlse: torch.Tensor | None, bindings: Any,
+                        block_mask: Any, options: CallOptions, wanted: list[bool]) -> Any:
+        """The gradients of `attend` (dq, dk, dv, {slot: gradient of the captured tensor}) without autograd:
+        the backward custom op under torch.compile. The reference backend differentiates its own forward."""
+        shapes = launch.check_inputs(query, key, value, enable_gqa=options.enable_gqa)
+        block_mask = as_batched(block_mask) if block_mask is not None else None
+        if block_mask is not None:
+            launch.check_block_mask(block_mask, shapes, query.device)
+            _check_transposed_lists(block_mask)
+        if choose_backend(options.backend, query) == "reference":
+            return _reference_backward(self, query, key, value, dout, dlse, bindings, block_mask, options, wanted)
+        plan = self._triton_plan(query, key, value, options.scale, bindings, block_mask, shapes,
+                                 check_kernel_options(options.kernel_options), options.deterministic)
+        return plan.backward(query, key, value, out, lse, dout, dlse, bindings.tensors, wanted)
+
+    def _triton_plan(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None,
+                     bindings: Any, block_mask: Any, shapes: launch.Shapes, kernel_options: KernelOptions,
+                     deterministic: bool) -> GradientPlan:
         launch.check_kernel_dtype(query)
         interpret = query.device.type != "cuda"
         given = block_mask
@@ -250,9 +287,6 @@ class Attention:
             return launch.launch_forward(
                 self.kernel(), q, k, v, shapes=shapes, scale=scale, tensors=tensors, params=bindings.params,
                 block_mask=block_mask, config=config, has_mask=self.program.mask is not None, interpret=interpret)
-
-        if not needs_grad(query, key, value, *bindings.tensors):
-            return forward(query, key, value, bindings.tensors)
 
         def backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                      dout: torch.Tensor, dlse: torch.Tensor | None, tensors: Any, wanted: list[bool]) -> Any:
@@ -271,8 +305,7 @@ class Attention:
                     params=bindings.params, scale=_scale(scale, shapes), slots=ordered)
             return dq, dk, dv, grads
 
-        plan = GradientPlan(shapes, forward, backward)
-        return AttentionFunction.apply(plan, query, key, value, *bindings.tensors)
+        return GradientPlan(shapes, forward, backward)
 
     def _kernel_block_mask(self, query: torch.Tensor, bindings: Any, shapes: launch.Shapes, block_mask: Any) -> Any:
         """What every kernel launch checks first (a way to run kernels, captures on the inputs' device), and
@@ -503,6 +536,46 @@ class Attention:
                                  python=python)
 
 
+def _check_call(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, options: CallOptions) -> None:
+    arguments.check_attention_tensors(query, key, value)
+    key, value = shared_kv_batch(query, key, value)
+    launch.check_inputs(query, key, value, enable_gqa=options.enable_gqa)
+    check_kernel_options(options.kernel_options)
+
+
+def _reference_backward(attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        dout: torch.Tensor, dlse: torch.Tensor | None, bindings: Any, block_mask: Any,
+                        options: CallOptions, wanted: list[bool]) -> Any:
+    """The reference backend's gradients, for the backward custom op: its forward again, under autograd. A
+    custom op runs below autograd (its dispatch keys are excluded on this thread), so the forward is
+    differentiated on a thread of its own, where they are not."""
+    with concurrent.futures.ThreadPoolExecutor(1) as worker:
+        return worker.submit(_reference_gradients, attn, query, key, value, dout, dlse, bindings, block_mask,
+                             options, wanted).result()
+
+
+def _reference_gradients(attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         dout: torch.Tensor, dlse: torch.Tensor | None, bindings: Any, block_mask: Any,
+                         options: CallOptions, wanted: list[bool]) -> Any:
+    leaves = [t.detach().requires_grad_() for t in (query, key, value)]
+    tensors = [t.detach().requires_grad_(want) for t, want in zip(bindings.tensors, wanted, strict=True)]
+    shapes = launch.check_inputs(*leaves, enable_gqa=options.enable_gqa)
+    with torch.enable_grad():
+        out, lse = attn._reference(*leaves, options.scale, dataclasses.replace(bindings, tensors=tuple(tensors)),
+                                   block_mask, shapes)
+        outputs, grads_out = [out], [dout]
+        if dlse is not None:
+            outputs.append(lse)
+            grads_out.append(dlse)
+        inputs = leaves + [t for t in tensors if t.requires_grad]
+        grads = torch.autograd.grad(outputs, inputs, grads_out, allow_unused=True)
+    dq, dk, dv = (torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads[:3], strict=True))
+    wanted_slots = [slot for slot, t in enumerate(tensors) if t.requires_grad]
+    captured = {slot: torch.zeros_like(tensors[slot]) if g is None else g
+                for slot, g in zip(wanted_slots, grads[3:], strict=True)}
+    return dq, dk, dv, captured
+
+
 def _check_sizes(*, optional: bool = False, **sizes: Any) -> None:
     """Lengths (`*_LEN`) in int32 range; batch, heads and blocks positive (B and H may be None if `optional`)."""
     for name, n in sizes.items():
@@ -615,6 +688,7 @@ def compile(mask_mod: MaskMod | str | os.PathLike | TextVariant | None = None, s
 
 
 def _compiled(mask_mod: MaskMod | None, score_mod: ScoreMod | None) -> Attention:
+    """The Attention of these mods, made once (a bounded cache: flex_attention is called per layer and step)."""
     key = (mask_mod, score_mod)
     found = _COMPILED.get(key)
     if found is None:
@@ -623,15 +697,6 @@ def _compiled(mask_mod: MaskMod | None, score_mod: ScoreMod | None) -> Attention
             _COMPILED.popitem(last=False)
     _COMPILED.move_to_end(key)
     return found
-
-
-def shared_kv_batch(query: Any, key: Any, value: Any) -> tuple[Any, Any]:
-    """Key / value of batch 1 serve every query batch (one shared KV, as paged caches lay it out), as torch
-    broadcasts them: an expanded view, no copy; autograd sums their gradients over the batch."""
-    tensors = (query, key, value)
-    if all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in tensors) and key.shape[0] == value.shape[0] == 1:
-        return key.expand(query.shape[0], -1, -1, -1), value.expand(query.shape[0], -1, -1, -1)
-    return key, value
 
 
 def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, score_mod: ScoreMod | None = None,
@@ -650,8 +715,17 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
         mask_mod = block_mask.mask_mod
     if getattr(query, "is_nested", False):
         return _nested(query, key, value, score_mod, block_mask, scale, return_lse, return_aux, mask_mod, backend)
-    attn = _compiled(mask_mod, score_mod)
     want_lse = return_lse or return_aux is not None
+    if torch.compiler.is_compiling():  # torch.compile / torch.export: the kernels as custom ops
+        if return_aux is not None and return_aux.max_scores:
+            raise ValueError("attnc: under torch.compile, return_aux gives the lse only (max_scores is computed "
+                             "outside compiled code)")
+        options = CallOptions(scale, enable_gqa, backend, kernel_options, deterministic)
+        out, lse = graph_ops.attend_mods(_compiled, mask_mod, score_mod, query, key, value, block_mask, options)
+        if return_aux is not None:
+            return out, AuxOutput(lse=lse if return_aux.lse else None)
+        return (out, lse) if want_lse else out
+    attn = _compiled(mask_mod, score_mod)
     result = attn(query, key, value, scale, want_lse, block_mask=block_mask, enable_gqa=enable_gqa,
                   backend=backend, kernel_options=kernel_options, deterministic=deterministic)
     if return_aux is None:

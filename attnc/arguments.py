@@ -48,3 +48,12 @@ def check_attention_tensors(query: Any, key: Any, value: Any) -> None:
         if t.shape[3] == 0 and name != "value":
             raise ValueError(f"attnc: {name} has head dim 0 (shape {tuple(t.shape)}); D must be at least 1")
         check_length(f"{name} length (dim 2)", t.shape[2])
+
+
+def shared_kv_batch(query: Any, key: Any, value: Any) -> tuple[Any, Any]:
+    """Key / value of batch 1 serve every query batch (one shared KV, as paged caches lay it out), as torch
+    broadcasts them: an expanded view, no copy; autograd sums their gradients over the batch."""
+    tensors = (query, key, value)
+    if all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in tensors) and key.shape[0] == value.shape[0] == 1:
+        return key.expand(query.shape[0], -1, -1, -1), value.expand(query.shape[0], -1, -1, -1)
+    return key, value

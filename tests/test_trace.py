@@ -552,15 +552,31 @@ def test_module_global_scalar_is_a_constant_that_bind_checks():
         result.bind(module["near"], None)
 
 
-def test_tensor_reached_through_an_attribute_is_pinned():
+def test_tensor_reached_through_an_attribute_is_read_through_it():
+    """An object's attribute is found by its path, like a closure variable: reassigning it needs no new trace."""
     holder = types.SimpleNamespace(bias=torch.randn(3))
 
     def biased(score, b, h, q_idx, kv_idx):
         return score + holder.bias[h]
 
     result = traced(score_mod=biased)
-    assert result.captures.tensors[0].pinned is holder.bias
+    assert result.captures.tensors[0].path[-1] == ("attr", "bias")
     assert result.bind(None, biased).tensors[0] is holder.bias
+    holder.bias = torch.randn(3)
+    assert result.bind(None, biased).tensors[0] is holder.bias
+
+
+def test_an_objects_number_attributes_are_runtime_parameters():
+    """`self.window` in a bound-method mod is a parameter, read again at every call, not a frozen constant."""
+    holder = types.SimpleNamespace(window=4, label="x")
+
+    def mask(b, h, q_idx, kv_idx):
+        return q_idx - kv_idx < holder.window
+
+    result = traced(mask)
+    assert result.program.params[0].name == "holder.window"
+    holder.window = 9
+    assert result.bind(mask, None).params == (9,)
 
 
 def test_tracing_twice_gives_the_identical_root():

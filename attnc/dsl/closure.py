@@ -188,7 +188,8 @@ class Walk:
         if value is None or isinstance(value, bool | int | float | str):
             self._record(path, names, ("value", type(value), value))
         elif not isinstance(value, _NOT_INSTANCES) and _tensor_attributes(value):
-            self._record(path, names, ("object", type(value), _tensor_attributes(value)))
+            # its scalars stay constants too (the function keeps this object): a change means a new trace
+            self._record(path, names, ("object", type(value), _tensor_attributes(value), _scalar_attributes(value)))
         return value
 
 
@@ -214,6 +215,15 @@ def _tensor_attributes(obj: Any) -> tuple[tuple[str, int], ...]:
     return tuple(sorted((name, id(v)) for name, v in attributes.items() if isinstance(v, torch.Tensor)))
 
 
+def _scalar_attributes(obj: Any) -> tuple[tuple[str, Any], ...]:
+    """An object's Python scalar attributes with their values."""
+    try:
+        attributes = vars(obj)
+    except TypeError:
+        return ()
+    return tuple(sorted((k, v) for k, v in attributes.items() if v is None or isinstance(v, bool | int | float | str)))
+
+
 def _parts(obj: Any) -> _Parts | None:
     if isinstance(obj, types.FunctionType):
         return _function_parts(obj)
@@ -222,7 +232,54 @@ def _parts(obj: Any) -> _Parts | None:
     is_sequence = type(obj) in (tuple, list) or (isinstance(obj, tuple) and hasattr(type(obj), "_fields"))
     if is_sequence and len(obj) <= _MAX_ITEMS:
         return _sequence_parts(obj)
+    if isinstance(obj, types.MethodType):
+        return _method_parts(obj)
+    if not isinstance(obj, _NOT_INSTANCES):
+        return _object_parts(obj)
     return None
+
+
+def _method_parts(method: types.MethodType) -> _Parts:
+    """A bound method (`model.mask`): its function and the object it is bound to (`self`)."""
+    children = [_Child(("method", None), "__func__", method.__func__), _Child(("self", None), "__self__",
+                                                                             method.__self__)]
+    return _Parts(("method",), children, lambda values: types.MethodType(values[0], values[1]))
+
+
+def _object_parts(obj: Any) -> _Parts | None:
+    """An object's data attributes (numbers, tensors, flags, strings; a module's parameters and buffers), so a
+    mod reading `self.window` or `cfg.bias` sees them as it sees closure variables: numbers as runtime
+    parameters, tensors as captured tensors, read again at every call. Nested objects are not looked into."""
+    try:
+        attributes = dict(vars(obj))
+    except TypeError:  # no __dict__ (slots, builtins)
+        return None
+    for extra in ("_parameters", "_buffers"):
+        if isinstance(attributes.get(extra), dict):
+            attributes.update((k, v) for k, v in attributes[extra].items() if v is not None)
+    data = sorted((k, v) for k, v in attributes.items()
+                  if not k.startswith("__") and (v is None or isinstance(v, bool | int | float | str | torch.Tensor)))
+    if not data or len(data) > _MAX_ITEMS:
+        return None
+    names = tuple(k for k, _ in data)
+    children = [_Child(("attr", k), f".{k}", v) for k, v in data]
+    return _Parts(("object", type(obj), names), children, lambda values: AttributeView(obj, dict(zip(names, values,
+                                                                                                    strict=True))))
+
+
+class AttributeView:
+    """An object as a traced mod sees it: the given attributes replaced (numbers by traced parameters), every
+    other attribute (methods, nested objects) the object's own."""
+
+    __slots__ = ("_attnc_object", "_attnc_values")
+
+    def __init__(self, obj: Any, values: dict[str, Any]) -> None:
+        self._attnc_object = obj
+        self._attnc_values = values
+
+    def __getattr__(self, name: str) -> Any:  # only for names not found on the view itself
+        values = self._attnc_values
+        return values[name] if name in values else getattr(self._attnc_object, name)
 
 
 def _function_parts(fn: types.FunctionType) -> _Parts:
@@ -298,6 +355,40 @@ def _kind_text(descriptor: tuple) -> str:
     if kind == "value":
         return repr(descriptor[2])
     if kind == "object":
-        return f"a {descriptor[1].__name__}"
+        return f"a {descriptor[1].__name__}" + (f" with attributes {', '.join(descriptor[2])}"
+                                                  if len(descriptor) == 3 and descriptor[2] else "")
+    if kind == "method":
+        return "a bound method"
     return {"partial": "a functools.partial", "tensor": "a tensor", "empty": "unassigned",
             "alias": "a second reference to an object captured elsewhere"}[kind]
+
+
+def follow(root: Any, steps: Path) -> Any:
+    """The value at `steps` below `root` (a path `Walk` recorded, without its root name), read with plain
+    attribute and item accesses only, so that torch.compile can trace the reads (and make the tensors
+    found graph inputs) where it cannot trace `Walk`."""
+    obj = root
+    for kind, at in steps:
+        if kind == "cell":
+            obj = obj.__closure__[at].cell_contents
+        elif kind == "default":
+            obj = obj.__defaults__[at]
+        elif kind == "kwdefault":
+            obj = obj.__kwdefaults__[at]
+        elif kind == "global":
+            obj = obj.__globals__[at]
+        elif kind == "func":
+            obj = obj.func
+        elif kind == "attr":
+            obj = getattr(obj, at)
+        elif kind == "method":
+            obj = obj.__func__
+        elif kind == "self":
+            obj = obj.__self__
+        elif kind == "arg":
+            obj = obj.args[at]
+        elif kind == "kw":
+            obj = obj.keywords[at]
+        else:  # "item"
+            obj = obj[at]
+    return obj

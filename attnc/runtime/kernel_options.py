@@ -35,6 +35,19 @@ ACCEPTED = {
     "matrix_instr_nonkdim": "an AMD matrix-core option; attnc generates for NVIDIA GPUs",
     "waves_per_eu": "an AMD occupancy option; attnc generates for NVIDIA GPUs",
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class CallOptions:
+    """How one call runs, apart from its tensors: what `attend` and the custom ops take."""
+
+    scale: float | None = None
+    enable_gqa: bool = True
+    backend: str = "auto"
+    kernel_options: Mapping[str, Any] | None = None
+    deterministic: bool = False
+
+
 BACKENDS = ("AUTO", "TRITON", "FLASH", "TRITON_DECODE")
 _INTERNAL = ("OUTPUT_LOGSUMEXP", "OUTPUT_MAX")  # torch sets these itself and refuses them from users
 

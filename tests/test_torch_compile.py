@@ -1,0 +1,194 @@
+"""attnc under torch.compile(fullgraph=True) and torch.export: one custom op forward and one backward, captured
+tensors as graph inputs, no graph break, no retrace of the variant, results equal to eager."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch._dynamo.backends.common import aot_autograd
+from torch._dynamo.testing import CompileCounterWithBackend
+
+import attnc
+
+warnings.filterwarnings("ignore", message="attnc: backend='auto'")
+
+GEN = torch.Generator().manual_seed(0)
+BIAS = torch.randn(12, generator=GEN)
+
+
+def sliding(b, h, q_idx, kv_idx):
+    return (q_idx >= kv_idx) & (q_idx - kv_idx < 5)
+
+
+def biased(score, b, h, q_idx, kv_idx):
+    return score + torch.tanh(BIAS)[kv_idx]
+
+
+def qkv(Hq: int = 2, Hkv: int = 2, L: int = 12, D: int = 16) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(1, Hq, L, D), (1, Hkv, L, D), (1, Hkv, L, D)]
+    return tuple(torch.randn(s, generator=gen, requires_grad=True) for s in shapes)
+
+
+class AotGraphs:
+    """A torch.compile backend that keeps AOTAutograd's forward and backward graphs (run as they are)."""
+
+    def __init__(self) -> None:
+        self.forward: list[torch.fx.GraphModule] = []
+        self.backward: list[torch.fx.GraphModule] = []
+        self.backend = aot_autograd(fw_compiler=self._keep(self.forward), bw_compiler=self._keep(self.backward))
+
+    @staticmethod
+    def _keep(into: list):
+        def compiler(graph: torch.fx.GraphModule, example_inputs):
+            into.append(graph)
+            return graph
+
+        return compiler
+
+    @staticmethod
+    def attnc_ops(graphs: list[torch.fx.GraphModule]) -> list[str]:
+        return [str(n.target) for g in graphs for n in g.graph.nodes if "attnc" in str(n.target)]
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_flex_attention_compiles_in_one_graph_forward_and_backward(backend: str) -> None:
+    def f(q, k, v):
+        return attnc.flex_attention(q, k, v, score_mod=biased, mask_mod=sliding, backend=backend)
+
+    graphs = AotGraphs()
+    counter = CompileCounterWithBackend(graphs.backend)
+    compiled = torch.compile(f, backend=counter, fullgraph=True)
+    q, k, v = qkv()
+    out, expected = compiled(q, k, v), f(q, k, v)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    torch.testing.assert_close(grads, torch.autograd.grad(expected, (q, k, v), dout), atol=1e-5, rtol=1e-5)
+    assert counter.frame_count == 1
+    assert graphs.attnc_ops(graphs.forward) == ["attnc.attention.default"]
+    assert graphs.attnc_ops(graphs.backward) == ["attnc.attention_backward.default"]
+
+
+def test_no_graph_break_by_dynamo_explain() -> None:
+    def f(q, k, v):
+        return attnc.flex_attention(q, k, v, score_mod=biased, mask_mod=sliding, backend="reference")
+
+    explained = torch._dynamo.explain(f)(*qkv())
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+
+
+def test_captured_tensors_are_graph_inputs_and_follow_their_values() -> None:
+    """A learned bias captured by the score mod: gradients reach it, in-place updates and a new tensor of the
+    same shape need no recompilation, and the variant is not traced again."""
+    bias = torch.zeros(12, requires_grad=True)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score + bias[kv_idx] * 2
+
+    attention = attnc.compile(sliding, score_mod)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda q, k, v: attention(q, k, v, backend="triton"), backend=counter, fullgraph=True)
+    q, k, v = qkv()
+    traced = attention.traced
+    for step in range(3):
+        out = compiled(q, k, v)
+        torch.testing.assert_close(out, attention(q, k, v, backend="reference"), atol=1e-5, rtol=1e-5)
+        (grad,) = torch.autograd.grad(out.square().sum(), bias)
+        (expected,) = torch.autograd.grad(attention(q, k, v, backend="reference").square().sum(), bias)
+        torch.testing.assert_close(grad, expected, atol=1e-4, rtol=1e-4)
+        with torch.no_grad():
+            bias.add_(grad)  # an optimizer step
+        if step == 1:
+            bias = torch.randn(12, requires_grad=True)  # rebinding: same shape, another tensor
+    assert counter.frame_count == 1
+    assert attention.traced is traced
+
+
+def test_a_closure_parameter_stops_recompiling_once_dynamic() -> None:
+    """A captured Python int: Dynamo compiles once more when it first changes (its automatic dynamic shapes),
+    then passes it as a graph input; results follow every value."""
+    window = 3
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
+
+    attention = attnc.compile(mask_mod)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda q, k, v: attention(q, k, v, backend="reference"), backend=counter,
+                             fullgraph=True)
+    q, k, v = qkv()
+    for window in (3, 5, 7, 2):  # noqa: B007  (read by the mod)
+        torch.testing.assert_close(compiled(q, k, v), attention(q, k, v, backend="reference"))
+    assert counter.frame_count <= 2
+
+
+class Block(torch.nn.Module):
+    """A module whose variant reads its attributes: a learned ALiBi slope per head and a window."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slopes = torch.nn.Parameter(torch.tensor([0.5, 0.25]))
+        self.window = 6
+        self.attention = attnc.compile(self.mask, self.score)
+
+    def mask(self, b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx < self.window)
+
+    def score(self, score, b, h, q_idx, kv_idx):
+        return score + self.slopes[h] * (kv_idx - q_idx)
+
+    def forward(self, q, k, v):
+        return self.attention(q, k, v, backend="triton")
+
+
+def test_a_module_compiles_with_gradients_for_its_parameters() -> None:
+    block = Block()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(block, backend=counter, fullgraph=True)
+    q, k, v = qkv(Hq=2, Hkv=1)
+    out = compiled(q, k, v)
+    torch.testing.assert_close(out, block(q, k, v), atol=1e-5, rtol=1e-5)
+    (grad,) = torch.autograd.grad(out.sum(), block.slopes)
+    (expected,) = torch.autograd.grad(block(q, k, v).sum(), block.slopes)
+    torch.testing.assert_close(grad, expected, atol=1e-4, rtol=1e-4)
+    block.window = 3  # a module attribute: Dynamo specialises on it, attnc follows it
+    torch.testing.assert_close(compiled(q, k, v), block(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_block_masks_pass_through_the_graph() -> None:
+    block_mask = attnc.create_block_mask(sliding, None, None, 40, 40, BLOCK_SIZE=16)
+
+    def f(q, k, v):
+        return attnc.flex_attention(q, k, v, block_mask=block_mask, backend="triton", return_lse=True)
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(f, backend=counter, fullgraph=True)
+    q, k, v = qkv(L=40)
+    (out, lse), (expected, expected_lse) = compiled(q, k, v), f(q, k, v)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, expected_lse, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(out.sum() + lse.sum(), (q, k, v))
+    torch.testing.assert_close(grads, torch.autograd.grad(expected.sum() + expected_lse.sum(), (q, k, v)),
+                               atol=1e-4, rtol=1e-4)
+    assert counter.frame_count == 1
+
+
+def test_torch_export_of_a_module() -> None:
+    block = Block()
+    q, k, v = (t.detach() for t in qkv())
+    exported = torch.export.export(block, (q, k, v))
+    targets = [str(n.target) for n in exported.graph.nodes]
+    assert "attnc.attention.default" in targets
+    torch.testing.assert_close(exported.module()(q, k, v), block(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_the_fake_implementation_reports_bad_arguments_while_compiling() -> None:
+    def f(q, k, v):
+        return attnc.flex_attention(q, k, v, mask_mod=sliding, backend="reference")
+
+    q, k, v = qkv()
+    with pytest.raises(Exception, match="value"):
+        torch.compile(f, backend="aot_eager", fullgraph=True)(q, k, v[..., :8, :])
