@@ -3,7 +3,9 @@ tensors as graph inputs, no graph break, no retrace of the variant, results equa
 
 from __future__ import annotations
 
+import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,3 +194,9 @@ def test_the_fake_implementation_reports_bad_arguments_while_compiling() -> None
     q, k, v = qkv()
     with pytest.raises(Exception, match="value"):
         torch.compile(f, backend="aot_eager", fullgraph=True)(q, k, v[..., :8, :])
+
+
+def test_the_docs_snippet_runs() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "torch_compile.md").read_text()
+    for block in re.findall(r"```python\n(.*?)```", text, re.S):
+        exec(compile(block, "docs/torch_compile.md", "exec"), {"__name__": "docs"})
