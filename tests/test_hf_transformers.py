@@ -6,6 +6,7 @@ refused by name."""
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 from pathlib import Path
 
@@ -144,6 +145,19 @@ def test_packed_sequences_through_position_ids(models, family, monkeypatch):
     assert (got[:, 7:] - unpacked[:, 7:]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize(("family", "cache"), [("mistral", None), ("gemma2", None), ("llama", "static")])
+def test_greedy_generation_matches_eager(models, family, cache):
+    """Decoding: query and key offsets from the cache, the window's cache dropping old keys, masks made in
+    advance by `generate` for a static cache."""
+    ids, attention_mask = _batch(seed=5)
+    ids, attention_mask = ids[:, :8], attention_mask[:, :8]
+    extra = {} if cache is None else {"cache_implementation": cache}
+    runs = [model.generate(ids, attention_mask=attention_mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
+                           output_scores=True, return_dict_in_generate=True, **extra) for model in models[family]]
+    assert torch.equal(runs[0].sequences, runs[1].sequences)
+    torch.testing.assert_close(torch.stack(runs[1].scores), torch.stack(runs[0].scores), atol=1e-4, rtol=1e-4)
+
+
 def test_new_batches_reuse_the_traced_variants(models):
     _, ours = models["mistral"]
     ids, attention_mask = _batch()
@@ -206,16 +220,32 @@ def _padding(kind: str, batch: int, length: int) -> torch.Tensor | None:
     return mask
 
 
+def _function(name: str):
+    """A mask function of transformers' masking_utils (skips where the installed release lacks it)."""
+    if not hasattr(masking_utils, name):
+        pytest.skip(f"transformers {transformers.__version__} has no masking_utils.{name}")
+    return getattr(masking_utils, name)
+
+
 _FUNCTIONS = {
-    "causal": lambda: masking_utils.causal_mask_function,
-    "sliding": lambda: masking_utils.sliding_window_causal_mask_function(3),
-    "bidirectional": lambda: masking_utils.bidirectional_mask_function,
-    "bidirectional_sliding": lambda: masking_utils.sliding_window_bidirectional_mask_function(2),
-    "chunked": lambda: masking_utils.chunked_causal_mask_function(4, torch.tensor([0, 3])),
-    "custom_or": lambda: masking_utils.or_masks(masking_utils.causal_mask_function, lambda b, h, q, kv: kv < 2),
+    "causal": lambda: _function("causal_mask_function"),
+    "sliding": lambda: _function("sliding_window_causal_mask_function")(3),
+    "bidirectional": lambda: _function("bidirectional_mask_function"),
+    "bidirectional_sliding": lambda: _function("sliding_window_bidirectional_mask_function")(2),
+    "chunked": lambda: _function("chunked_causal_mask_function")(4, torch.tensor([0, 3])),
+    "custom_or": lambda: _function("or_masks")(masking_utils.causal_mask_function, lambda b, h, q, kv: kv < 2),
 }
 _EXPECTED_STRUCTURE = {"causal": "causal", "sliding": "window", "bidirectional": None,
                        "bidirectional_sliding": "bidirectional_window", "chunked": "chunked", "custom_or": "dense"}
+
+
+def _mask_arguments(batch_size: int, q_length: int, q_offset: int, kv_length: int, kv_offset: int, **rest) -> dict:
+    """The mask interface's arguments in the form of the installed release: `q_length` / `q_offset` (5.x) or
+    the query positions as `cache_position` (4.5x)."""
+    arguments = dict(batch_size=batch_size, kv_length=kv_length, kv_offset=kv_offset, **rest)
+    if "q_length" in inspect.signature(masking_utils.sdpa_mask).parameters:
+        return {**arguments, "q_length": q_length, "q_offset": q_offset}
+    return {**arguments, "cache_position": torch.arange(q_offset, q_offset + q_length)}
 
 
 @pytest.mark.parametrize("padding", ["none", "left", "right", "holes"])
@@ -224,9 +254,9 @@ _EXPECTED_STRUCTURE = {"causal": "causal", "sliding": "window", "bidirectional":
                                                                                           "window_cache"])
 def test_mask_function_means_what_transformers_means(function, padding, placement):
     q_length, q_offset, kv_length, kv_offset = placement
-    arguments = dict(batch_size=2, q_length=q_length, kv_length=kv_length, q_offset=q_offset, kv_offset=kv_offset,
-                     mask_function=_FUNCTIONS[function](),
-                     attention_mask=_padding(padding, 2, kv_offset + kv_length), use_vmap=function == "custom_or")
+    arguments = _mask_arguments(2, q_length, q_offset, kv_length, kv_offset, mask_function=_FUNCTIONS[function](),
+                                attention_mask=_padding(padding, 2, kv_offset + kv_length),
+                                use_vmap=function == "custom_or")
     ours = attnc_hf.TransformersAttention.mask(**arguments)
     expected = masking_utils.sdpa_mask(**arguments, allow_is_causal_skip=False, allow_is_bidirectional_skip=False)
     expected = torch.ones(2, 1, q_length, kv_length, dtype=torch.bool) if expected is None else expected
@@ -247,11 +277,10 @@ def test_packed_composition_is_read_as_documents():
     position_ids = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3, 4]])
     documents = masking_utils.find_packed_sequence_indices(position_ids)
     function = masking_utils.and_masks(
-        masking_utils.remap_positions_for_packed_sequence(masking_utils.sliding_window_causal_mask_function(2),
-                                                          position_ids),
+        _function("remap_positions_for_packed_sequence")(masking_utils.sliding_window_causal_mask_function(2),
+                                                         position_ids),
         masking_utils.packed_sequence_mask_function(documents))
-    arguments = dict(batch_size=1, q_length=10, kv_length=10, q_offset=0, kv_offset=0, mask_function=function,
-                     attention_mask=None)
+    arguments = _mask_arguments(1, 10, 0, 10, 0, mask_function=function, attention_mask=None)
     ours = attnc_hf.TransformersAttention.mask(**arguments)
     assert ours.structure == MaskStructure(causal=True, window=True, documents=True)
     expected = masking_utils.sdpa_mask(**arguments, allow_is_causal_skip=False)
@@ -300,7 +329,7 @@ def test_bad_input_is_refused_by_name():
         IMPLEMENTATION(module, query, key, value, "causal")
     with pytest.raises(ValueError, match="attnc: attention_mask as a tensor must be 4-D"):
         IMPLEMENTATION(module, query, key, value, torch.ones(1, 4, dtype=torch.bool))
-    made = attnc_hf.TransformersAttention.mask(batch_size=1, q_length=6, kv_length=6)
+    made = attnc_hf.TransformersAttention.mask(**_mask_arguments(1, 6, 0, 6, 0))
     with pytest.raises(ValueError, match="attnc: attention_mask was made for batch 1, 6 queries"):
         IMPLEMENTATION(module, query, key, value, made)
     with pytest.raises(ValueError, match="attnc: backend must be one of"):

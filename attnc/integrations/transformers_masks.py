@@ -68,6 +68,11 @@ class TransformersMask:
     q_length: int
     kv_length: int
 
+    # A mask made in advance (`generate` with a static cache does) comes back to the mask function as the
+    # model's `attention_mask`; transformers reads its `ndim` on the way (2 would mean padding) before the mask
+    # function returns it unchanged.
+    ndim = 4
+
     def check_fits(self, query: torch.Tensor, key: torch.Tensor) -> None:
         """The attention call's shapes must be those the mask was made for."""
         got = (query.shape[0], query.shape[2], key.shape[2])
@@ -222,7 +227,7 @@ def _dense(arguments: dict[str, Any]) -> TransformersMask:
     dense = sdpa_mask(**forwarded)
     batch_size, kv_length = int(arguments["batch_size"]), int(arguments["kv_length"])
     placement = _query_placement(arguments)
-    q_length = placement[0] if placement else int(arguments["cache_position"].numel())
+    q_length = placement[0] if placement else int(arguments["cache_position"].numel())  # present: checked before
     if dense is None:  # nothing masked
         return TransformersMask(MaskStructure(), MaskValues(), batch_size, q_length, kv_length)
     return TransformersMask(MaskStructure(dense="bool"), MaskValues(dense=dense.to(torch.bool)), batch_size,
@@ -232,6 +237,11 @@ def _dense(arguments: dict[str, Any]) -> TransformersMask:
 def transformers_mask(**arguments: Any) -> TransformersMask:
     """The mask function registered in transformers' mask interface: called with keyword arguments only
     (batch_size, q_length / cache_position, kv_length, offsets, mask_function, attention_mask, ...)."""
+    if isinstance(arguments.get("attention_mask"), TransformersMask):
+        return arguments["attention_mask"]  # made in advance for this call
+    if arguments.get("q_length") is None and arguments.get("cache_position") is None:
+        raise ValueError("attnc: the mask function needs the queries' q_length (and q_offset) or their "
+                         "cache_position, as transformers passes them")
     placement = _query_placement(arguments)
     described = _structured(arguments, placement) if placement is not None else None
     return described if described is not None else _dense(arguments)
