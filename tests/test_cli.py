@@ -16,7 +16,6 @@ import torch
 
 import attnc
 from attnc import variants as V
-from attnc.api import Attention
 from attnc.cli import Exit, main
 from attnc.cli import bench as bench_cli
 from attnc.cli.target import load_target
@@ -187,8 +186,7 @@ def test_text_syntax_errors_are_shown_as_is(tmp_path: pathlib.Path, capsys: pyte
     ("sliding_window(__import__('os').system('touch {marker}'))", "is not a literal"),
     ("__import__('os')", "unknown variant family `__import__`"),
     ("no_such_family(3)", "unknown variant family `no_such_family`"),
-    ("document", "`document` needs a tensor (doc_ids: torch.Tensor)"),
-    ("key_padding([3, 4])", "`key_padding` needs a tensor (lengths: torch.Tensor)"),
+    ("key_padding([3, 4])", "`key_padding` needs a tensor `lengths` that a literal cannot give"),
     ("sliding_window", "missing a required argument: 'window'"),
     ("alibi(4) & causal", "is a score mod"),
     ("causal(", "is not a variant"),
@@ -202,7 +200,7 @@ def test_invalid_variants_exit_2_and_run_nothing(spec: str, message: str, tmp_pa
     assert message in line
     assert not marker.exists()
     if "needs a tensor" in message:
-        assert ".attn" in line and "--tensor NAME=PATH" in line
+        assert "--tensor lengths=PATH" in line and ".npy" in line
 
 
 def test_variant_calls_compose() -> None:
@@ -275,13 +273,17 @@ def test_check_names_missing_tensors(window_file: pathlib.Path, capsys: pytest.C
 
 
 def test_check_fails_on_a_wrong_kernel(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    triton_path = Attention._triton
+    # the kernel and the reference disagree by one everywhere: shifting the reference's output is the same test
+    # as shifting the kernel's, and leaves the kernel's call path alone
+    from attnc.cli import check as check_cli
 
-    def off_by_one(self: Attention, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
-        out, lse = triton_path(self, *args, **kwargs)
+    reference = check_cli.reference_attention
+
+    def off_by_one(*args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+        out, lse = reference(*args, **kwargs)
         return out + 1.0, lse
 
-    monkeypatch.setattr(Attention, "_triton", off_by_one)
+    monkeypatch.setattr(check_cli, "reference_attention", off_by_one)
     assert main(["check", "causal", "--seq", "32", "--head-dim", "16"]) == Exit.CHECK_FAILED
     out = capsys.readouterr().out
     assert re.search(r"^out .* ABOVE TOLERANCE$", out, re.MULTILINE) and "FAIL: out" in out
@@ -379,8 +381,28 @@ def test_tune_dry_run_lists_candidates_and_hopper_options(capsys) -> None:
 
 def test_tune_dry_run_aot_reports_registers_and_spills(capsys) -> None:
     assert main(["tune", "causal", "--shape", "1,1,1024,64", "--dry-run", "--aot", "--limit", "2"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("registers") == 2 and "spills" in out
+    captured = capsys.readouterr()
+    assert captured.out.count("registers") == 2 and "spills" in captured.out
+    # not a terminal: a line per compiled config instead of a bar
+    assert "compiling 2 configs for sm_90" in captured.err
+    assert "compiled 1/2" in captured.err and "compiled 2/2" in captured.err
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_tune_compile_progress(terminal: bool, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    from attnc.cli import tune
+
+    pytest.importorskip("tqdm")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    with tune._compile_progress("forward sm_90", 3) as tell:
+        for done in (0, 2, 3):  # the compiles of a batch may finish together
+            tell(done, 3)
+    err = capsys.readouterr().err
+    if terminal:
+        assert "forward sm_90" in err and "3/3" in err and "compiled" not in err
+    else:
+        assert [line.strip() for line in err.splitlines()[1:]] == [f"[forward sm_90] compiled {n}/3" for n in (1, 2, 3)]
 
 
 def test_tune_without_a_gpu_exits_3_and_says_what_to_do(capsys) -> None:
@@ -399,7 +421,9 @@ def test_tune_progress_reports_each_config(with_tqdm, monkeypatch, capsys) -> No
     from attnc.cli import tune
     from attnc.runtime.config import KernelConfig
 
-    if not with_tqdm:
+    if with_tqdm:
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a bar is drawn on a terminal only
+    else:
         monkeypatch.setitem(sys.modules, "tqdm", None)  # import fails
     config = KernelConfig(64, 32, 4, 2, tma=True)
     with tune._progress("4x16x2048x64") as tell:
@@ -410,3 +434,165 @@ def test_tune_progress_reports_each_config(with_tqdm, monkeypatch, capsys) -> No
         assert "forward0.250ms" in err.replace(" ", "") and "4x16x2048x64" in err
     else:
         assert "0.250 ms" in err and "tma" in err
+
+
+# ---- start-up: --help and `import attnc` load neither torch nor triton ----
+
+
+def run_python(code: str, **env: str) -> str:
+    environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    environment |= {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **env}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment,
+                          timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_help_imports_neither_torch_nor_triton() -> None:
+    out = run_python("""
+import contextlib, io, sys
+from attnc.cli import main
+for argv in (["--help"], ["show", "--help"], ["viz", "--help"], ["check", "--help"], ["bench", "--help"],
+             ["tune", "--help"], ["inspect", "--help"], ["cache", "--help"], ["cache", "ls", "--help"]):
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(argv) == 0, argv
+print(sorted(m for m in ("torch", "triton", "numpy", "sympy", "lark") if m in sys.modules))
+""")
+    assert out.strip() == "[]"
+
+
+def test_import_attnc_is_lazy_and_keeps_every_public_name() -> None:
+    out = run_python("""
+import os, sys
+import attnc
+print("torch" in sys.modules, "triton" in sys.modules)
+from attnc import *  # every name of __all__
+from attnc import variants as V
+assert all(getattr(attnc, name) is globals()[name] for name in attnc.__all__)
+from attnc.dsl.trace import TraceError as trace_error
+assert attnc.compile is attnc.api.compile and attnc.TraceError is trace_error
+assert callable(attnc.variants.causal) and attnc.__version__
+assert set(attnc.__all__) <= set(dir(attnc)) and "variants" in dir(attnc)
+try:
+    attnc.no_such_name
+except AttributeError as error:
+    print(error)
+""")
+    assert out.splitlines() == ["False False", "module 'attnc' has no attribute 'no_such_name'"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter is switched on only without a GPU")
+@pytest.mark.parametrize("first_import", ["import attnc; import triton", "import attnc.api",
+                                          "import attnc.runtime.cache", "from attnc import flex_attention"])
+def test_interpreter_is_on_whichever_way_triton_is_reached(first_import: str) -> None:
+    out = run_python(f"""
+{first_import}
+import os
+from attnc.runtime.interpreter import interpreter_active
+print(os.environ.get("TRITON_INTERPRET"), interpreter_active())
+""")
+    assert out.split() == ["1", "True"]
+
+
+def test_import_attnc_leaves_a_chosen_interpreter_setting() -> None:
+    out = run_python("import attnc, triton, os; print(os.environ['TRITON_INTERPRET'])", TRITON_INTERPRET="0")
+    assert out.strip() == "0"
+
+
+# ---- "did you mean" ----
+
+
+@pytest.mark.parametrize(("argv", "hint"), [
+    (["show", "causl"], "did you mean `causal`"),
+    (["show", "sliding_windw(64)"], "did you mean `sliding_window`"),
+    (["show", "sliding_window(64, causl=False)"], "did you mean `causal`"),
+    (["show", "document", "--tensor", "doc_id=ids.pt"], "did you mean `doc_ids`"),
+])
+def test_misspellings_get_a_suggestion(argv: list[str], hint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == Exit.USAGE
+    assert hint in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("argv", "hint"), [
+    (["shwo", "causal"], "did you mean `show`"),
+    (["check", "causal", "--dtype", "float23"], "did you mean `float32`"),
+    (["show", "causal", "--sqe", "64"], "`--seq`"),
+])
+def test_misspelled_commands_and_options_get_a_suggestion(argv: list[str], hint: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == Exit.USAGE
+    assert hint in capsys.readouterr().err
+
+
+# ---- tensors of library variants ----
+
+
+def dense_tile_counts(allowed: torch.Tensor, block: int) -> dict[str, int]:
+    """Tile classes counted from a dense boolean mask, independently of attnc's analysis."""
+    counts = {"empty": 0, "partial": 0, "full": 0}
+    for q0 in range(0, allowed.shape[0], block):
+        for k0 in range(0, allowed.shape[1], block):
+            tile = allowed[q0:q0 + block, k0:k0 + block]
+            counts["full" if bool(tile.all()) else "empty" if not bool(tile.any()) else "partial"] += 1
+    return counts
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".npy"])
+def test_library_variant_takes_a_tensor_from_a_file(suffix: str, tmp_path: pathlib.Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy
+
+    ids = torch.tensor([0] * 20 + [1] * 4 + [2] * 24, dtype=torch.int32)
+    path = tmp_path / f"ids{suffix}"
+    torch.save(ids, path) if suffix == ".pt" else numpy.save(path, ids.numpy())
+    assert main(["show", "causal() & document", "--tensor", f"doc_ids={path}", "--seq", "48", "--block", "8",
+                 "--tiles"]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic" not in out
+    positions = torch.arange(48)
+    allowed = (ids[:, None] == ids[None, :]) & (positions[:, None] >= positions[None, :])
+    assert tile_counts(out) == dense_tile_counts(allowed, 8)
+    assert main(["check", "document", "--tensor", f"document.doc_ids={path}", "--seq", "48", "--head-dim", "16"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("PASS")
+
+
+def test_show_uses_a_synthetic_tensor_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", "document", "--seq", "64", "--block", "8", "--tiles"]) == 0
+    out = capsys.readouterr().out
+    assert "note: document: no --tensor doc_ids=PATH given; using a synthetic doc_ids: 4 documents" in out
+    ids = torch.arange(64) // 16  # the documented stand-in: 4 documents of equal length
+    assert tile_counts(out) == dense_tile_counts(ids[:, None] == ids[None, :], 8)
+
+
+@pytest.mark.parametrize("spec", ["document", "key_padding", "bigbird(16)", "moba(block=16, top_k=1)",
+                                  "causal, relative_bias", "causal, t5_bias", "t5_bias_lookup(num_buckets=16)",
+                                  "document_from_lengths"])
+def test_every_tensor_family_has_a_stand_in(spec: str, tmp_path: pathlib.Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    picture = tmp_path / "v.png"
+    assert main(["viz", spec, "--seq", "64", "--block", "16", "-o", str(picture)]) == 0
+    assert "using a synthetic" in capsys.readouterr().out and picture.read_bytes().startswith(PNG)
+
+
+def test_bench_announces_its_synthetic_tensor(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "document", "--seq", "32", "--head-dim", "16", "--heads", "1"]) == 0
+    assert "note: document: no --tensor doc_ids=PATH given; using a synthetic" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["check", "document"], "--tensor doc_ids=PATH"),
+    (["show", "document", "--tensor", "doc_ids=missing.pt"], "--tensor doc_ids: cannot load missing.pt"),
+    (["show", "causal", "--tensor", "doc_ids=ids.pt"], "the tensor arguments it takes: none"),
+    (["show", "causal", "--param", "w=1"], "--param binds the params of a .attn file"),
+])
+def test_library_tensor_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == Exit.USAGE
+    assert message in one_error_line(capsys.readouterr().err)
+
+
+def test_a_file_holding_a_wrong_tensor_is_named(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    floats = tmp_path / "floats.pt"
+    torch.save(torch.zeros(8), floats)
+    assert main(["show", "document", "--tensor", f"doc_ids={floats}"]) == Exit.USAGE
+    assert "document: doc_ids is an integer tensor" in one_error_line(capsys.readouterr().err)

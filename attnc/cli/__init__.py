@@ -24,11 +24,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from attnc.dsl.errors import TraceError
-from attnc.runtime.cache import CacheError
-
-from . import bench, cache, check, inspect_cmd, show, tune, viz
 from .errors import EXIT_CODES, CliError, Exit
+from .parsers import Parser, add_subcommands
 
 __all__ = ["Exit", "main"]
 
@@ -52,16 +49,15 @@ examples:
 
 {EXIT_CODES}"""
 
-COMMANDS = (show, viz, check, bench, tune, inspect_cmd, cache)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attnc", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The whole command line; building it imports neither torch nor triton (attnc.cli.parsers)."""
+    parser = Parser(prog="attnc", description=DESCRIPTION, epilog=EPILOG,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--traceback", action="store_true", help="on an error, print the full traceback")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in COMMANDS:
-        command.add_parser(subparsers)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
+    add_subcommands(subparsers)
     return parser
 
 
@@ -78,8 +74,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(Exit.OK)
     except CliError as error:
         return _fail(args, error, error.code)
-    except (TraceError, CacheError, ValueError) as error:  # attnc rejected the variant, a value or the cache
-        return _fail(args, error, Exit.USAGE)
+    except Exception as error:
+        if isinstance(error, _rejections()):  # attnc rejected the variant, a value or the cache
+            return _fail(args, error, Exit.USAGE)
+        raise
+
+
+def _rejections() -> tuple[type[Exception], ...]:
+    # imported here, after the command ran: importing them up front would load torch for `attnc --help`
+    from attnc.dsl.errors import TraceError
+    from attnc.runtime.cache import CacheError
+
+    return TraceError, CacheError, ValueError
 
 
 def _fail(args: argparse.Namespace, error: BaseException, code: Exit) -> int:

@@ -26,7 +26,8 @@ from attnc.variants import causal
 
 from .devices import DTYPES, describe, kernel_device, synchronize
 from .errors import CliError, Exit
-from .target import Target, add_variant_arguments, load_target
+from .stand_ins import Extent
+from .target import Target, load_target
 
 Step = Callable[[], tuple[torch.Tensor, ...]]  # one timed call: (out,) or (out, dq, dk, dv)
 FLOPS_PER_PAIR = {"fwd": 4, "fwd+bwd": 14}  # times B * H * D
@@ -37,36 +38,6 @@ PAIRS_PER_CHUNK = 1 << 26  # mask elements evaluated at once when counting allow
 DENSE_MASK_SHARE = 0.25  # SDPA's dense mask may take this share of free GPU memory
 CPU_NOTE = ("note: on the CPU attnc runs in the Triton interpreter: these times measure the interpreter, not "
             "performance. flex_attention and SDPA are timed only on a CUDA GPU.")
-
-DESCRIPTION = """\
-Time a variant's generated kernels (backend="triton") on random inputs. On a CUDA GPU (bfloat16 by default,
-16 heads, B * H * S held at 2^19 tokens) also time torch's flex_attention under torch.compile (library
-variants only: a .attn variant has no Python mods to give it) and SDPA where it can express the variant (no
-score mod; causal as is_causal, other masks as a dense boolean mask), check that they agree with attnc before
-timing, and print ms, TFLOP/s over the allowed pairs, and attnc's speed relative to each. On the CPU the
-kernels run in the Triton interpreter at tiny default sizes: that proves the code path, not performance."""
-
-EPILOG = """\
-examples:
-  attnc bench causal
-  attnc bench 'sliding_window(1024)' --seq 4096 8192 16384 --head-dim 128
-  attnc bench 'causal, alibi(16)' --pass fwd+bwd
-  attnc bench document.attn --tensor doc_ids=ids.pt --seq 8192"""
-
-
-def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("bench", help="time the kernels (against flex_attention and SDPA on a GPU)",
-                                   description=DESCRIPTION, epilog=EPILOG,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_variant_arguments(parser)
-    parser.add_argument("--seq", type=int, nargs="+", metavar="N", help="lengths (default: 4096; CPU 128)")
-    parser.add_argument("--head-dim", type=int, metavar="D", help="head dimension (default: 128; CPU 32)")
-    parser.add_argument("--heads", type=int, metavar="H", help="heads (default: 16; CPU 2)")
-    parser.add_argument("--batch", type=int, metavar="B", help="batch (default: 2^19 tokens / (H * S); CPU 1)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), help="input dtype (default: bfloat16; CPU float32)")
-    parser.add_argument("--pass", dest="pass_name", choices=tuple(FLOPS_PER_PAIR), default="fwd",
-                        help="time the forward, or forward and backward (default fwd)")
-    parser.set_defaults(run=run)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,12 +104,13 @@ def run(args: argparse.Namespace) -> int:
     device = kernel_device()
     gpu = device.type == "cuda"
     sizes = Sizes.from_args(args, gpu)
-    target = load_target(args, device=device)
+    longest = max(sizes.seqs)
+    target = load_target(args, device=device, stand_ins=Extent(longest, longest, sizes.heads, args.batch or 1))
     target.require_values("bench")
     print(f"bench {target.label}: {args.pass_name}, {str(sizes.dtype).removeprefix('torch.')}, H={sizes.heads}, "
           f"D={sizes.head_dim}, {describe(device)}")
     rows: list[Row] = []
-    notes: list[str] = []
+    notes: list[str] = list(target.notes)
     for seq in sizes.seqs:
         batch = args.batch or (max(1, TOKENS // (sizes.heads * seq)) if gpu else 1)
         case = make_case(batch, sizes.heads, seq, sizes.head_dim, sizes.dtype, args.pass_name == "fwd+bwd", device)

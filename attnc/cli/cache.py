@@ -14,51 +14,15 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any
 
 from attnc.runtime import cache as kernel_cache
 from attnc.runtime.config import Settings
 
 from .errors import CliError
 
-DESCRIPTION = """\
-The kernel cache holds each generated kernel as a file attnc_<sha256>.py, named by its content, under
-$ATTNC_CACHE_DIR (default $XDG_CACHE_HOME/attnc, else ~/.cache/attnc). `ls` lists the files (kind, size, time,
-and whether they were written by this codegen, Triton and torch), `info` summarises the directory and whether
-attnc trusts it (owned by you, not writable by others), and `clear` removes the kernel files attnc wrote (those
-whose first line is attnc's checksum for their name) and the compiled copies older versions left in
-__pycache__, nothing else, never through a link. Deleting kernels is always safe: they are generated again
-when needed."""
-
-EPILOG = """\
-examples:
-  attnc cache info
-  attnc cache ls
-  attnc cache clear --dry-run
-  ATTNC_CACHE_DIR=/tmp/kernels attnc cache clear"""
-
 _KIND = re.compile(r"# attnc ([\w-]+)")
 _KERNEL_NAME = re.compile(r"attnc_([0-9a-f]{64})\.py")
 _HEAD_BYTES = 4096  # the checksum, version and kind lines
-
-
-def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("cache", help="list, summarise or clear the kernel cache",
-                                   description=DESCRIPTION, epilog=EPILOG,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    listing = actions.add_parser("ls", help="list the kernel files: kind, size, modification time",
-                                 description="List the kernel files of the cache directory.")
-    listing.set_defaults(run=list_files)
-    clear = actions.add_parser("clear", help="remove the kernel files (and only them)",
-                               description="Remove the attnc_*.py kernel files of the cache directory and their "
-                               "compiled copies in __pycache__; nothing else. Asks nothing; prints what it removes.")
-    clear.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
-    clear.set_defaults(run=clear_files)
-    info = actions.add_parser("info", help="the directory, its size, and whether attnc trusts it",
-                              description="Summarise the cache directory: where it is, how many kernel files it "
-                              "holds and their size, and whether attnc trusts it.")
-    info.set_defaults(run=show_info)
 
 
 @dataclasses.dataclass(frozen=True)

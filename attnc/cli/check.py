@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import sys
 import warnings
-from typing import Any
 
 import torch
 
@@ -14,45 +13,12 @@ from attnc.ir.reference import reference_attention
 
 from .devices import DTYPES, describe, kernel_device
 from .errors import CliError, Exit
-from .target import Target, add_variant_arguments, load_target
+from .target import Target, load_target
 
 # Largest allowed relative error (a norm ratio, and the largest element error over the largest reference
 # value, at least 1) per input dtype: float32 kernels land near 1e-6; half-precision operands and
 # probabilities round to 2^-11 (float16) or 2^-8 (bfloat16) relative, and gradients sum many of those.
 TOLERANCE = {torch.float32: 2e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
-
-DESCRIPTION = """\
-Run the generated kernel (backend="triton": on a CUDA GPU, else in the Triton interpreter on the CPU) on random
-inputs and compare it with the reference interpreter computing in float64 on the same inputs. Prints the largest
-absolute error and the relative error (||kernel - reference|| / ||reference||) of the output and the
-log-sum-exp; with --backward also of dq, dk, dv and the gradient of each captured floating tensor. Exits 1 if
-a relative error, or a largest error over the largest reference value (at least 1), is above the tolerance for
---dtype (float32 2e-4, float16 1e-2, bfloat16 5e-2). The defaults are small enough for the CPU."""
-
-EPILOG = """\
-examples:
-  attnc check causal
-  attnc check 'sliding_window(64)' --seq 200 --kv-seq 300 --heads 4 --kv-heads 2
-  attnc check 'causal, alibi(4)' --heads 4 --backward
-  attnc check 'gemma2(0, window=48)' --dtype float16
-  attnc check window.attn --tensor slopes=slopes.pt --param window=32 --backward"""
-
-
-def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("check", help="compare the generated kernels with the float64 reference",
-                                   description=DESCRIPTION, epilog=EPILOG,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_variant_arguments(parser)
-    parser.add_argument("--seq", type=int, default=128, metavar="N", help="query length (default 128)")
-    parser.add_argument("--kv-seq", type=int, metavar="N", help="key length (default: --seq)")
-    parser.add_argument("--batch", type=int, default=1, metavar="B", help="batch size (default 1)")
-    parser.add_argument("--heads", type=int, default=2, metavar="H", help="query heads (default 2)")
-    parser.add_argument("--kv-heads", type=int, metavar="H", help="key/value heads (default: --heads)")
-    parser.add_argument("--head-dim", type=int, default=32, metavar="D", help="head dimension (default 32)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="input dtype (default float32)")
-    parser.add_argument("--backward", action="store_true", help="also compare the gradients")
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random inputs (default 0)")
-    parser.set_defaults(run=run)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,37 +16,8 @@ from attnc.ir.printer import format_program
 from attnc.runtime import sparsity
 
 from .errors import CliError
-from .target import Target, add_variant_arguments, how_to_pass, load_target, missing_values
-
-DESCRIPTION = """\
-Print what attnc makes of a variant: the IR as traced and after optimisation (with what each tensor slot
-t<i> and parameter slot p<i> is), how the mask's tiles split into empty (skipped), partial (mask evaluated)
-and full (attended without the mask) for the given lengths and block size, and whether the mask is analytic
-(tile classes in closed form), data-dependent (a block map from per-tile value ranges) or pair-by-pair.
-With --source or --backward, the generated Triton kernels. Without flags: the IR and the tile summary."""
-
-EPILOG = """\
-examples:
-  attnc show causal
-  attnc show 'sliding_window(256)' --tiles --seq 8192 --block 64
-  attnc show 'natten((16, 16), 7, dilation=2)' --seq 256
-  attnc show 'causal, alibi(8)' --source
-  attnc show examples/alibi_window.attn --backward"""
-
-
-def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("show", help="IR, tile classes and generated Triton source of a variant",
-                                   description=DESCRIPTION, epilog=EPILOG,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_variant_arguments(parser)
-    parser.add_argument("--seq", type=int, default=4096, metavar="N", help="query length for the tiles (default 4096)")
-    parser.add_argument("--kv-seq", type=int, metavar="N", help="key length for the tiles (default: --seq)")
-    parser.add_argument("--block", type=int, default=128, metavar="N", help="tile size (default 128)")
-    parser.add_argument("--ir", action="store_true", help="the traced and the optimised IR")
-    parser.add_argument("--tiles", action="store_true", help="the tile classes and how the mask is analysed")
-    parser.add_argument("--source", action="store_true", help="the generated forward kernel")
-    parser.add_argument("--backward", action="store_true", help="the generated backward kernels (dK/dV, dQ)")
-    parser.set_defaults(run=run)
+from .stand_ins import Extent
+from .target import Target, how_to_pass, load_target, missing_values
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +25,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--seq, --kv-seq and --block must be positive")
     if max(args.seq, args.kv_seq or args.seq, args.block) > MAX_LENGTH:
         raise CliError(f"--seq, --kv-seq and --block must be at most {MAX_LENGTH}: positions are int32")
-    target = load_target(args)
+    target = load_target(args, stand_ins=Extent(args.seq, args.kv_seq or args.seq))
+    for note in target.notes:
+        print(note)
     default = not (args.ir or args.tiles or args.source or args.backward)
     sections: list[tuple[str, str]] = []
     if args.ir or default:

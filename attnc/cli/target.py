@@ -4,10 +4,13 @@
     sliding_window(256, causal=False)   ... with literal arguments
     causal() & ~prefix_lm(64)           masks combined with & | ~
     sliding_window(256), alibi(8)       a mask and a score mod
+    document --tensor doc_ids=ids.pt    a family's tensor argument, from a .pt (torch.save) or .npy file
     variant.attn                        the text syntax; tensors by --tensor NAME=PATH, params by --param NAME=VALUE
 
 A call is read with `ast` and only ever calls a factory of `FAMILIES`: each argument must be a literal
-(`ast.literal_eval` of its own node), so nothing the user writes is evaluated as Python.
+(`ast.literal_eval` of its own node), so nothing the user writes is evaluated as Python. A tensor argument
+(`document`'s doc_ids, `t5_bias`'s table, ...) comes from `--tensor NAME=PATH` (or FAMILY.NAME=PATH where two
+families share a name); without one, show, viz and bench use a synthetic tensor (attnc.cli.stand_ins) and say so.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import ast
 import dataclasses
 import inspect
 import pickle
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,12 +33,11 @@ from attnc.dsl.captures import Bindings
 from attnc.dsl.text import ParamDecl, TensorDecl, TextVariant
 from attnc.variants import FAMILIES, LayerMods, MaskMod, ScoreMod
 
-from .errors import CliError
+from . import stand_ins
+from .errors import CliError, did_you_mean
+from .stand_ins import Extent
 
 FILE_SUFFIX = ".attn"
-VARIANT_HELP = ("a library variant: a family of attnc.variants.FAMILIES with literal arguments (causal, "
-                "sliding_window(256), natten((16, 16), 7, dilation=2)), masks combined with & | ~, optionally "
-                "followed by a comma and a score mod ('causal, alibi(8)'); or a path to a .attn file")
 _FORM = ("write a family of attnc.variants.FAMILIES with literal arguments, e.g. causal, sliding_window(256), "
          "natten((16, 16), 7, dilation=2), or a path to a .attn file")
 _COMBINE: dict[type, Callable[[MaskMod, MaskMod], MaskMod]] = {
@@ -50,14 +53,6 @@ class Mods(NamedTuple):
 NO_MODS = Mods(None, None)  # a text variant's: its mask and score live in its program
 
 
-def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("variant", metavar="VARIANT|FILE", help=VARIANT_HELP)
-    parser.add_argument("--tensor", action="append", default=[], metavar="NAME=PATH",
-                        help="a tensor the .attn file declares, from a file written by torch.save (repeatable)")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="a value for a param the .attn file declares (repeatable)")
-
-
 # -- the compiled target -------------------------------------------------------------------------------
 
 
@@ -70,6 +65,7 @@ class Target:
     mods: Mods = NO_MODS
     text: TextVariant | None = None
     values: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # what the command should tell (synthetic tensors standing in for missing ones)
 
     def missing(self) -> list[TensorDecl | ParamDecl]:
         """The declarations the text variant reads that have no value (none for a library variant)."""
@@ -107,18 +103,34 @@ def how_to_pass(decl: TensorDecl | ParamDecl) -> str:
     return f"--param {decl.name}=VALUE"
 
 
-def load_target(args: argparse.Namespace, *, device: torch.device | None = None) -> Target:
+def load_target(args: argparse.Namespace, *, device: torch.device | None = None,
+                stand_ins: Extent | None = None) -> Target:
     """The variant named on the command line, compiled. On a CUDA `device`, families that take a `device`
-    argument create their tensors there (unless the call names one)."""
+    argument create their tensors there (unless the call names one), and tensors from files move there.
+    With `stand_ins`, a family's tensor argument that no --tensor gives is synthesised at that extent and
+    noted in `Target.notes`; without, it is an error naming the flag."""
     spec: str = args.variant
     if spec.endswith(FILE_SUFFIX):
         return _text_target(Path(spec), args.tensor, args.param)
-    if args.tensor or args.param:
-        raise CliError("--tensor and --param bind the declarations of a .attn file; a library variant takes its "
-                       "arguments in the call, e.g. sliding_window(256)")
-    mods = parse_variant(spec, device=device if device is not None and device.type == "cuda" else None)
+    if args.param:
+        raise CliError("--param binds the params of a .attn file; a library variant takes its arguments in the "
+                       "call, e.g. sliding_window(256)")
+    reader = _Reader(spec.strip(), device if device is not None and device.type == "cuda" else None,
+                     tensors=_tensor_paths(args.tensor), stand_ins=stand_ins)
+    mods = reader.mods()
     label = ", ".join(repr(m) for m in mods if m is not None)
-    return Target(label, attnc.compile(*mods), mods)
+    return Target(label, attnc.compile(*mods), mods, notes=tuple(reader.notes))
+
+
+def _tensor_paths(items: list[str]) -> dict[str, Path]:
+    """--tensor NAME=PATH items by NAME (a parameter name, or FAMILY.NAME)."""
+    paths: dict[str, Path] = {}
+    for item in items:
+        name, path = _assignment(item, "--tensor", "NAME=PATH")
+        if name in paths:
+            raise CliError(f"--tensor {name}: given twice")
+        paths[name] = Path(path)
+    return paths
 
 
 # -- .attn files ---------------------------------------------------------------------------------------------
@@ -161,15 +173,26 @@ def _tensor_values(variant: TextVariant, items: list[str]) -> dict[str, torch.Te
 
 
 def load_tensor(name: str, path: Path) -> torch.Tensor:
-    """A tensor from a torch.save file, loaded with weights_only=True (no code in the file runs)."""
+    """A tensor from a file: `.npy` (numpy.save, no pickled objects) or else torch.save's format, loaded
+    with weights_only=True. Neither runs code from the file."""
     try:
-        value = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as error:
+        value = _load_npy(path) if path.suffix.lower() == ".npy" else torch.load(path, map_location="cpu",
+                                                                                  weights_only=True)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CliError(f"--tensor {name}: cannot load {path}: {reason}") from None
     if not isinstance(value, torch.Tensor):
         raise CliError(f"--tensor {name}: {path} holds a {type(value).__name__}, not a tensor")
     return value
+
+
+def _load_npy(path: Path) -> torch.Tensor:
+    import numpy
+
+    array = numpy.load(path, allow_pickle=False)
+    if not isinstance(array, numpy.ndarray):
+        raise ValueError(f"{path} is an archive of arrays, not one array")
+    return torch.from_numpy(numpy.ascontiguousarray(array))
 
 
 def _param_values(variant: TextVariant, items: list[str]) -> dict[str, int | float]:
@@ -190,23 +213,40 @@ def _param_values(variant: TextVariant, items: list[str]) -> dict[str, int | flo
 
 def parse_variant(spec: str, *, device: torch.device | None = None) -> Mods:
     """The mods a variant call names. Only factories of FAMILIES are called, with literal arguments."""
-    text = spec.strip()
-    try:
-        tree = ast.parse(text, mode="eval")
-    except SyntaxError as error:
-        raise CliError(f"`{spec}` is not a variant ({error.msg}); {_FORM}") from None
-    value = _Reader(text, device).value(tree.body)
-    if isinstance(value, tuple):  # a LayerMods, or `mask, score`
-        return Mods(*value)
-    return Mods(value, None) if isinstance(value, MaskMod) else Mods(None, value)
+    return _Reader(spec.strip(), device).mods()
 
 
 class _Reader:
-    """Builds mods from the nodes of a parsed variant call, refusing every other node."""
+    """Builds mods from the nodes of a parsed variant call, refusing every other node. Tensor arguments come
+    from `tensors` (files by parameter name), else from a stand-in at `stand_ins`, else are an error."""
 
-    def __init__(self, text: str, device: torch.device | None) -> None:
+    def __init__(self, text: str, device: torch.device | None, *, tensors: Mapping[str, Path] | None = None,
+                 stand_ins: Extent | None = None) -> None:
         self.text = text
         self.device = device
+        self.tensors = dict(tensors or {})
+        self.stand_ins = stand_ins
+        self.used: set[str] = set()  # keys of `tensors` some family took
+        self.offered: dict[str, str] = {}  # tensor parameter -> its family, of the families read
+        self.notes: list[str] = []
+
+    def mods(self) -> Mods:
+        try:
+            tree = ast.parse(self.text, mode="eval")
+        except SyntaxError as error:
+            raise CliError(f"`{self.text}` is not a variant ({error.msg}); {_FORM}") from None
+        value = self.value(tree.body)
+        self.check_all_tensors_used()
+        if isinstance(value, tuple):  # a LayerMods, or `mask, score`
+            return Mods(*value)
+        return Mods(value, None) if isinstance(value, MaskMod) else Mods(None, value)
+
+    def check_all_tensors_used(self) -> None:
+        for key in self.tensors.keys() - self.used:
+            offered = ", ".join(f"{name} ({family})" for name, family in self.offered.items()) or "none"
+            raise CliError(f"--tensor {key}: no family of `{self.text}` takes a tensor `{key}`"
+                           f"{did_you_mean(key.rpartition('.')[2], self.offered)}; the tensor arguments it takes: "
+                           f"{offered}")
 
     def segment(self, node: ast.AST) -> str:
         return ast.get_source_segment(self.text, node) or self.text
@@ -257,10 +297,11 @@ class _Reader:
     def family(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> MaskMod | ScoreMod | LayerMods:
         factory = FAMILIES.get(name)
         if factory is None:
-            raise CliError(f"unknown variant family `{name}`; the families are {', '.join(sorted(FAMILIES))}")
+            raise CliError(f"unknown variant family `{name}`{did_you_mean(name, FAMILIES)}; the families are "
+                           f"{', '.join(sorted(FAMILIES))}")
         signature = inspect.signature(factory)
         bound = _bind(name, signature.bind_partial, signature, args, kwargs)
-        _refuse_tensors(name, factory, signature, bound)  # before a missing tensor is reported as missing
+        kwargs = {**kwargs, **self.tensor_arguments(name, factory, signature, bound)}
         _bind(name, signature.bind, signature, args, kwargs)
         if self.device is not None and "device" in signature.parameters and "device" not in bound.arguments:
             kwargs = {**kwargs, "device": str(self.device)}
@@ -270,13 +311,52 @@ class _Reader:
             message = str(error)
             raise CliError(message if message.startswith(name) else f"{name}: {message}") from None
 
+    def tensor_arguments(self, name: str, factory: Callable[..., Any], signature: inspect.Signature,
+                         bound: inspect.BoundArguments) -> dict[str, torch.Tensor]:
+        """The tensor arguments the call leaves out: from --tensor files, else stand-ins, else an error."""
+        found: dict[str, torch.Tensor] = {}
+        for p in signature.parameters.values():
+            if p.name in bound.arguments and _is_tensor_only(p.annotation):
+                raise _needs_tensor(name, factory, p.name, synthetic=(name, p.name) in stand_ins.STAND_INS,
+                                    signature=signature)
+            if not _accepts_tensor(p.annotation) or p.name in bound.arguments:
+                continue
+            self.offered[p.name] = name
+            key = next((k for k in (f"{name}.{p.name}", p.name) if k in self.tensors), None)
+            if key is not None:
+                self.used.add(key)
+                found[p.name] = load_tensor(key, self.tensors[key])
+            elif _is_tensor_only(p.annotation) and p.default is p.empty:
+                found[p.name] = self.stand_in(name, factory, p.name, signature, bound)
+        if self.device is not None:
+            found = {k: t.to(self.device) for k, t in found.items()}
+        return found
+
+    def stand_in(self, name: str, factory: Callable[..., Any], parameter: str, signature: inspect.Signature,
+                 bound: inspect.BoundArguments) -> torch.Tensor:
+        made = None
+        if self.stand_ins is not None:
+            arguments = {p.name: p.default for p in signature.parameters.values() if p.default is not p.empty}
+            try:
+                made = stand_ins.stand_in(name, parameter, self.stand_ins, {**arguments, **bound.arguments})
+            except (KeyError, TypeError, ValueError) as error:
+                raise CliError(f"{name}: cannot make a synthetic {parameter}: {error}") from None
+        if made is None:
+            raise _needs_tensor(name, factory, parameter, synthetic=(name, parameter) in stand_ins.STAND_INS)
+        tensor, what = made
+        self.notes.append(f"note: {name}: no --tensor {parameter}=PATH given; using a synthetic {parameter}: {what} "
+                          f"({str(tensor.dtype).removeprefix('torch.')}{list(tensor.shape)})")
+        return tensor
+
 
 def _bind(name: str, bind: Callable[..., inspect.BoundArguments], signature: inspect.Signature, args: list[Any],
           kwargs: dict[str, Any]) -> inspect.BoundArguments:
     try:
         return bind(*args, **kwargs)
     except TypeError as error:
-        raise CliError(f"{name}({shown_parameters(signature)}): {error}") from None
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+        hint = did_you_mean(unknown[1], signature.parameters) if unknown else ""
+        raise CliError(f"{name}({shown_parameters(signature)}): {error}{hint}") from None
 
 
 def shown_parameters(signature: inspect.Signature) -> str:
@@ -288,20 +368,29 @@ def shown_parameters(signature: inspect.Signature) -> str:
     return ", ".join(parts)
 
 
+def _annotation_text(annotation: Any) -> str:
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+
+
 def _is_tensor_only(annotation: Any) -> bool:
     return annotation is torch.Tensor or annotation in ("torch.Tensor", "Tensor")
 
 
-def _refuse_tensors(name: str, factory: Callable[..., Any], signature: inspect.Signature,
-                    bound: inspect.BoundArguments) -> None:
-    """A family whose call needs a tensor cannot be written with literals: say what it needs and where to go."""
-    needed = [p.name for p in signature.parameters.values()
-              if _is_tensor_only(p.annotation) and (p.default is p.empty or p.name in bound.arguments)]
-    if not needed:
-        return
-    module = factory.__module__.replace(".", "/") + ".py"
-    what = ", ".join(f"{n}: torch.Tensor" for n in needed)
+def _accepts_tensor(annotation: Any) -> bool:
+    """`torch.Tensor`, or a union with it (`int | torch.Tensor`: sliding_window's per-head windows)."""
+    return annotation is not inspect.Parameter.empty and "Tensor" in _annotation_text(annotation)
+
+
+def _needs_tensor(name: str, factory: Callable[..., Any], parameter: str, *, synthetic: bool,
+                  signature: inspect.Signature | None = None) -> CliError:
+    """A family's tensor that a literal cannot give: say how to pass it (and, where a literal took its place,
+    that the arguments after it go by name)."""
     summary = (inspect.getdoc(factory) or "").split("\n")[0]
-    raise CliError(f"`{name}` needs a tensor ({what}) that a literal cannot give. {summary} Write it as a .attn "
-                   f"file (the TEXT of {module} shows how) and pass the tensor with --tensor NAME=PATH, or build "
-                   f"it in Python with attnc.variants.{name}(...)")
+    where = "; attnc show, viz and bench use a synthetic one when it is left out" if synthetic else ""
+    named = ""
+    if signature is not None:
+        after = list(signature.parameters)[list(signature.parameters).index(parameter) + 1:]
+        if after:
+            named = f"; name the arguments after it: {name}({', '.join(f'{a}=...' for a in after)})"
+    return CliError(f"`{name}` needs a tensor `{parameter}` that a literal cannot give ({summary}); pass it from a "
+                    f"file with --tensor {parameter}=PATH (.pt written by torch.save, or .npy){where}{named}")

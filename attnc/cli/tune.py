@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -18,51 +18,7 @@ from attnc.runtime.config import KernelConfig
 
 from .devices import DTYPES
 from .errors import CliError, Exit
-from .target import add_variant_arguments, load_target
-
-DESCRIPTION = """\
-Tune the variant's kernels (forward; with --backward also dK/dV and dQ) for each --shape on this CUDA GPU: each
-candidate tile config that fits the GPU's shared memory and registers by estimate is timed on random inputs
-with the variant's own sparsity, then TMA and warp specialization are tried on the fastest (Hopper). The
-fastest config per (GPU model, kernel, shape bucket) is stored in tuning.json beside the kernel cache; later
-runs, in any process, launch with it without benchmarking. A shape tuned before is not timed again.
-
-Without a GPU, --dry-run lists each kernel's candidates for --arch; with --aot it compiles each ahead of time
-for --arch (no GPU needed) and drops those that spill."""
-
-EPILOG = """\
-examples:
-  attnc tune causal --shape 8,16,4096,128 --shape 4,16,16384,128 --backward
-  attnc tune 'sliding_window(1024)' --shape 16,16,2048,64 --dtype bfloat16
-  attnc tune 'document_mask' --shape 4,16,8192,128 --dry-run --aot
-progress: a bar when tqdm is installed (pip install 'attnc[tune]'), else one line per config on stderr."""
-
-
-def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("tune", help="pre-tune a variant's kernels for a list of shapes on this GPU",
-                                   description=DESCRIPTION, epilog=EPILOG,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_variant_arguments(parser)
-    parser.add_argument("--shape", action="append", type=_shape, required=True, metavar="B,H,S,D",
-                        help="batch, query heads, sequence length and head dim (repeatable)")
-    parser.add_argument("--kv-heads", type=int, metavar="H", help="key/value heads (default: as the query)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="bfloat16", help="input dtype (default bfloat16)")
-    parser.add_argument("--backward", action="store_true", help="also tune the backward kernels")
-    parser.add_argument("--dry-run", action="store_true", help="list the candidates instead of timing them")
-    parser.add_argument("--aot", action="store_true", help="with --dry-run: drop candidates that spill on --arch")
-    parser.add_argument("--arch", default="sm_90", help="architecture of --dry-run (default sm_90)")
-    parser.add_argument("--limit", type=int, metavar="N", help="at most N tile candidates per kernel")
-    parser.set_defaults(run=run)
-
-
-def _shape(text: str) -> tuple[int, int, int, int]:
-    try:
-        B, H, S, D = (int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected B,H,S,D (four integers), got {text!r}") from None
-    if min(B, H, S, D) < 1:
-        raise argparse.ArgumentTypeError(f"every dimension must be at least 1, got {text!r}")
-    return B, H, S, D
+from .target import load_target
 
 
 def _kinds(backward: bool) -> tuple[str, ...]:
@@ -108,8 +64,8 @@ def _dry_run(args: argparse.Namespace) -> int:
                   f"(bucket {dataclasses.astuple(autotune.shape_bucket(B, H, S, S, D, D))})")
             report: dict[KernelConfig, dict[str, Any]] = {}
             if args.aot:
-                print(f"  compiling {len(configs)} configs for {args.arch} ...", file=sys.stderr)
-                report = tuning.aot_report(target.attn, kind, configs, arch=args.arch, dtype=dtype, D=D, Dv=D)
+                with _compile_progress(f"{kind} {args.arch}", len(configs)) as tell:
+                    report = _aot_report(target.attn, kind, configs, arch=args.arch, dtype=dtype, D=D, progress=tell)
             kept = autotune.prune_by_resources(configs, report)
             for config in configs:
                 facts = report.get(config)
@@ -121,6 +77,10 @@ def _dry_run(args: argparse.Namespace) -> int:
             # with --aot, warp specialization only where a compile shows Triton splits the loop
             specializes = (functools.partial(tuning.warp_specializes, target.attn, kind, arch=args.arch, dtype=dtype,
                                              D=D, Dv=D) if args.aot else None)
+            if args.aot and any(c.warp_specialize for c in autotune.hopper_options(kept[:autotune.REFINE_TOP],
+                                                                                   args.arch, kind)):
+                print(f"  checking warp specialization of the {min(autotune.REFINE_TOP, len(kept))} fastest, a "
+                      "compile each ...", file=sys.stderr)
             extra = len(autotune.hopper_options(kept[:autotune.REFINE_TOP], args.arch, kind, specializes))
             print(f"  then {extra} Hopper variants of the {autotune.REFINE_TOP} fastest" if extra else
                   "  (no Hopper options on this architecture)")
@@ -133,12 +93,38 @@ def describe(config: KernelConfig) -> str:
             f"stages={config.num_stages}{flags}")
 
 
-@contextlib.contextmanager
-def _progress(label: str) -> Iterator[tuning.Progress]:
-    """A callback for each timed config: a tqdm bar on stderr when tqdm is installed, else a line each."""
+def _aot_report(attn: Any, kind: str, configs: list[KernelConfig], *, arch: str, dtype: torch.dtype, D: int,
+                progress: Callable[[int, int], None]) -> dict[KernelConfig, dict[str, Any]]:
+    """tuning.aot_report (head dims D, D), telling `progress(done, total)` as each config compiles."""
+    from attnc.perf.launches import Shape, attnc_launches
+    from attnc.runtime import aot
+    from attnc.runtime.launch_backward import BackwardConfigs
+
+    capability = aot.parse_arch(arch)
+    shape = Shape(head_dim=D, head_dim_v=D, dtype=dtype)
+    jobs = [attnc_launches(attn, shape, backward=kind != "forward", config=config,
+                           backward_configs=BackwardConfigs(config, config), arch=arch)[kind].job(capability,
+                                                                                                    disassemble=False)
+            for config in configs]
+    return dict(zip(configs, aot.compile_kernels(jobs, progress=progress), strict=True))
+
+
+def _tqdm() -> Any:
+    """tqdm's bar where one can be drawn (tqdm installed and stderr a terminal), else None: plain lines."""
+    if not sys.stderr.isatty():
+        return None
     try:
         from tqdm import tqdm
     except ImportError:
+        return None
+    return tqdm
+
+
+@contextlib.contextmanager
+def _progress(label: str) -> Iterator[tuning.Progress]:
+    """A callback for each timed config: a tqdm bar on stderr (on a terminal, with tqdm), else a line each."""
+    tqdm = _tqdm()
+    if tqdm is None:
         def line(kind: str, config: KernelConfig, ms: float | None) -> None:
             time = f"{ms:.3f} ms" if ms is not None else "-"
             print(f"  [{label}] {kind:<14} {describe(config)}  {time}", file=sys.stderr)
@@ -149,5 +135,29 @@ def _progress(label: str) -> Iterator[tuning.Progress]:
         def advance(kind: str, config: KernelConfig, ms: float | None) -> None:
             bar.set_postfix_str(f"{kind} {ms:.3f} ms" if ms is not None else kind)
             bar.update()
+
+        yield advance
+
+
+@contextlib.contextmanager
+def _compile_progress(label: str, total: int) -> Iterator[Callable[[int, int], None]]:
+    """`tell(done, total)` for ahead-of-time compiles (about a second each): a bar, else a line per config."""
+    print(f"  compiling {total} configs for {label.split()[-1]}, about a second each ...", file=sys.stderr)
+    tqdm = _tqdm()
+    if tqdm is None:
+        shown = [0]
+
+        def line(done: int, total: int) -> None:
+            for n in range(shown[0] + 1, done + 1):
+                print(f"  [{label}] compiled {n}/{total}", file=sys.stderr, flush=True)
+            shown[0] = max(shown[0], done)
+
+        yield line
+        return
+    # redrawn after every config: compiles are slow enough that tqdm's rate limit would only hide steps
+    with tqdm(desc=label, total=total, unit="config", file=sys.stderr, leave=False, mininterval=0,
+              miniters=1) as bar:
+        def advance(done: int, total: int) -> None:
+            bar.update(done - bar.n)
 
         yield advance

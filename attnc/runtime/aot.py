@@ -13,6 +13,8 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +32,22 @@ def parse_arch(arch: str) -> int:
     return int(match[1])
 
 
-def compile_kernels(jobs: list[dict[str, Any]], python: str | None = None) -> list[dict[str, Any]]:
+def compile_kernels(jobs: list[dict[str, Any]], python: str | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
     """Compile each job ({path, kernel, signature, constexprs, num_warps, num_stages, capability}) in one
     child process; return {registers, spills, shared_memory} per job. `python`: the interpreter to compile
-    with (default: this one), e.g. one with another Triton release installed; the worker needs only Triton."""
+    with (default: this one), e.g. one with another Triton release installed; the worker needs only Triton.
+    `progress(done, total)` is told after each job (a compile takes about a second)."""
     keys = [json.dumps([python, job], sort_keys=True) for job in jobs]
     missing = [job for key, job in zip(keys, jobs, strict=True) if key not in _REPORTS]
+    if progress is not None:
+        progress(len(jobs) - len(missing), len(jobs))
     if missing:
-        fresh = _compile_in_child(missing, python)
+        if progress is None or python is not None:
+            fresh = _compile_in_child(missing, python)
+        else:
+            fresh = _compile_in_child_reporting(missing, lambda done: progress(len(jobs) - len(missing) + done,
+                                                                                len(jobs)))
         _REPORTS.update(zip((json.dumps([python, job], sort_keys=True) for job in missing), fresh, strict=True))
     return [dict(_REPORTS[key]) for key in keys]
 
@@ -55,11 +65,46 @@ def _compile_in_child(jobs: list[dict[str, Any]], python: str | None) -> list[di
     command = [sys.executable, "-m", WORKER] if python is None else [python, worker]
     proc = subprocess.run(command, input=json.dumps(jobs), capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
-        # Triton's own message (e.g. "NameError(...)") precedes the echoed source; keep both.
-        lines = proc.stderr.strip().splitlines()
-        tail = "\n".join([line for line in lines if "Error" in line][-4:] + lines[-3:])
-        raise AOTError(f"attnc: ahead-of-time compilation failed:\n{tail}")
+        raise _failure(proc.stderr)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _failure(stderr: str) -> AOTError:
+    # Triton's own message (e.g. "NameError(...)") precedes the echoed source; keep both.
+    lines = stderr.strip().splitlines()
+    tail = "\n".join([line for line in lines if "Error" in line][-4:] + lines[-3:])
+    return AOTError(f"attnc: ahead-of-time compilation failed:\n{tail}")
+
+
+# The worker's loop, printing each result as it is ready (aot_worker.main prints them all at the end).
+_REPORTING_WORKER = """\
+import json, sys
+from attnc.runtime.aot_worker import compile_job
+for job in json.loads(sys.stdin.read()):
+    print(json.dumps(compile_job(job)), flush=True)
+"""
+
+
+def _compile_in_child_reporting(jobs: list[dict[str, Any]], done: Callable[[int], None]) -> list[dict[str, Any]]:
+    """`_compile_in_child` with this interpreter, calling `done(n)` as the child finishes each job."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}  # as in _compile_in_child
+    with tempfile.TemporaryFile(mode="w+") as stderr:  # a file, so a chatty child cannot fill a pipe and stall
+        proc = subprocess.Popen([sys.executable, "-c", _REPORTING_WORKER], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(jobs))
+        proc.stdin.close()
+        results = []
+        for line in proc.stdout:
+            if line.startswith("{"):  # a result; anything else is a library's chatter
+                results.append(json.loads(line))
+                done(len(results))
+        returncode = proc.wait()
+        stderr.seek(0)
+        errors = stderr.read()
+    if returncode != 0 or len(results) != len(jobs):
+        raise _failure(errors)
+    return results
 
 
 def forward_job(path: Any, program: Any, dtype: Any, head_dim: int, head_dim_v: int, config: Any,
