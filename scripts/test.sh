@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The project's test command: set up (idempotent), lint, run the test suite. Fails if either fails.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/test_block_mask.py -x`.
+# ATTNC_EXTRAS: the extras to install (default `test`; CI uses `test,hf` to run the transformers integration).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PYTHON="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
+source scripts/setup.sh  # defines setup_choose_python: this Python, or .venv's where it is externally managed
+PYTHON="$(setup_choose_python)"
 export PYTHON
 
-bash scripts/setup.sh
+bash scripts/setup.sh --extras "${ATTNC_EXTRAS:-test}"
 
 lint=0
 "$PYTHON" -m ruff check . || lint=$?
