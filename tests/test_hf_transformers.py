@@ -145,6 +145,28 @@ def test_packed_sequences_through_position_ids(models, family, monkeypatch):
     assert (got[:, 7:] - unpacked[:, 7:]).abs().max() > 1e-3
 
 
+def test_encoder_with_right_padding_matches_eager(monkeypatch):
+    """A bidirectional encoder (BERT): no causal clause, the padding as key ranges."""
+    if not getattr(transformers.BertPreTrainedModel, "_supports_attention_backend", False):
+        pytest.skip(f"BERT of transformers {transformers.__version__} does not use the attention interface")
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, initializer_range=0.3, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    eager = transformers.AutoModel.from_config(copy.deepcopy(config), attn_implementation="eager").eval()
+    ours = transformers.AutoModel.from_config(copy.deepcopy(config), attn_implementation="attnc").eval()
+    ours.load_state_dict(eager.state_dict())
+    ids, attention_mask = _batch(seed=7)
+    attention_mask = attention_mask.flip(-1)  # the first sequence padded on the right
+    seen = _calls(monkeypatch)
+    with torch.no_grad():
+        expected = eager(ids, attention_mask=attention_mask).last_hidden_state
+        got = ours(ids, attention_mask=attention_mask).last_hidden_state
+    assert seen == [MaskStructure(padding="range")] * 2
+    real = attention_mask.bool()
+    torch.testing.assert_close(got[real], expected[real], atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize(("family", "cache"), [("mistral", None), ("gemma2", None), ("llama", "static")])
 def test_greedy_generation_matches_eager(models, family, cache):
     """Decoding: query and key offsets from the cache, the window's cache dropping old keys, masks made in
@@ -313,6 +335,34 @@ def test_no_mask_is_causal_as_the_module_says():
     got, _ = IMPLEMENTATION(torch.nn.Module(), query, key, value, None, scaling=0.3, is_causal=False)
     everything = torch.ones(3, 7, dtype=torch.bool)
     torch.testing.assert_close(got, _dense_attention(query, key, value, everything, 0.3), atol=1e-5, rtol=1e-5)
+
+
+def test_triton_kernels_read_tables_documents_and_dense_biases():
+    """The clauses that read tensors, through the generated kernels: a padding table, packed documents, a dense
+    additive mask with a per-head bias."""
+    triton = attnc_hf.TransformersAttention(backend="triton")
+    query, key, value = _qkv(2, 10, 10)
+    holes = _mask_arguments(2, 10, 0, 10, 0, mask_function=masking_utils.causal_mask_function,
+                            attention_mask=_padding("holes", 2, 10))
+    documents = masking_utils.find_packed_sequence_indices(torch.tensor([[0, 1, 2, 3, 0, 1, 2, 0, 1, 2]] * 2))
+    packed = _mask_arguments(2, 10, 0, 10, 0, attention_mask=None, mask_function=masking_utils.and_masks(
+        masking_utils.causal_mask_function, masking_utils.packed_sequence_mask_function(documents)))
+    for arguments, structure in ((holes, MaskStructure(causal=True, padding="table")),
+                                 (packed, MaskStructure(causal=True, documents=True))):
+        mask = attnc_hf.TransformersAttention.mask(**arguments)
+        assert mask.structure == structure
+        expected = masking_utils.sdpa_mask(**arguments, allow_is_causal_skip=False)
+        got, _ = triton(torch.nn.Module(), query, key, value, mask, scaling=0.4)
+        torch.testing.assert_close(got, _dense_attention(query, key, value, expected, 0.4), atol=1e-5, rtol=1e-5)
+    bias = torch.randn(1, 4, 10, 10, generator=torch.Generator().manual_seed(6))
+    allowed = torch.arange(10)[None, :] <= torch.arange(10)[:, None]
+    additive = torch.where(allowed, bias, torch.finfo(torch.float32).min)
+    got, _ = triton(torch.nn.Module(), query, key, value, additive, scaling=0.4, softcap=3.0)
+    groups = 2  # query heads per key/value head
+    scores = query @ key.repeat_interleave(groups, 1).transpose(-1, -2) * 0.4
+    weights = (3.0 * torch.tanh(scores / 3.0) + additive).softmax(-1)
+    expected = (weights @ value.repeat_interleave(groups, 1)).transpose(1, 2)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 # ---- refusals -----------------------------------------------------------------------------------------------
