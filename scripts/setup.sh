@@ -121,13 +121,13 @@ PY
   # torch first, and only when missing: this exact spec resolves to the CPU wheel; any other spec pulls a
   # multi-GB CUDA build. An existing torch (CPU or CUDA) is never replaced.
   if ! "$python" -c "import torch" >/dev/null 2>&1; then
-    setup_say "installing torch (CPU, torch==2.13.0) and triton: about 2-3 minutes the first time"
+    setup_say "installing torch (the CPU build, torch==2.13.0): about 2-3 minutes the first time"
     "$python" -m pip install --progress-bar on "torch==2.13.0" || setup_fail "could not install torch==2.13.0"
   fi
   local target="."
   [[ -n "$extras" ]] && target=".[$extras]"
-  setup_say "installing attnc (editable, pip install -e '$target') and its dependencies: under a minute when" \
-    "torch is already there"
+  setup_say "installing attnc (editable, pip install -e '$target') and its dependencies (triton, sympy, lark," \
+    "numpy${extras:+ and the $extras extras}): about a minute"
   "$python" -m pip install --quiet -e "$target" || setup_fail "pip install -e '$target' failed"
   setup_installed "$python" "$modules" || setup_fail "attnc or one of $modules is still not importable after installing"
   mkdir -p .cache
