@@ -368,6 +368,13 @@ def test_triton_kernels_read_tables_documents_and_dense_biases():
 # ---- refusals -----------------------------------------------------------------------------------------------
 
 
+def test_register_installs_the_attention_and_the_mask_function():
+    registered = attnc_hf.register("attnc_registered", backend="reference")
+    assert transformers.AttentionInterface()["attnc_registered"] is registered
+    assert masking_utils.AttentionMaskInterface()["attnc_registered"] is attnc_hf.TransformersAttention.mask
+    assert registered.backend == "reference"
+
+
 def test_bad_input_is_refused_by_name():
     query, key, value = _qkv(1, 4, 4)
     module = torch.nn.Module()
