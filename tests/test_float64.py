@@ -1,44 +1,227 @@
-"""float64 inputs, as torch's own FlexAttention tests use them for gradcheck: the reference backend computes
-in float64 (output and lse float64), gradcheck passes through it, and the kernels refuse float64 by name."""
+"""float64 inputs, as torch's own FlexAttention tests use them for gradcheck, on both backends: the reference
+computes in float64, and so do the generated kernels (one source for every dtype; a constexpr picks float64 for
+float64 inputs): accumulators, the online softmax's statistics, the score and the mods' float arithmetic, the
+scale and float parameters (sent as their 64 bits), the backward's delta and ds. Output and lse are float64.
+
+The kernels run in the Triton interpreter here; an ahead-of-time compile for sm_90 shows they are no
+interpreter-only feature (float64 tl.dot lowers to the f64 MMA)."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import pytest
 import torch
 
 import attnc
 
+F64 = torch.float64
+G = torch.Generator().manual_seed(0)
+BIAS = torch.randn(9, generator=G, dtype=F64)
+SLOPES = torch.tensor([0.5, -0.25], dtype=torch.float32)  # float32 reads: the kernel widens them
+HALF_BIAS = torch.randn(9, generator=G).to(torch.bfloat16)
+TEMPERATURE = 0.1  # a Python float: a runtime parameter of the kernel
+
 
 def causal(b, h, q_idx, kv_idx):
     return q_idx >= kv_idx
 
 
-def tanh_cap(score, b, h, q_idx, kv_idx):
-    return 5 * torch.tanh(score / 5)
+def late_rows(b, h, q_idx, kv_idx):
+    # rows 0..2 have no key at all
+    return (q_idx >= 3) & (kv_idx < q_idx)
+
+
+def softcap_bias(score, b, h, q_idx, kv_idx):
+    return 5 * torch.tanh(score / 5) + BIAS[kv_idx]
+
+
+def alibi(score, b, h, q_idx, kv_idx):
+    # affine in the positions: the kernels' affine-bias path (exp2 multiply-adds with log2(e))
+    return score + SLOPES[h] * (kv_idx - q_idx)
+
+
+def tempered(score, b, h, q_idx, kv_idx):
+    return score * TEMPERATURE + torch.sin(kv_idx * 0.3)
+
+
+def half_bias(score, b, h, q_idx, kv_idx):
+    # bf16 arithmetic (and a bf16 constant): rounded to bf16 for other inputs; kept in float64 by the float64
+    # reference and kernels, which compute every float in float64
+    return score + HALF_BIAS[kv_idx] * 0.1
+
+
+def half_bias_in_float64(score, b, h, q_idx, kv_idx):
+    return score + HALF_BIAS.double()[kv_idx] * 0.1
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod: Callable | None = None,
+                    mask_mod: Callable | None = None, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out in float64 torch, independent of attnc: the mods run on dense index grids."""
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    scores = (q @ k.transpose(-1, -2)) * (1 / math.sqrt(q.shape[-1]) if scale is None else scale)
+    b, h, q_idx, kv_idx = torch.meshgrid(*(torch.arange(n) for n in scores.shape), indexing="ij")
+    if score_mod is not None:
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(F64)  # `kv_idx * 0.3` in float64, as the float64 reference computes it
+        try:
+            scores = score_mod(scores, b, h, q_idx, kv_idx).to(F64)
+        finally:
+            torch.set_default_dtype(default)
+    if mask_mod is not None:
+        scores = scores.masked_fill(~mask_mod(b, h, q_idx, kv_idx), float("-inf"))
+    lse = torch.logsumexp(scores, -1)
+    weights = torch.exp(scores - lse[..., None]).nan_to_num(0.0)  # a row without keys: lse -inf, weights 0
+    return weights @ v, lse
+
+
+def inputs(Hq: int = 2, Hkv: int = 2, L: int = 9, D: int = 4, grad: bool = False) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    shapes = [(1, Hq, L, D), (1, Hkv, L, D), (1, Hkv, L, D)]
+    return [torch.randn(s, generator=g, dtype=F64).requires_grad_(grad) for s in shapes]
+
+
+# name: (mask_mod, score_mod, scale, the score mod as the dense computation writes it)
+CASES = {
+    "noop": (None, None, None, None),
+    "causal": (causal, None, None, None),
+    "softcap_and_captured_bias": (causal, softcap_bias, None, softcap_bias),
+    "affine_bias": (None, alibi, None, alibi),
+    "float_parameter_and_scale": (causal, tempered, 0.3, tempered),
+    "bf16_capture": (None, half_bias, None, half_bias_in_float64),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_the_kernel_computes_in_float64(name):
+    """Triton equals the float64 reference and a dense float64 computation to ~1e-10: a float32 anywhere (the
+    scale, a parameter, log2(e), an accumulator, a bf16 rounding) would leave errors near 1e-8 or more."""
+    mask_mod, score_mod, scale, dense_score_mod = CASES[name]
+    q, k, v = inputs()
+    out, lse = attnc.flex_attention(q, k, v, score_mod=score_mod, mask_mod=mask_mod, scale=scale,
+                                    backend="triton", return_lse=True)
+    assert out.dtype == F64 and lse.dtype == F64
+    ref_out, ref_lse = attnc.flex_attention(q, k, v, score_mod=score_mod, mask_mod=mask_mod, scale=scale,
+                                            backend="reference", return_lse=True)
+    dense_out, dense_lse = dense_attention(q, k, v, dense_score_mod, mask_mod, scale)
+    for expected_out, expected_lse in ((ref_out, ref_lse), (dense_out, dense_lse)):
+        torch.testing.assert_close(out, expected_out, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(lse, expected_lse, rtol=1e-10, atol=1e-12)
+
+
+def test_the_affine_bias_case_takes_the_affine_path():
+    assert "AFFINE_BIAS = tl.constexpr(True)" in attnc.compile(score_mod=alibi).source.source
+
+
+def test_emitted_mod_code_names_the_compute_dtype_not_float32():
+    """The mods' float32 values are written in COMPUTE, which float64 inputs make float64."""
+    attn = attnc.compile(late_rows, lambda score, b, h, q_idx, kv_idx: score * torch.exp((kv_idx - q_idx) * 0.5))
+    generated = "\n".join(line for lines in attn.source.placement.values() for line in lines)
+    assert "COMPUTE" in generated and "tl.float32" not in generated
 
 
 def test_gradcheck_in_float64_on_the_reference_backend() -> None:
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 2, 9, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    bias = torch.randn(9, generator=g, dtype=torch.float64, requires_grad=True)
+    q, k, v = inputs(grad=True)
+    bias = BIAS.clone().requires_grad_()
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        return tanh_cap(score, b, h, q_idx, kv_idx) + bias[kv_idx]
+        return 5 * torch.tanh(score / 5) + bias[kv_idx]
 
     def run(q, k, v, bias_):
-        out, lse = attnc.flex_attention(q, k, v, score_mod=score_mod, mask_mod=causal, backend="reference",
-                                        return_lse=True)
-        return out, lse
+        return attnc.flex_attention(q, k, v, score_mod=score_mod, mask_mod=causal, backend="reference",
+                                    return_lse=True)
 
     out, lse = run(q, k, v, bias)
-    assert out.dtype == torch.float64 and lse.dtype == torch.float64
+    assert out.dtype == F64 and lse.dtype == F64
     assert torch.autograd.gradcheck(run, (q, k, v, bias), eps=1e-6, atol=1e-6)
 
 
-def test_the_kernels_refuse_float64_by_name() -> None:
-    q = torch.randn(1, 1, 8, 16, dtype=torch.float64)
-    with pytest.raises(TypeError, match=r"run float64 .* with backend='reference'"):
-        attnc.flex_attention(q, q, q, backend="triton")
+def test_gradcheck_through_the_kernels_with_a_mask_and_a_learned_capture() -> None:
+    """dQ, dK, dV, the captured tensor's gradient (float64 buffer, atomics) and the lse's gradient. fast_mode
+    checks random directions of the Jacobian, each one a handful of kernel runs."""
+    q, k, v = inputs(grad=True)
+    bias = BIAS.clone().requires_grad_()
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return 5 * torch.tanh(score / 5) + bias[kv_idx]
+
+    def run(q, k, v, bias_):
+        return attnc.flex_attention(q, k, v, score_mod=score_mod, mask_mod=causal, backend="triton",
+                                    return_lse=True)
+
+    assert torch.autograd.gradcheck(run, (q, k, v, bias), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+def test_gradcheck_through_the_kernels_with_gqa_and_a_parameter() -> None:
+    q, k, v = inputs(Hq=2, Hkv=1, grad=True)
+
+    def run(q, k, v):
+        return attnc.flex_attention(q, k, v, score_mod=tempered, mask_mod=causal, enable_gqa=True,
+                                    backend="triton", scale=0.3, return_lse=True)
+
+    assert torch.autograd.gradcheck(run, (q, k, v), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+def test_rows_without_keys_give_zero_and_minus_infinity_never_nan() -> None:
+    q, k, v = inputs(grad=True)
+
+    def run(q, k, v):
+        return attnc.flex_attention(q, k, v, mask_mod=late_rows, backend="triton", return_lse=True)
+
+    out, lse = run(q, k, v)
+    assert out.dtype == F64 and lse.dtype == F64
+    assert torch.equal(out[:, :, :3], torch.zeros_like(out[:, :, :3]))
+    assert torch.isneginf(lse[:, :, :3]).all() and torch.isfinite(lse[:, :, 3:]).all()
+    dense_out, _ = dense_attention(q.detach(), k.detach(), v.detach(), mask_mod=late_rows)
+    torch.testing.assert_close(out, dense_out, rtol=1e-10, atol=1e-12)
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+    assert torch.equal(q.grad[:, :, :3], torch.zeros_like(q.grad[:, :, :3]))
+    assert torch.autograd.gradcheck(lambda q, k, v: run(q, k, v)[0], (q, k, v), eps=1e-6, atol=1e-6,
+                                    fast_mode=True)
+
+
+def test_auto_on_cpu_still_picks_the_reference_and_says_so() -> None:
+    q, k, v = inputs()
     with pytest.warns(UserWarning, match="reference interpreter"):
-        out = attnc.compile(causal)(q, q, q, backend="auto")
-    assert out.dtype == torch.float64
+        out = attnc.compile(causal)(q, k, v, backend="auto")
+    assert out.dtype == F64
+
+
+def _float64_signature(job: dict) -> dict:
+    """A compile job (attnc.runtime.aot) for float64 inputs: the row statistics, delta and captured-gradient
+    buffers are float64, and the scale and float parameters arrive as their 64 bits (int64)."""
+    types = dict(job["types"])
+    for name in list(types):
+        if name in ("LSE", "DELTA") or name.startswith("gbuf"):
+            types[name] = "*fp64"
+        elif name == "sm_scale" or (name.startswith("param") and types[name] == "fp32"):
+            types[name] = "i64"
+    return {**job, "types": types}
+
+
+def test_float64_kernels_compile_ahead_of_time_for_sm90():
+    """Forward and both backward kernels of a masked, softcapped variant with a learned capture and a float
+    parameter: float64 dot products, exp2 and the mods' arithmetic lower to PTX that ptxas accepts."""
+    from attnc.api import kernel_cache
+    from attnc.runtime import aot
+    from attnc.runtime.config import KernelConfig
+    from attnc.runtime.launch_backward import BackwardConfigs
+
+    bias = BIAS.clone().requires_grad_()
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return 5 * torch.tanh(score * TEMPERATURE) + bias[kv_idx]
+
+    attn = attnc.compile(causal, score_mod)
+    config = KernelConfig(32, 32, 4, 1)
+    forward_path = kernel_cache().ensure_file(attn.source.source)
+    backward_path = kernel_cache().ensure_file(attn.backward_source.source)
+    jobs = [aot.forward_job(forward_path, attn.program, F64, 32, 32, config, False, 90)]
+    backward = aot.backward_jobs(backward_path, attn.program, attn.backward_source.grad_slots, F64, 32, 32,
+                                 BackwardConfigs(config, config), 90)
+    jobs += [backward["backward_dkdv"], backward["backward_dq"]]
+    for info in aot.compile_kernels([_float64_signature(job) for job in jobs]):
+        assert 0 < info["registers"] <= 255, info

@@ -4,6 +4,12 @@ Each renderer gets the node and the already-rendered operand expressions and ret
 Operands may be bare Python literals, so conversions use `tl.cast(x, T)`, never `x.to(T)`.
 16-bit float arithmetic is computed in float32 and rounded back, matching PyTorch on CPU and avoiding
 the Triton interpreter's inexact bf16 arithmetic.
+
+One source serves every input dtype: float32 values are written in `COMPUTE`, a constexpr every kernel defines
+from its inputs' dtype (float32, or float64 for float64 inputs, where the float64 reference computes every
+float in float64), never as `tl.float32`. For float32 inputs the generated code compiles to what it did when
+it named tl.float32 (a cast to a value's own type emits nothing). Python float literals stay bare: Triton
+materialises a scalar in the dtype of the tensor it meets, so 0.1 next to a float64 value is the double 0.1.
 """
 
 from __future__ import annotations
@@ -30,7 +36,23 @@ POINTER_TYPE = {
     DType.bfloat16: "*bf16", DType.float32: "*fp32", DType.float64: "*fp64",
 }
 
+# The constexpr naming the dtype float32 values are computed in (see the module docstring).
+COMPUTE = "COMPUTE"
+
 Renderer = Callable[[Node, Sequence[str]], str]
+
+
+def tl_type(dtype: DType) -> str:
+    """The Triton dtype a value of `dtype` is computed in: float32 in the kernel's compute dtype."""
+    return COMPUTE if dtype is DType.float32 else TL_DTYPE[dtype]
+
+
+def narrow(expr: str, dtype: DType) -> str:
+    """`expr` as a value of `dtype`: rounded to a 16-bit float through `_half`, which keeps it in float64 in a
+    float64 kernel (where the reference never rounds to 16 bits)."""
+    if dtype.is_half:
+        return f"_half({expr}, {TL_DTYPE[dtype]}, {COMPUTE})"
+    return f"tl.cast({expr}, {tl_type(dtype)})"
 
 
 def literal(value: bool | int | float, dtype: DType) -> str:
@@ -39,6 +61,8 @@ def literal(value: bool | int | float, dtype: DType) -> str:
     text = repr(value) if finite else f'float("{value}")'
     if dtype in (DType.bool, DType.float32) or (dtype is DType.int32 and -(2**31) <= value < 2**31):
         return text
+    if dtype.is_half:  # rounded to 16 bits unless the kernel computes in float64
+        return narrow(f"tl.full([], {text}, {COMPUTE})", dtype)
     return f"tl.full([], {text}, {TL_DTYPE[dtype]})"
 
 
@@ -48,8 +72,8 @@ def _in_f32(dtype: DType, expr: Callable[..., str]) -> Renderer:
     def render(n: Node, a: Sequence[str]) -> str:
         if not n.dtype.is_half:
             return expr(*a)
-        widened = [f"tl.cast({x}, tl.float32)" for x in a]
-        return f"tl.cast({expr(*widened)}, {TL_DTYPE[n.dtype]})"
+        widened = [f"tl.cast({x}, {COMPUTE})" for x in a]
+        return narrow(expr(*widened), n.dtype)
 
     return render
 
@@ -71,7 +95,7 @@ def _by_kind(int_fmt: str, float_fmt: str) -> Renderer:
 def _compare(symbol: str) -> Renderer:
     def render(n: Node, a: Sequence[str]) -> str:
         if n.src[0].dtype.is_half:
-            a = [f"tl.cast({x}, tl.float32)" for x in a]
+            a = [f"tl.cast({x}, {COMPUTE})" for x in a]
         return f"({a[0]} {symbol} {a[1]})"
 
     return render
@@ -90,12 +114,12 @@ def _cast(n: Node, a: Sequence[str]) -> str:
     if n.dtype.is_bool:
         return f"({a[0]} != 0)"
     if n.src[0].dtype.is_bool:
-        return f"tl.cast(tl.cast({a[0]}, tl.int32), {TL_DTYPE[n.dtype]})"
-    return f"tl.cast({a[0]}, {TL_DTYPE[n.dtype]})"
+        return narrow(f"tl.cast({a[0]}, tl.int32)", n.dtype)
+    return narrow(a[0], n.dtype)
 
 
 def _sign(n: Node, a: Sequence[str]) -> str:
-    t = TL_DTYPE[n.dtype]
+    t = tl_type(n.dtype)
     # (x > 0) - (x < 0), as torch computes it: sign(NaN) is 0 there, and so here
     return f"(tl.cast({a[0]} > 0, {t}) - tl.cast({a[0]} < 0, {t}))"
 
@@ -147,6 +171,14 @@ def _logic(symbol: str) -> Renderer:
     return render
 
 
+def _where(n: Node, a: Sequence[str]) -> str:
+    if_true, if_false = a[1], a[2]
+    if n.dtype is DType.float32 and all(s.op is Op.CONST for s in n.src[1:]):
+        # two bare literals would make a float32 select: one of them in the compute dtype sets it
+        if_true = f"tl.full([], {if_true}, {COMPUTE})"
+    return f"tl.where({a[0]}, {if_true}, {if_false})"
+
+
 def _float_comparison(n: Node) -> bool:
     return n.op in (Op.LT, Op.LE, Op.GT, Op.GE, Op.EQ, Op.NE) and n.src[0].dtype.is_float
 
@@ -188,7 +220,7 @@ RENDER: dict[Op, Renderer] = {
     Op.GE: _compare(">="),
     Op.EQ: _compare("=="),
     Op.NE: _compare("!="),
-    Op.WHERE: lambda n, a: f"tl.where({a[0]}, {a[1]}, {a[2]})",
+    Op.WHERE: _where,
     Op.ERF: _unary("tl.erf"),
     Op.ATAN: _unary("_atan"),
     Op.EXPM1: _unary("_expm1"),

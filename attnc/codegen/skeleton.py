@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from attnc.codegen.emit import RENDER, literal
+from attnc.codegen.emit import COMPUTE, RENDER, literal, tl_type
 from attnc.ir.dtypes import DType
 from attnc.ir.int_range import fits_int32
 from attnc.ir.node import Node, const, node
@@ -99,9 +99,8 @@ class Emitter:
         if n.op is Op.CONST:
             return literal(n.arg, n.dtype)
         if n.op is Op.PARAM:
-            # A float parameter arrives in the Triton interpreter as a Python float, whose `%` raises on a
-            # zero divisor where a GPU gives NaN: as a float32 tensor it behaves the same in both.
-            return f"tl.cast(param{n.arg}, tl.float32)" if n.dtype.is_float else f"param{n.arg}"
+            # a float parameter: a tensor of the compute dtype (see `_float_param` in the helpers)
+            return f"_float_param(param{n.arg}, {COMPUTE})" if n.dtype.is_float else f"param{n.arg}"
         return self.names[n]
 
     def emit(self, root: Node, tile_lines: list[str]) -> str:
@@ -194,8 +193,9 @@ def render_load(n: Node, index: list[str]) -> str:
     )
     # a zero-dim tensor (a captured `torch.tensor(5)`) has no index: its one element is at the base pointer
     value = f"tl.load(buf{slot} + {offsets or 0})"
-    # narrow integer tensors (int8, int16, uint8) are read as int32
-    return f"tl.cast({value}, tl.int32)" if n.dtype is DType.int32 else value
+    # narrow integer tensors (int8, int16, uint8) are read as int32; float32 tensors in the compute dtype (a
+    # float64 kernel computes with them in float64; for float32 the cast emits nothing)
+    return f"tl.cast({value}, {tl_type(n.dtype)})" if n.dtype in (DType.int32, DType.float32) else value
 
 
 def tile_test_lines(test: TileTest | None) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,8 @@ from attnc.runtime.block_mask import block_size_pair
 from attnc.runtime.config import KernelConfig, next_power_of_two
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # float64 runs on the reference backend
+# float64 inputs (gradcheck's dtype) are computed in float64 throughout; the others in float32
+KERNEL_DTYPES = SUPPORTED_DTYPES
 MAX_HEAD_DIM = 256
 
 
@@ -42,8 +44,7 @@ def check_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(f"attnc: {name} must be a 4-D tensor [B, H, L, D], got {_describe(t)}")
         if t.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"attnc: {name} has dtype {t.dtype}; supported: float16, bfloat16, float32 and (on the "
-                            "reference backend) float64")
+            raise TypeError(f"attnc: {name} has dtype {t.dtype}; supported: float16, bfloat16, float32 and float64")
     if not (query.dtype == key.dtype == value.dtype):
         raise TypeError(f"attnc: query, key and value must share a dtype, got {query.dtype}, {key.dtype}, "
                         f"{value.dtype}")
@@ -66,10 +67,25 @@ def check_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
 
 
 def check_kernel_dtype(query: torch.Tensor) -> None:
-    """The generated kernels accumulate in float32; float64 (gradcheck's dtype) runs on the reference."""
+    """The generated kernels take every supported dtype: float64 is computed in float64, the rest in float32."""
     if query.dtype not in KERNEL_DTYPES:
-        raise TypeError(f"attnc: the generated kernels take float16, bfloat16 and float32 inputs, got {query.dtype}; "
-                        "run float64 (e.g. for gradcheck) with backend='reference'")
+        raise TypeError(f"attnc: the generated kernels take float16, bfloat16, float32 and float64 inputs, got "
+                        f"{query.dtype}")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a kernel computes in for inputs of `dtype` (its row statistics and gradient buffers too)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def scalar_argument(value: int | float, dtype: torch.dtype) -> int | float:
+    """A scalar kernel argument for inputs of `dtype`. Triton passes a Python float as a float32; a float64
+    kernel gets a float's 64 bits as an int64 (`_float_argument` in the kernel helpers reads them back). Bits that
+    would fit in int32 (0.0 and doubles below 1e-314) become 0: Triton would pass them as an int32, a number."""
+    if dtype != torch.float64 or not isinstance(value, float):
+        return value
+    bits = struct.unpack("<q", struct.pack("<d", value))[0]
+    return bits if not -(2**31) <= bits < 2**31 else 0
 
 
 def _check_heads(Hq: int, Hkv: int, enable_gqa: bool) -> None:
@@ -110,8 +126,8 @@ def constexprs(shapes: Shapes, config: KernelConfig, dtype: torch.dtype, *, bloc
         "KV_EVEN": shapes.KV_LEN % kv_block == 0,
         # The interpreter's bf16 arithmetic is inexact: it computes on float32 copies.
         "UPCAST": interpret,
-        # float32 inputs get exact float32 products, not TF32.
-        "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",
+        # float32 inputs get exact float32 products, not TF32 (float64 ones float64 products).
+        "DOT_PRECISION": "ieee" if dtype in (torch.float32, torch.float64) else "tf32",
         "USE_TMA": config.tma, "WARP_SPECIALIZE": config.warp_specialize,
         # A positive scale keeps the row maximum in place, so it scales the maximum instead of each score.
         "SCALE_POSITIVE": sm_scale > 0,
@@ -226,7 +242,7 @@ def launch_forward(kernel: Any, query: torch.Tensor, key: torch.Tensor, value: t
                    params: Sequence[int | float], block_mask: Any, config: KernelConfig, has_mask: bool,
                    interpret: bool) -> tuple[torch.Tensor, torch.Tensor]:
     out = empty_in_order_of(query, (shapes.B, shapes.Hq, shapes.Q_LEN, shapes.Dv))
-    lse = row_statistics_buffer(shapes, query.device)[0]
+    lse = row_statistics_buffer(shapes, query.device, compute_dtype(query.dtype))[0]
     if shapes.Q_LEN == 0:
         return out, lse
     block_sizes = check_block_mask(block_mask, shapes, query.device) if block_mask is not None else None
@@ -236,32 +252,33 @@ def launch_forward(kernel: Any, query: torch.Tensor, key: torch.Tensor, value: t
     bm_args, has_full = block_mask_args(block_mask, shapes, lse)
     sm_scale = scale if scale is not None else default_scale(shapes)
     grid = (triton.cdiv(shapes.Q_LEN, config.block_m), shapes.B * shapes.Hq)
-    _run(kernel, grid, config, query, key, value, out, lse, bm_args, sm_scale, shapes,
-         capture_args(tensors, params),
+    _run(kernel, grid, config, query, key, value, out, lse, bm_args, scalar_argument(float(sm_scale), query.dtype),
+         shapes, capture_args(tensors, [scalar_argument(p, query.dtype) for p in params]),
          constexprs(shapes, config, query.dtype, block_sizes=block_sizes, has_full=has_full,
                     has_mask=has_mask, interpret=interpret, scale=sm_scale))
     return out, lse
 
 
 def _run(kernel: Any, grid: tuple[int, int], config: KernelConfig, query: torch.Tensor, key: torch.Tensor,
-         value: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, bm_args: list[Any], sm_scale: float,
+         value: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, bm_args: list[Any], sm_scale: int | float,
          shapes: Shapes, captured: list[Any], consts: dict[str, Any]) -> None:
     kernel[grid](
         query, key, value, out, lse, *query.stride(), *key.stride(), *value.stride(), *out.stride(),
-        *lse.stride(), _plane_stride(lse), *bm_args, float(sm_scale), shapes.Hq, shapes.gqa_group, shapes.Q_LEN,
+        *lse.stride(), _plane_stride(lse), *bm_args, sm_scale, shapes.Hq, shapes.gqa_group, shapes.Q_LEN,
         shapes.KV_LEN,
         *captured, **consts, num_warps=config.num_warps, num_stages=config.num_stages,
     )
 
 
-# The forward's row statistics: the lse it returns is plane 0 of a [3, B, H, Q_LEN] float32 buffer whose planes
-# 1 and 2 hold the base-2 row maximum and log2 of the row sum, the two terms the backward needs apart (see the
-# backward skeleton). The lse keeps the buffer alive, and the backward finds it again through the lse's storage.
+# The forward's row statistics: the lse it returns is plane 0 of a [3, B, H, Q_LEN] buffer in the compute dtype
+# (float32; float64 for float64 inputs) whose planes 1 and 2 hold the base-2 row maximum and log2 of the row sum,
+# the two terms the backward needs apart (see the backward skeleton). The lse keeps the buffer alive, and the
+# backward finds it again through the lse's storage.
 STAT_PLANES = 3
 
 
-def row_statistics_buffer(shapes: Shapes, device: torch.device) -> torch.Tensor:
-    return torch.empty(STAT_PLANES, shapes.B, shapes.Hq, shapes.Q_LEN, device=device, dtype=torch.float32)
+def row_statistics_buffer(shapes: Shapes, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.empty(STAT_PLANES, shapes.B, shapes.Hq, shapes.Q_LEN, device=device, dtype=dtype)
 
 
 def _plane_stride(lse: torch.Tensor) -> int:
@@ -271,18 +288,19 @@ def _plane_stride(lse: torch.Tensor) -> int:
 def written_statistics(lse: torch.Tensor) -> torch.Tensor | None:
     """The statistics buffer a forward kernel wrote `lse` into, or None for an lse from elsewhere."""
     storage = lse.untyped_storage()
-    if (lse.dtype == torch.float32 and lse.is_contiguous() and lse.storage_offset() == 0
-            and storage.nbytes() == STAT_PLANES * lse.numel() * 4):
+    if (lse.dtype in (torch.float32, torch.float64) and lse.is_contiguous() and lse.storage_offset() == 0
+            and storage.nbytes() == STAT_PLANES * lse.numel() * lse.element_size()):
         return lse.new_empty(0).set_(storage, 0, (STAT_PLANES, *lse.shape))
     return None
 
 
-def row_statistics(lse: torch.Tensor) -> torch.Tensor:
-    """The statistics buffer the forward wrote `lse` into; for an lse from elsewhere, one rebuilt from it (the
-    maximum taken as the whole base-2 lse, which is exact while the logits are small)."""
+def row_statistics(lse: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The statistics buffer the forward wrote `lse` into; for an lse from elsewhere, one rebuilt from it in `dtype`
+    (the kernels' compute dtype; the maximum taken as the whole base-2 lse, exact while the logits are small)."""
     written = written_statistics(lse)
     if written is not None:
         return written
-    base2 = lse.float() * math.log2(math.e)
+    lse = lse.to(dtype)
+    base2 = lse * math.log2(math.e)
     rebuilt = torch.where(lse == float("-inf"), float("inf"), base2)
-    return torch.stack([lse.float(), rebuilt, torch.zeros_like(rebuilt)]).contiguous()
+    return torch.stack([lse, rebuilt, torch.zeros_like(rebuilt)]).contiguous()

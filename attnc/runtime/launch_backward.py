@@ -21,8 +21,10 @@ from attnc.runtime.launch import (
     block_mask_args,
     capture_args,
     check_block_mask,
+    compute_dtype,
     constexprs,
     row_statistics,
+    scalar_argument,
     with_tma_if_ready,
 )
 
@@ -49,10 +51,11 @@ def backward_configs(head_dim: int, head_dim_v: int, *, interpret: bool) -> Back
 
 
 def delta_rows(out: torch.Tensor, dout: torch.Tensor, dlse: torch.Tensor | None) -> torch.Tensor:
-    """rowsum(dO * O) - dlse, float32, contiguous like the lse."""
-    delta = (dout.float() * out.float()).sum(-1)
+    """rowsum(dO * O) - dlse in the compute dtype (float32; float64 for float64 inputs), contiguous like the lse."""
+    work = compute_dtype(out.dtype)
+    delta = (dout.to(work) * out.to(work)).sum(-1)
     if dlse is not None:
-        delta = delta - dlse.float()
+        delta = delta - dlse.to(work)
     return delta.contiguous()
 
 
@@ -70,23 +73,25 @@ def key_side_rows(stats: torch.Tensor, out: torch.Tensor, dout: torch.Tensor,
     usable = torch.isfinite(shifted) & (e <= log2_l)
     shifted, e = torch.where(usable, shifted, m2), torch.where(usable, e, 0.0)
     f = torch.exp2(e - log2_l)
-    scaled = (dout.float() * f[..., None]).to(dout.dtype)
-    delta = (scaled.float() * out.float()).sum(-1)
+    work = compute_dtype(out.dtype)
+    scaled = (dout.to(work) * f[..., None]).to(dout.dtype)
+    delta = (scaled.to(work) * out.to(work)).sum(-1)
     if dlse is not None:
-        delta = delta - f * dlse.float()
+        delta = delta - f * dlse.to(work)
     return torch.stack([stats[0], shifted]), scaled, delta.contiguous()
 
 
 def _grad_buffers(tensors: Sequence[torch.Tensor], slots: Sequence[int], wanted: Sequence[bool],
                   dummy: torch.Tensor) -> tuple[list[Any], dict[str, bool], dict[int, torch.Tensor]]:
-    """float32 accumulators for the captured tensors that need a gradient; a dummy for the others."""
+    """Accumulators in the compute dtype (the dummy's, the row statistics') for the captured tensors that need a
+    gradient; the dummy for the others."""
     args: list[Any] = []
     flags: dict[str, bool] = {}
     buffers: dict[int, torch.Tensor] = {}
     for slot, want in zip(slots, wanted, strict=True):
         t = tensors[slot]
         if want:
-            buffers[slot] = torch.zeros(t.shape, dtype=torch.float32, device=t.device)
+            buffers[slot] = torch.zeros(t.shape, dtype=dummy.dtype, device=t.device)
             args += [buffers[slot], *buffers[slot].stride()]
         else:
             args += [dummy, *([0] * t.dim())]
@@ -100,9 +105,9 @@ def launch_backward(dkdv_kernel: Any, dq_kernel: Any, query: torch.Tensor, key: 
                     params: Sequence[int | float], grad_slots: Sequence[int], grad_wanted: Sequence[bool],
                     block_mask: Any, configs: BackwardConfigs, has_mask: bool,
                     interpret: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
-    """(dq, dk, dv, {slot: float32 gradient}) for the captured tensors with grad_wanted."""
+    """(dq, dk, dv, {slot: gradient in the compute dtype}) for the captured tensors with grad_wanted."""
     dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
-    stats = row_statistics(lse)
+    stats = row_statistics(lse, compute_dtype(query.dtype))
     delta = delta_rows(out, dout, dlse)
     block_sizes = check_block_mask(block_mask, shapes, query.device) if block_mask is not None else None
     if block_sizes is not None:
@@ -114,8 +119,9 @@ def launch_backward(dkdv_kernel: Any, dq_kernel: Any, query: torch.Tensor, key: 
     configs = BackwardConfigs(with_tma_if_ready(configs.dkdv, query, key_dout),
                               with_tma_if_ready(dq_config, key, value))
     sm_scale = float(scale if scale is not None else 1.0 / math.sqrt(shapes.D))
-    captured = capture_args(tensors, params)
-    grad_args, grad_flags, buffers = _grad_buffers(tensors, grad_slots, grad_wanted, lse)
+    scale_arg = scalar_argument(sm_scale, query.dtype)
+    captured = capture_args(tensors, [scalar_argument(p, query.dtype) for p in params])
+    grad_args, grad_flags, buffers = _grad_buffers(tensors, grad_slots, grad_wanted, stats)
     if shapes.KV_LEN == 0 or shapes.Q_LEN == 0:
         return dq.zero_(), dk.zero_(), dv.zero_(), buffers
     common = [*query.stride(), *key.stride(), *value.stride(), *dout.stride(), *stats.stride()[1:],
@@ -134,14 +140,14 @@ def launch_backward(dkdv_kernel: Any, dq_kernel: Any, query: torch.Tensor, key: 
                   key_stats.stride(0)]
     dkdv_kernel[(triton.cdiv(shapes.KV_LEN, configs.dkdv.block_n), shapes.B * shapes.Hkv)](
         query, key, value, key_dout, key_stats, key_delta, dk, dv, *key_common, *dk.stride(), *dv.stride(), *q_side,
-        sm_scale, shapes.Hq, shapes.Hkv, shapes.gqa_group, shapes.Q_LEN, shapes.KV_LEN, *captured, **c,
+        scale_arg, shapes.Hq, shapes.Hkv, shapes.gqa_group, shapes.Q_LEN, shapes.KV_LEN, *captured, **c,
         num_warps=configs.dkdv.num_warps, num_stages=configs.dkdv.num_stages)
 
     kv_side, has_full_kv = block_mask_args(block_mask, shapes, lse)
     c = consts(configs.dq, has_full_kv)
     c.pop("Q_EVEN")
     dq_kernel[(triton.cdiv(shapes.Q_LEN, configs.dq.block_m), shapes.B * shapes.Hq)](
-        query, key, value, dout, stats, delta, dq, *common, *dq.stride(), *kv_side, sm_scale, shapes.Hq,
+        query, key, value, dout, stats, delta, dq, *common, *dq.stride(), *kv_side, scale_arg, shapes.Hq,
         shapes.gqa_group, shapes.Q_LEN, shapes.KV_LEN, *captured, *grad_args, **c, **grad_flags,
         num_warps=configs.dq.num_warps, num_stages=configs.dq.num_stages)
     return dq, dk, dv, buffers

@@ -59,7 +59,7 @@ def _dkdv_tile(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, apply_mask, CHECK_Q: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    FAST_MATH: tl.constexpr,
+    FAST_MATH: tl.constexpr, COMPUTE: tl.constexpr,
 ):
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
@@ -80,8 +80,8 @@ def _dkdv_tile(
         q = tl.load(Q_head + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd)
         do = tl.load(DO_head + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod)
     if UPCAST:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
+        q = q.to(COMPUTE)
+        do = do.to(COMPUTE)
     # the forward's base-2 row maximum plus e, a part of log2(l) it adds exactly (rows past Q_LEN: p = 0)
     if CHECK_Q:
         m2 = tl.load(LSE_head + stride_ls + offs_m * stride_lm, mask=q_in, other=float("inf"))
@@ -118,7 +118,7 @@ def _dkdv_tile(
     # score, as in the forward, so the difference is exact whatever the logits' magnitude; the rest of the
     # normalisation, 2^(e - log2(l)) in (1/2, 1], arrives premultiplied into dO and delta (launch_backward)
     if AFFINE_BIAS:
-        pt = tl.exp2(score - (m2 - (bias_b * (offs_m - kv_origin).to(tl.float32) + bias_at_origin))[None, :])
+        pt = tl.exp2(score - (m2 - (bias_b * (offs_m - kv_origin).to(COMPUTE) + bias_at_origin))[None, :])
     elif HAS_SCORE_MOD:
         pt = tl.exp2(score * LOG2E - m2[None, :])
     elif SCALE_POSITIVE:  # the scale and log2(e) ride on the multiply-add that subtracts the maximum
@@ -147,7 +147,7 @@ def _dkdv_visit(
     # HOLE: tile_test_params_kv
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, Q_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr,
+    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, COMPUTE: tl.constexpr,
     TILE_KIND: tl.constexpr,
 ):
     if TILE_KIND == OFF_BAND:  # inside the full range, before Q_LEN: nothing to test or mask
@@ -158,7 +158,7 @@ def _dkdv_visit(
             # HOLE: capture_pass
             # HOLE: hoisted_pass_kv
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, False, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH,
+            SCALE_POSITIVE, FAST_MATH, COMPUTE,
         )
     elif TILE_KIND == ON_BAND:  # beside the full range: masked, untested, so the loop has no branch
         dk, dv = _dkdv_tile(
@@ -168,7 +168,7 @@ def _dkdv_visit(
             # HOLE: capture_pass
             # HOLE: hoisted_pass_kv
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, True, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH,
+            SCALE_POSITIVE, FAST_MATH, COMPUTE,
         )
     else:
         q_lo = start_m
@@ -182,7 +182,7 @@ def _dkdv_visit(
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass_kv
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, may_false, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH,
+                SCALE_POSITIVE, FAST_MATH, COMPUTE,
             )
     return dk, dv
 
@@ -213,6 +213,9 @@ def attnc_backward_dkdv(
     FAST_MATH: tl.constexpr,
 ):
     # One program: BLOCK_N keys of one (batch, kv head), summed over the query heads that share them.
+    # The dtype of the arithmetic, as in the forward: float64 for float64 inputs, float32 otherwise
+    COMPUTE: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
+    sm_scale = _float_argument(sm_scale, COMPUTE)
     start_n = tl.program_id(0) * BLOCK_N
     off_bh = tl.program_id(1)
     off_b = off_bh // H_KV
@@ -228,11 +231,11 @@ def attnc_backward_dkdv(
                 + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
                 mask=n_in[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
     if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-    dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+        k = k.to(COMPUTE)
+        v = v.to(COMPUTE)
+    dk = tl.zeros([BLOCK_N, D_PAD], COMPUTE)
     qk_scale = sm_scale * LOG2E
-    dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
+    dv = tl.zeros([BLOCK_N, DV_PAD], COMPUTE)
     b_idx = off_b
     kv_idx = offs_n[:, None]
     for g in range(GQA_GROUP):
@@ -256,9 +259,9 @@ def attnc_backward_dkdv(
         if AFFINE_BIAS:
             # the bias alpha * kv + beta * q + gamma in base 2, rebased on this program's first key
             # HOLE: affine_bias_kv
-            bias_rows = bias_alpha * LOG2E * (offs_n - kv_origin).to(tl.float32)[:, None]
+            bias_rows = bias_alpha * LOG2E * (offs_n - kv_origin).to(COMPUTE)[:, None]
             bias_b = bias_beta * LOG2E
-            bias_at_origin = ((bias_alpha + bias_beta) * kv_origin.to(tl.float32) + bias_gamma) * LOG2E
+            bias_at_origin = ((bias_alpha + bias_beta) * kv_origin.to(COMPUTE) + bias_gamma) * LOG2E
         else:
             bias_rows = 0.0
             bias_b = 0.0
@@ -283,7 +286,7 @@ def attnc_backward_dkdv(
                         # HOLE: capture_pass
                         # HOLE: hoisted_pass_kv
                         HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                        SCALE_POSITIVE, FAST_MATH,
+                        SCALE_POSITIVE, FAST_MATH, COMPUTE,
                     )
             n_partial = tl.load(Q_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_col * stride_nn)
             partial_list = Q_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_col * stride_in
@@ -297,7 +300,7 @@ def attnc_backward_dkdv(
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass_kv
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, HAS_MASK, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                    SCALE_POSITIVE, FAST_MATH,
+                    SCALE_POSITIVE, FAST_MATH, COMPUTE,
                 )
         elif HAS_MASK:
             kv_lo = start_n
@@ -316,7 +319,7 @@ def attnc_backward_dkdv(
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass_kv
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, False, UPCAST, DOT_PRECISION, USE_TMA,
-                    SCALE_POSITIVE, FAST_MATH,
+                    SCALE_POSITIVE, FAST_MATH, COMPUTE,
                 )
             if not Q_EVEN:
                 dk, dv = _dkdv_tile(
@@ -327,7 +330,7 @@ def attnc_backward_dkdv(
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass_kv
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, True, UPCAST, DOT_PRECISION, USE_TMA,
-                    SCALE_POSITIVE, FAST_MATH,
+                    SCALE_POSITIVE, FAST_MATH, COMPUTE,
                 )
     dk = dk * sm_scale
     tl.store(DK + off_b.to(tl.int64) * stride_dkb + off_hkv.to(tl.int64) * stride_dkh
@@ -349,7 +352,7 @@ def _dq_tile(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, apply_mask, CHECK_KV: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    FAST_MATH: tl.constexpr,
+    FAST_MATH: tl.constexpr, COMPUTE: tl.constexpr,
 ):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
@@ -368,8 +371,8 @@ def _dq_tile(
         kt = tl.load(K_head + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd)
         vt = tl.load(V_head + offs_n[None, :] * stride_vn + offs_dv[:, None] * stride_vd)
     if UPCAST:
-        kt = kt.to(tl.float32)
-        vt = vt.to(tl.float32)
+        kt = kt.to(COMPUTE)
+        vt = vt.to(COMPUTE)
     qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
     if AFFINE_BIAS:
         # an affine bias rebased on this program's first query: per-key term here, the rest in m2 (see below)
@@ -389,7 +392,7 @@ def _dq_tile(
     # p here is the forward's unnormalised exp2(z - m) (in [0, 1]): each row's 1 / l multiplies its dq once, at
     # the end, and the captured tensors' gradients where they are accumulated
     if AFFINE_BIAS:
-        p = tl.exp2(score - (m2 - bias_a * (start_n - q_origin).to(tl.float32))[:, None])
+        p = tl.exp2(score - (m2 - bias_a * (start_n - q_origin).to(COMPUTE))[:, None])
     elif HAS_SCORE_MOD:
         p = tl.exp2(score * LOG2E - m2[:, None])
     elif SCALE_POSITIVE:  # the scale and log2(e) ride on the multiply-add that subtracts the maximum
@@ -421,7 +424,7 @@ def _dq_visit(
     # HOLE: tile_test_params_q
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr,
+    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, COMPUTE: tl.constexpr,
     TILE_KIND: tl.constexpr,
 ):
     if TILE_KIND == OFF_BAND:  # inside the full range, before KV_LEN: nothing to test or mask
@@ -433,7 +436,7 @@ def _dq_visit(
             # HOLE: grad_pass
             # HOLE: hoisted_pass_q
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, False, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH,
+            SCALE_POSITIVE, FAST_MATH, COMPUTE,
         )
     elif TILE_KIND == ON_BAND:  # beside the full range: masked, untested, so the loop has no branch
         dq = _dq_tile(
@@ -444,7 +447,7 @@ def _dq_visit(
             # HOLE: grad_pass
             # HOLE: hoisted_pass_q
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, True, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH,
+            SCALE_POSITIVE, FAST_MATH, COMPUTE,
         )
     else:
         kv_lo = start_n
@@ -459,7 +462,7 @@ def _dq_visit(
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH,
+                SCALE_POSITIVE, FAST_MATH, COMPUTE,
             )
     return dq
 
@@ -490,6 +493,8 @@ def attnc_backward_dq(
     FAST_MATH: tl.constexpr,
 ):
     # One program: BLOCK_M query rows of one (batch, query head), over the key tiles they attend to.
+    COMPUTE: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
+    sm_scale = _float_argument(sm_scale, COMPUTE)
     start_m = tl.program_id(0)
     off_bh = tl.program_id(1)
     off_b = off_bh // H_Q
@@ -506,8 +511,8 @@ def attnc_backward_dq(
                  + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
                  mask=q_in[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
     if UPCAST:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
+        q = q.to(COMPUTE)
+        do = do.to(COMPUTE)
     LSE_rows = LSE + off_b * stride_lb + off_h * stride_lh + offs_m * stride_lm
     m2 = tl.load(LSE_rows + stride_ls, mask=q_in, other=float("inf"))
     inv_l = tl.exp2(-tl.load(LSE_rows + 2 * stride_ls, mask=q_in, other=0.0))
@@ -522,7 +527,7 @@ def attnc_backward_dq(
     else:
         K_desc = K_head
         V_desc = V_head
-    dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    dq = tl.zeros([BLOCK_M, D_PAD], COMPUTE)
     qk_scale = sm_scale * LOG2E
 
     b_idx = off_b
@@ -536,9 +541,9 @@ def attnc_backward_dq(
         # here, once; the tiles add alpha * (key - q_origin) back
         # HOLE: affine_bias_q
         bias_a = bias_alpha * LOG2E
-        bias_cols = bias_a * tl.arange(0, BLOCK_N).to(tl.float32)[None, :]
-        m2 = m2 - (bias_beta * LOG2E * (offs_m - q_origin).to(tl.float32)
-                   + ((bias_alpha + bias_beta) * q_origin.to(tl.float32) + bias_gamma) * LOG2E)
+        bias_cols = bias_a * tl.arange(0, BLOCK_N).to(COMPUTE)[None, :]
+        m2 = m2 - (bias_beta * LOG2E * (offs_m - q_origin).to(COMPUTE)
+                   + ((bias_alpha + bias_beta) * q_origin.to(COMPUTE) + bias_gamma) * LOG2E)
     else:
         bias_a = 0.0
         bias_cols = 0.0
@@ -561,7 +566,7 @@ def attnc_backward_dq(
                     # HOLE: grad_pass
                     # HOLE: hoisted_pass_q
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                    SCALE_POSITIVE, FAST_MATH,
+                    SCALE_POSITIVE, FAST_MATH, COMPUTE,
                 )
         n_partial = tl.load(KV_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_row * stride_nm)
         partial_list = KV_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_row * stride_im
@@ -576,7 +581,7 @@ def attnc_backward_dq(
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH,
+                SCALE_POSITIVE, FAST_MATH, COMPUTE,
             )
     elif HAS_MASK:
         q_lo = start_m * BLOCK_M
@@ -594,7 +599,7 @@ def attnc_backward_dq(
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, False, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH,
+                SCALE_POSITIVE, FAST_MATH, COMPUTE,
             )
         if not KV_EVEN:
             dq = _dq_tile(
@@ -605,7 +610,7 @@ def attnc_backward_dq(
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH,
+                SCALE_POSITIVE, FAST_MATH, COMPUTE,
             )
     dq = dq * (sm_scale * inv_l)[:, None]
     tl.store(DQ + off_b.to(tl.int64) * stride_dqb + off_h.to(tl.int64) * stride_dqh

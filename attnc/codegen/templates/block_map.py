@@ -35,6 +35,9 @@ def attnc_block_map(
     Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr, SUB_M: tl.constexpr, SUB_N: tl.constexpr,
     KV_BLOCKS_PER_PROGRAM: tl.constexpr,
 ):
+    # The dtype of a mask's float arithmetic (attnc.codegen.emit): the map is built once for inputs of any dtype,
+    # in float32
+    COMPUTE: tl.constexpr = tl.float32
     q_block = tl.program_id(0)
     kv_group = tl.program_id(1)
     off_bh = tl.program_id(2)

@@ -64,7 +64,7 @@ def _attend_tile(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, apply_mask, tile_live, CHECK_KV: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
-    SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr,
+    SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, COMPUTE: tl.constexpr,
 ):
     # apply_mask and tile_live are literals (compile-time branches) on the loops that know their tiles'
     # class, and the tile test's verdicts (branches uniform across the program) on the tested path, where an
@@ -83,7 +83,7 @@ def _attend_tile(
     else:
         kt = tl.load(K_head + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd)
     if UPCAST:
-        kt = kt.to(tl.float32)
+        kt = kt.to(COMPUTE)
     if USE_TMA:
         v = V_desc.load([start_n, 0])
     elif CHECK_KV or HEAD_DV != DV_PAD:
@@ -92,7 +92,7 @@ def _attend_tile(
     else:
         v = tl.load(V_head + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd)
     if UPCAST:
-        v = v.to(tl.float32)
+        v = v.to(COMPUTE)
     if tile_live:
         qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
         # Online softmax in base 2: the running maximum m_i and the exponents are logits times log2(e), and
@@ -101,7 +101,7 @@ def _attend_tile(
             # an affine bias (attnc.codegen.bias): its per-column term rides on the multiply-add that scales the
             # score, its value for this tile joins the row maximum, its per-row term waits for the epilogue
             score = qk * qk_scale + bias_cols
-            tile_bias = bias_kv * (start_n - q_origin).to(tl.float32) + bias_at_q0
+            tile_bias = bias_kv * (start_n - q_origin).to(COMPUTE) + bias_at_q0
         elif HAS_SCORE_MOD:
             score = qk * sm_scale
             # HOLE: score_mod
@@ -146,7 +146,8 @@ def _visit_tile(
     # HOLE: tile_test_params
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, TILE_KIND: tl.constexpr,
+    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, COMPUTE: tl.constexpr,
+    TILE_KIND: tl.constexpr,
 ):
     if TILE_KIND == OFF_BAND:
         # inside the full range, before KV_LEN: every pair is allowed, nothing to test or mask
@@ -157,7 +158,7 @@ def _visit_tile(
             # HOLE: capture_pass
             # HOLE: hoisted_pass
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, False, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH,
+            SCALE_POSITIVE, FAST_MATH, COMPUTE,
         )
     elif TILE_KIND == ON_BAND:
         # beside the full range: masked without a test, so that the loop has no branch and is pipelined
@@ -168,7 +169,7 @@ def _visit_tile(
             # HOLE: capture_pass
             # HOLE: hoisted_pass
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, True, True, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH,
+            SCALE_POSITIVE, FAST_MATH, COMPUTE,
         )
     else:
         # Classify the tile from the mask's structure: empty tiles cost their loads and this scalar test, full
@@ -185,7 +186,7 @@ def _visit_tile(
             # HOLE: capture_pass
             # HOLE: hoisted_pass
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, may_true, not KV_EVEN, UPCAST, DOT_PRECISION,
-            USE_TMA, SCALE_POSITIVE, FAST_MATH,
+            USE_TMA, SCALE_POSITIVE, FAST_MATH, COMPUTE,
         )
     return acc, l_i, m_i
 
@@ -215,6 +216,10 @@ def attnc_forward(
 ):
     # Three ways to find the key tiles: a BlockMask's lists (USE_BLOCK_MASK), the mask's own closed-form
     # ranges and tile test (HAS_MASK), or every tile (no mask).
+    # The dtype of the arithmetic, from the inputs' (not a launch argument, so it cannot disagree with them):
+    # float64 inputs are computed in float64 throughout, every other dtype in float32
+    COMPUTE: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
+    sm_scale = _float_argument(sm_scale, COMPUTE)
     start_m = tl.program_id(0)
     off_bh = tl.program_id(1)
     off_b = off_bh // H_Q
@@ -229,7 +234,7 @@ def attnc_forward(
                 + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                 mask=m_in[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
     if UPCAST:
-        q = q.to(tl.float32)
+        q = q.to(COMPUTE)
     K_head = K + off_b.to(tl.int64) * stride_kb + off_hkv.to(tl.int64) * stride_kh
     V_head = V + off_b.to(tl.int64) * stride_vb + off_hkv.to(tl.int64) * stride_vh
     if USE_TMA:
@@ -251,18 +256,18 @@ def attnc_forward(
         # the bias alpha * kv + beta * q + gamma in base 2, rebased on this tile's first query (q_origin)
         # HOLE: affine_bias
         bias_kv = bias_alpha * LOG2E
-        bias_cols = bias_kv * tl.arange(0, BLOCK_N).to(tl.float32)[None, :]
-        bias_at_q0 = ((bias_alpha + bias_beta) * q_origin.to(tl.float32) + bias_gamma) * LOG2E
-        bias_rows = bias_beta * LOG2E * (offs_m - q_origin).to(tl.float32)
+        bias_cols = bias_kv * tl.arange(0, BLOCK_N).to(COMPUTE)[None, :]
+        bias_at_q0 = ((bias_alpha + bias_beta) * q_origin.to(COMPUTE) + bias_gamma) * LOG2E
+        bias_rows = bias_beta * LOG2E * (offs_m - q_origin).to(COMPUTE)
     else:
         bias_kv = 0.0
         bias_cols = 0.0
         bias_at_q0 = 0.0
         bias_rows = 0.0
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), COMPUTE)
+    l_i = tl.zeros([BLOCK_M], COMPUTE)
+    acc = tl.zeros([BLOCK_M, DV_PAD], COMPUTE)
     qk_scale = sm_scale * LOG2E
 
     # Every path visits the tiles it knows to be free of masking first, in a loop without branches, then
@@ -287,7 +292,7 @@ def attnc_forward(
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, not KV_EVEN, UPCAST, DOT_PRECISION,
-                    USE_TMA, SCALE_POSITIVE, FAST_MATH,
+                    USE_TMA, SCALE_POSITIVE, FAST_MATH, COMPUTE,
                 )
         n_partial = tl.load(KV_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_row * stride_nm)
         partial_list = KV_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_row * stride_im
@@ -301,7 +306,7 @@ def attnc_forward(
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, True, not KV_EVEN, UPCAST, DOT_PRECISION,
-                USE_TMA, SCALE_POSITIVE, FAST_MATH,
+                USE_TMA, SCALE_POSITIVE, FAST_MATH, COMPUTE,
             )
     elif HAS_MASK:
         q_lo = start_m * BLOCK_M
@@ -319,7 +324,7 @@ def attnc_forward(
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, False, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH,
+                SCALE_POSITIVE, FAST_MATH, COMPUTE,
             )
         if not KV_EVEN:
             acc, l_i, m_i = _attend_tile(
@@ -329,7 +334,7 @@ def attnc_forward(
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, True, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH,
+                SCALE_POSITIVE, FAST_MATH, COMPUTE,
             )
 
     # Rows with no allowed key: l = 0, so the output is 0 and the lse is -inf (never NaN).

@@ -10,6 +10,39 @@ FAST_MATH = tl.constexpr(False)
 
 
 @triton.jit
+def _float_argument(x, compute: tl.constexpr):
+    # A float scalar argument (the scale, a mod's float parameter) for a kernel computing in `compute`. Triton
+    # passes every Python float as a float32, so for float64 the launcher sends a double's 64 bits as an integer
+    # (`launch.scalar_argument`), which is int64 but for bits that fit in int32 (0.0, or a whole number given
+    # for a float parameter): those are read as numbers. float32 arguments pass unchanged.
+    if compute == tl.float64:
+        if x.dtype == tl.int64:
+            return x.to(tl.float64, bitcast=True)
+        else:
+            return tl.cast(x, tl.float64)
+    else:
+        return x
+
+
+@triton.jit
+def _float_param(x, compute: tl.constexpr):
+    # A mod's float parameter as a tensor of the compute dtype. In the Triton interpreter a float32 one arrives
+    # as a Python float, whose `%` raises on a zero divisor where a GPU gives NaN: as a tensor it behaves the
+    # same in both.
+    return tl.cast(_float_argument(x, compute), compute)
+
+
+@triton.jit
+def _half(x, half: tl.constexpr, compute: tl.constexpr):
+    # A 16-bit float result: rounded to `half`, as PyTorch computes it. A float64 kernel keeps it in float64,
+    # as the float64 reference keeps every float.
+    if compute == tl.float64:
+        return tl.cast(x, tl.float64)
+    else:
+        return tl.cast(x, half)
+
+
+@triton.jit
 def _floordiv(a, b):
     q = a // b
     return tl.where(((a % b) != 0) & ((a < 0) != (b < 0)), q - 1, q)
