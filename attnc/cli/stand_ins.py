@@ -10,7 +10,8 @@ the file; without it, show, viz and bench use the stand-in below and say so. The
     bigbird(block, random)            1 random key block per query block and head
     moba(gate, block, top_k)          a standard normal gate score per (batch, head, query block, key block)
     relative_bias(table)              N(0, 0.1) biases for distances clipped to [-128, 128]
-    t5_bias(table), t5_bias_lookup    N(0, 0.1) biases, one per bucket (num_buckets of the call) and head
+    t5_bias(table)                    N(0, 0.1) biases, one per bucket (num_buckets of the call) and head
+    t5_bias_lookup(table)             the same
 """
 
 from __future__ import annotations
