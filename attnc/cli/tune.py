@@ -95,16 +95,17 @@ def describe(config: KernelConfig) -> str:
 
 def _aot_report(attn: Any, kind: str, configs: list[KernelConfig], *, arch: str, dtype: torch.dtype, D: int,
                 progress: Callable[[int, int], None]) -> dict[KernelConfig, dict[str, Any]]:
-    """tuning.aot_report (head dims D, D), telling `progress(done, total)` as each config compiles."""
+    """What tuning.aot_report gives (head dims D, D), telling `progress(done, total)` as each config compiles;
+    the same jobs, compiled in one child that reports each as it finishes."""
     from attnc.perf.launches import Shape, attnc_launches
     from attnc.runtime import aot
     from attnc.runtime.launch_backward import BackwardConfigs
 
     capability = aot.parse_arch(arch)
     shape = Shape(head_dim=D, head_dim_v=D, dtype=dtype)
+    # every config is given, so no untuned default (the one thing the launch's architecture chooses) is needed
     jobs = [attnc_launches(attn, shape, backward=kind != "forward", config=config,
-                           backward_configs=BackwardConfigs(config, config), arch=arch)[kind].job(capability,
-                                                                                                    disassemble=False)
+                           backward_configs=BackwardConfigs(config, config))[kind].job(capability, disassemble=False)
             for config in configs]
     return dict(zip(configs, aot.compile_kernels(jobs, progress=progress), strict=True))
 
