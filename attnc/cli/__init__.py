@@ -9,7 +9,11 @@
     attnc cache ls | clear | info               the kernel cache directory
 
 A variant is a family of `attnc.variants.FAMILIES` called with literal arguments, or a `.attn` file (see
-`attnc.cli.target`). Also `python -m attnc`.
+`attnc.cli.target`); a family's tensor argument comes from a file (--tensor doc_ids=ids.pt) or, for show, viz
+and bench, from a synthetic stand-in (`attnc.cli.stand_ins`). Also `python -m attnc`.
+
+The parser (`attnc.cli.parsers`) imports neither torch nor triton: `attnc --help` answers at once, and each
+subcommand's module is imported when it runs.
 
 Exit codes: 0 success; 1 check found errors above tolerance (bench: attnc disagrees with a peer; inspect: a
 kernel failed to compile); 2 a usage error or an invalid variant, file, tensor or parameter; 3 a missing
@@ -33,13 +37,17 @@ DESCRIPTION = """\
 attnc compiles attention variants (a mask and a score modification) into fused Triton kernels. This command
 shows what it generates for a variant, draws its mask, checks its kernels against the reference and times
 them. VARIANT is a family of attnc.variants.FAMILIES with literal arguments, masks combined with & | ~ and
-optionally a score mod after a comma; FILE is a variant in the text syntax (.attn)."""
+optionally a score mod after a comma; FILE is a variant in the text syntax (.attn). A family's tensor argument
+(document's doc_ids, t5_bias's table, ...) comes from --tensor NAME=PATH (.pt or .npy); without it, show, viz
+and bench use a synthetic one and say which."""
 
 EPILOG = f"""\
 examples:
   attnc show causal
   attnc show 'sliding_window(256)' --source
   attnc viz 'natten((16, 16), 7, dilation=2)' --seq 256 -o natten.png
+  attnc viz 'causal() & document' -o documents.png          (synthetic document ids, announced)
+  attnc check document --tensor doc_ids=ids.pt
   attnc check 'causal() & sliding_window(64)' --backward
   attnc check examples/alibi_window.attn --tensor slopes=slopes.pt --param window=64
   attnc bench causal --seq 4096 8192 --pass fwd+bwd

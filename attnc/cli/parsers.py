@@ -93,7 +93,9 @@ examples:
   attnc show 'sliding_window(256)' --tiles --seq 8192 --block 64
   attnc show 'natten((16, 16), 7, dilation=2)' --seq 256
   attnc show 'causal, alibi(8)' --source
-  attnc show examples/alibi_window.attn --backward"""
+  attnc show examples/alibi_window.attn --backward
+  attnc show 'causal() & document' --tiles --tensor doc_ids=ids.pt
+  attnc show 'causal, t5_bias' --seq 512      (a synthetic bias table, announced)"""
 
 
 def add_show(subparsers: Any) -> None:
@@ -127,7 +129,8 @@ examples:
   attnc viz 'sliding_window(256)' --seq 4096 --block 64 -o window.png
   attnc viz 'natten((16, 16), 7, dilation=2)' --seq 256 --block 16 -o natten.png
   attnc viz 'causal, alibi(8)' -o alibi.png
-  attnc viz document.attn --tensor doc_ids=ids.pt --seq 4096 -o documents.png"""
+  attnc viz document.attn --tensor doc_ids=ids.pt --seq 4096 -o documents.png
+  attnc viz document --seq 4096 -o documents.png      (4 synthetic documents, announced)"""
 
 
 def add_viz(subparsers: Any) -> None:
@@ -197,7 +200,8 @@ examples:
   attnc bench causal
   attnc bench 'sliding_window(1024)' --seq 4096 8192 16384 --head-dim 128
   attnc bench 'causal, alibi(16)' --pass fwd+bwd
-  attnc bench document.attn --tensor doc_ids=ids.pt --seq 8192"""
+  attnc bench document.attn --tensor doc_ids=ids.pt --seq 8192
+  attnc bench 'causal() & document' --tensor doc_ids=ids.npy --seq 8192"""
 
 
 def add_bench(subparsers: Any) -> None:
