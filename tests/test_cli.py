@@ -513,6 +513,20 @@ def test_misspellings_get_a_suggestion(argv: list[str], hint: str, capsys: pytes
     assert hint in one_error_line(capsys.readouterr().err)
 
 
+def test_window_file_param_names_get_a_suggestion(window_file: pathlib.Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", str(window_file), "--param", "windw=3"]) == Exit.USAGE
+    assert "declares no param `windw` (did you mean `window`?)" in one_error_line(capsys.readouterr().err)
+
+
+def test_the_parser_offers_the_dtypes_and_passes_the_commands_know() -> None:
+    from attnc.cli import bench, devices, inspect_cmd, parsers
+
+    assert tuple(devices.DTYPES) == parsers.DTYPE_NAMES
+    assert tuple(inspect_cmd.DTYPES) == parsers.INSPECT_DTYPE_NAMES
+    assert tuple(bench.FLOPS_PER_PAIR) == parsers.PASSES
+
+
 @pytest.mark.parametrize(("argv", "hint"), [
     (["shwo", "causal"], "did you mean `show`"),
     (["check", "causal", "--dtype", "float23"], "did you mean `float32`"),

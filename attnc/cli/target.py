@@ -99,7 +99,7 @@ def missing_values(label: str, purpose: str, missing: list[TensorDecl | ParamDec
 
 def how_to_pass(decl: TensorDecl | ParamDecl) -> str:
     if isinstance(decl, TensorDecl):
-        return f"--tensor {decl.name}=PATH (a tensor saved with torch.save)"
+        return f"--tensor {decl.name}=PATH (a .pt file written by torch.save, or .npy)"
     return f"--param {decl.name}=VALUE"
 
 
@@ -157,9 +157,11 @@ def _assignment(item: str, flag: str, form: str) -> tuple[str, str]:
 def _declared(variant: TextVariant, name: str, kind: type, flag: str) -> Any:
     decl = variant.declarations.get(name)
     if not isinstance(decl, kind):
-        listing = ", ".join(d.describe() for d in variant.declarations.values() if isinstance(d, kind))
+        same_kind = [d for d in variant.declarations.values() if isinstance(d, kind)]
+        listing = ", ".join(d.describe() for d in same_kind)
+        hint = did_you_mean(name, [d.name for d in same_kind])
         raise CliError(f"{flag} {name}: {variant.filename} declares no {kind.__name__.removesuffix('Decl').lower()} "
-                       f"`{name}`; it declares {listing or 'none'}")
+                       f"`{name}`{hint}; it declares {listing or 'none'}")
     return decl
 
 
