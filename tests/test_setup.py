@@ -25,11 +25,11 @@ import os, shutil, sys, sysconfig
 
 MODE = {mode!r}
 if sys.argv[1:2] == ["-"]:  # setup.sh's probe, on stdin: run it for real, seeing what MODE says
-    if MODE in ("managed", "no-venv-module"):
-        stdlib, real = {stdlib!r}, sysconfig.get_path
-        sysconfig.get_path = lambda name, *args, **kwargs: stdlib if name == "stdlib" else real(name, *args, **kwargs)
-    if MODE == "in-venv":
-        sys.prefix = "/a/virtual/environment"
+    # a stdlib directory of its own, holding EXTERNALLY-MANAGED or not as MODE says
+    stdlib, real = {stdlib!r}, sysconfig.get_path
+    sysconfig.get_path = lambda name, *args, **kwargs: stdlib if name == "stdlib" else real(name, *args, **kwargs)
+    # in a virtual environment or not as MODE says, whatever the interpreter running the tests is in
+    sys.prefix = "/a/virtual/environment" if MODE == "in-venv" else sys.base_prefix
     sys.argv = sys.argv[1:]
     exec(compile(sys.stdin.read(), "<probe>", "exec"), {{"__name__": "__main__"}})
 elif sys.argv[1:3] == ["-m", "venv"]:
@@ -57,7 +57,8 @@ def checkout(tmp_path: pathlib.Path) -> pathlib.Path:
 def stub(tmp_path: pathlib.Path, mode: str) -> pathlib.Path:
     stdlib = tmp_path / f"stdlib-{mode}"
     stdlib.mkdir()
-    (stdlib / "EXTERNALLY-MANAGED").write_text("[externally-managed]\nError=use a virtual environment\n")
+    if mode in ("managed", "no-venv-module"):
+        (stdlib / "EXTERNALLY-MANAGED").write_text("[externally-managed]\nError=use a virtual environment\n")
     path = tmp_path / f"python-{mode}"
     path.write_text(STUB.format(python=sys.executable, mode=mode, stdlib=str(stdlib)))
     path.chmod(0o755)
