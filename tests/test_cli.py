@@ -494,6 +494,21 @@ print(os.environ.get("TRITON_INTERPRET"), interpreter_active())
     assert out.split() == ["1", "True"]
 
 
+def test_subpackages_load_on_attribute_access() -> None:
+    out = run_python("""
+import importlib.util, sys
+import attnc
+names = [n for n in ("variants", "nn", "natten", "integrations", "serving")
+         if importlib.util.find_spec(f"attnc.{n}") is not None]  # the ones that are there
+assert not [n for n in names if f"attnc.{n}" in sys.modules]  # nothing loaded yet
+for name in names:
+    assert getattr(attnc, name) is sys.modules[f"attnc.{name}"], name
+    assert name in dir(attnc), name
+print("ok")
+""")
+    assert out.strip() == "ok"
+
+
 def test_import_attnc_leaves_a_chosen_interpreter_setting() -> None:
     out = run_python("import attnc, triton, os; print(os.environ['TRITON_INTERPRET'])", TRITON_INTERPRET="0")
     assert out.strip() == "0"
