@@ -28,6 +28,14 @@ def causal(b, h, q_idx, kv_idx):
     return q_idx >= kv_idx
 
 
+DOCUMENTS = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2])
+
+
+def same_document(b, h, q_idx, kv_idx):
+    # reads a tensor: the kernels walk a block map built for it (BlockMask lists)
+    return DOCUMENTS[q_idx] == DOCUMENTS[kv_idx]
+
+
 def late_rows(b, h, q_idx, kv_idx):
     # rows 0..2 have no key at all
     return (q_idx >= 3) & (kv_idx < q_idx)
@@ -54,6 +62,12 @@ def half_bias(score, b, h, q_idx, kv_idx):
 
 def half_bias_in_float64(score, b, h, q_idx, kv_idx):
     return score + HALF_BIAS.double()[kv_idx] * 0.1
+
+
+def math_functions(score, b, h, q_idx, kv_idx):
+    # the helpers' own formulations (atan's polynomial is float32-grade; float64 sums a series) and tl.math
+    return (torch.atan(score * 3) + torch.rsqrt(2 + score * score) + torch.erf(score) + torch.log1p(score.abs())
+            + torch.expm1(score * 0.5) + torch.sigmoid(score) + (1 + score * score) ** 1.5 + torch.tanh(score))
 
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod: Callable | None = None,
@@ -91,6 +105,8 @@ CASES = {
     "affine_bias": (None, alibi, None, alibi),
     "float_parameter_and_scale": (causal, tempered, 0.3, tempered),
     "bf16_capture": (None, half_bias, None, half_bias_in_float64),
+    "math_functions": (causal, math_functions, None, math_functions),
+    "document_mask": (same_document, softcap_bias, None, softcap_bias),
 }
 
 
@@ -154,11 +170,12 @@ def test_gradcheck_through_the_kernels_with_a_mask_and_a_learned_capture() -> No
     assert torch.autograd.gradcheck(run, (q, k, v, bias), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
-def test_gradcheck_through_the_kernels_with_gqa_and_a_parameter() -> None:
+@pytest.mark.parametrize("score_mod", [tempered, alibi], ids=["parameter", "affine_bias"])
+def test_gradcheck_through_the_kernels_with_gqa(score_mod) -> None:
     q, k, v = inputs(Hq=2, Hkv=1, grad=True)
 
     def run(q, k, v):
-        return attnc.flex_attention(q, k, v, score_mod=tempered, mask_mod=causal, enable_gqa=True,
+        return attnc.flex_attention(q, k, v, score_mod=score_mod, mask_mod=causal, enable_gqa=True,
                                     backend="triton", scale=0.3, return_lse=True)
 
     assert torch.autograd.gradcheck(run, (q, k, v), eps=1e-6, atol=1e-6, fast_mode=True)
@@ -181,6 +198,23 @@ def test_rows_without_keys_give_zero_and_minus_infinity_never_nan() -> None:
     assert torch.equal(q.grad[:, :, :3], torch.zeros_like(q.grad[:, :, :3]))
     assert torch.autograd.gradcheck(lambda q, k, v: run(q, k, v)[0], (q, k, v), eps=1e-6, atol=1e-6,
                                     fast_mode=True)
+
+
+def test_packed_sequences_and_kv_caches_run_the_float64_kernels() -> None:
+    g = torch.Generator().manual_seed(2)
+    cu_seqlens = torch.tensor([0, 5, 12], dtype=torch.int32)
+    q, k, v = (torch.randn(12, h, 4, generator=g, dtype=F64) for h in (2, 1, 1))
+    results = [attnc.varlen_attention(q, k, v, cu_seqlens, cu_seqlens, mask_mod=causal, return_lse=True,
+                                      backend=backend) for backend in ("triton", "reference")]
+    k_cache, v_cache = (torch.randn(2, 16, 1, 4, generator=g, dtype=F64) for _ in range(2))
+    q_new = torch.randn(2, 1, 2, 4, generator=g, dtype=F64)
+    lengths = torch.tensor([7, 16], dtype=torch.int32)
+    cached = [attnc.kvcache_attention(q_new, k_cache, v_cache, lengths, return_lse=True, backend=backend)
+              for backend in ("triton", "reference")]
+    for (out, lse), (ref_out, ref_lse) in (results, cached):
+        assert out.dtype == F64 and lse.dtype == F64
+        torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(lse, ref_lse, rtol=1e-10, atol=1e-12)
 
 
 def test_auto_on_cpu_still_picks_the_reference_and_says_so() -> None:

@@ -190,7 +190,7 @@ RENDER: dict[Op, Renderer] = {
     Op.LOG2: _unary("tl.log2"),
     Op.LOG1P: _unary("_log1p"),
     Op.SQRT: _unary("tl.sqrt"),
-    Op.RSQRT: _unary("tl.rsqrt"),
+    Op.RSQRT: _unary("_rsqrt"),
     Op.TANH: lambda n, a: _in_f32(n.dtype, lambda x: f"_tanh({x}, FAST_MATH)")(n, a),
     Op.SIGMOID: _unary("tl.sigmoid"),
     Op.SIN: _unary("tl.sin"),

@@ -147,22 +147,55 @@ def _mod_magic(a, d, m, shift):
 @triton.jit
 def _atan(x):
     # |x| > 1 through atan(t) = pi/2 - atan(1/t); t > tan(pi/8) through atan(t) = pi/4 + atan((t - 1)/(t + 1));
-    # then atan(u) = u + u^3 P(u^2) on |u| <= tan(pi/8), P a least-squares fit (relative error < 3e-9).
+    # then atan(u) = u + u^3 P(u^2) on |u| <= tan(pi/8), P a least-squares fit (relative error < 3e-9); float64
+    # halves u once more and sums the Taylor series (_atan_series).
     t = tl.abs(x)
     outer = t > 1.0
     t = tl.where(outer, 1.0 / tl.where(outer, t, 1.0), t)
     middle = t > 0.41421356237309503
     u = tl.where(middle, (t - 1.0) / (t + 1.0), t)
     z = u * u
-    p = -0.06459380905500625
-    p = p * z + 0.10746300220773844
-    p = p * z - 0.14264232782943018
-    p = p * z + 0.1999955008687265
-    p = p * z - 0.3333333181356032
-    r = u + u * z * p
+    if x.dtype == tl.float64:
+        r = 2.0 * _atan_series(u / (1.0 + tl.sqrt(1.0 + z)))
+    else:
+        p = -0.06459380905500625
+        p = p * z + 0.10746300220773844
+        p = p * z - 0.14264232782943018
+        p = p * z + 0.1999955008687265
+        p = p * z - 0.3333333181356032
+        r = u + u * z * p
     r = tl.where(middle, 0.7853981633974483 + r, r)
     r = tl.where(outer, 1.5707963267948966 - r, r)
     return tl.where(x < 0, -r, r)
+
+
+@triton.jit
+def _atan_series(v):
+    # atan(v) = v - v^3/3 + v^5/5 - ... to v^23 for |v| <= tan(pi/16) < 0.2 (2 atan(v) = atan(u) with
+    # v = u / (1 + sqrt(1 + u^2))): the first term left out is below 2^-60 of the sum, under float64's last bit.
+    w = v * v
+    s = -1.0 / 23.0
+    s = s * w + 1.0 / 21.0
+    s = s * w - 1.0 / 19.0
+    s = s * w + 1.0 / 17.0
+    s = s * w - 1.0 / 15.0
+    s = s * w + 1.0 / 13.0
+    s = s * w - 1.0 / 11.0
+    s = s * w + 1.0 / 9.0
+    s = s * w - 1.0 / 7.0
+    s = s * w + 1.0 / 5.0
+    s = s * w - 1.0 / 3.0
+    return v + v * w * s
+
+
+@triton.jit
+def _rsqrt(x):
+    # tl.rsqrt is an approximation on a GPU (rsqrt.approx.f64 for float64): float64 takes a correctly rounded
+    # square root and a division instead
+    if x.dtype == tl.float64:
+        return 1.0 / tl.sqrt(x)
+    else:
+        return tl.rsqrt(x)
 
 
 @triton.jit
