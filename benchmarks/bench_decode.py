@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import flex_attention as torch_flex
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -132,9 +133,9 @@ def measure(row: Row, args: argparse.Namespace, device: torch.device) -> dict[st
 
     shifted_score = None if score_mod is None else (lambda s, b, h, qi, kv: score_mod(s, b, h, qi + offset, kv))
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    flex = torch.nn.attention.flex_attention.flex_attention
+    flex = torch_flex.flex_attention
     flex_fn = flex if args.smoke else torch.compile(flex, dynamic=False)
-    block_mask = torch.nn.attention.flex_attention.create_block_mask(shifted_mask, None, None, row.sq, row.cache,
+    block_mask = torch_flex.create_block_mask(shifted_mask, None, None, row.sq, row.cache,
                                                                      device=device)
 
     def run_flex() -> torch.Tensor:

@@ -627,15 +627,14 @@ def test_a_file_holding_a_wrong_tensor_is_named(tmp_path: pathlib.Path, capsys: 
     assert "document: doc_ids is an integer tensor" in one_error_line(capsys.readouterr().err)
 
 
-def test_tune_compile_reports_match_the_tuners() -> None:
-    """The dry run's compile, which reports each config as it finishes, gives what the tuner's aot_report gives."""
-    from attnc.cli import tune
+def test_tune_compile_reports_tell_their_progress() -> None:
+    """The dry run's compile reports each config as it finishes."""
     from attnc.runtime import autotune, tuning
 
     attn = attnc.compile(V.causal())
     configs = autotune.tile_candidates("forward", "sm_90", 32, 32, 2, 2)
     told: list[tuple[int, int]] = []
-    ours = tune._aot_report(attn, "forward", configs, arch="sm_90", dtype=torch.bfloat16, D=32,
-                            progress=lambda done, total: told.append((done, total)))
-    assert ours == tuning.aot_report(attn, "forward", configs, arch="sm_90", dtype=torch.bfloat16, D=32, Dv=32)
+    report = tuning.aot_report(attn, "forward", configs, arch="sm_90", dtype=torch.bfloat16, D=32, Dv=32,
+                               progress=lambda done, total: told.append((done, total)))
+    assert set(report) == set(configs) and all("spills" in facts for facts in report.values())
     assert told[-1] == (2, 2) and all(total == 2 for _, total in told)

@@ -34,10 +34,9 @@ import torch
 import triton.runtime.jit
 
 import attnc
-from attnc import api
 from attnc.cli import main
 from attnc.runtime import cache as cache_module
-from attnc.runtime import tuning, tuning_store
+from attnc.runtime import launch, tuning, tuning_store
 from attnc.runtime.autotune import TuneKey, Tuner, default_ladder, shape_bucket
 from attnc.runtime.cache import CacheError, CacheWarning, KernelCache
 from attnc.runtime.config import KernelConfig
@@ -155,7 +154,7 @@ def test_invalid_kernel_options_are_named_before_any_launch(options: Any, messag
     def launched(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a kernel launched with invalid options")
 
-    monkeypatch.setattr(api.launch, "launch_forward", launched)
+    monkeypatch.setattr(launch, "launch_forward", launched)
     q = torch.randn(1, 1, 20, 16)
     with pytest.raises(ValueError, match=f"^attnc: {re.escape(message)}"):
         attnc.flex_attention(q, q, q, backend="triton", kernel_options=options)
@@ -358,7 +357,7 @@ def test_a_full_or_read_only_directory_keeps_kernels_in_memory(tmp_path: Path, m
 def test_attnc_check_passes_with_an_unwritable_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "file").write_text("")
-    monkeypatch.setattr(api, "kernel_cache", lambda: cached)
+    monkeypatch.setattr(cache_module, "kernel_cache", lambda: cached)
     cached = KernelCache(tmp_path / "file" / "cache")
     assert main(["check", "sliding_window(8)", "--seq", "24", "--heads", "1", "--head-dim", "16"]) == 0
     captured = capsys.readouterr()
@@ -421,7 +420,7 @@ def test_gpu_defaults_need_no_kernel_file(tmp_path: Path, monkeypatch: pytest.Mo
     """A launch on a GPU picks its spill-free default by compiling the kernel file ahead of time; without a
     writable cache it takes the ladder's first rung instead of failing."""
     (tmp_path / "file").write_text("")
-    monkeypatch.setattr(api, "kernel_cache", lambda: KernelCache(tmp_path / "file" / "cache"))
+    monkeypatch.setattr(cache_module, "kernel_cache", lambda: KernelCache(tmp_path / "file" / "cache"))
     attn = attnc.compile(lambda b, h, q, kv: q - kv <= 37)  # a variant no other test compiles
     chosen = tuning.spill_free_default(attn, "forward", arch="sm_90", dtype=torch.float16, D=64, Dv=64)
     assert chosen == default_ladder("forward", "sm_90", 64, 64)[0]
@@ -447,7 +446,7 @@ def test_attnc_check_reports_an_environment_failure_with_the_usage_code(monkeypa
         def module(self, source: str) -> Any:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/full/attnc_x.py")
 
-    monkeypatch.setattr(api, "kernel_cache", Failing)
+    monkeypatch.setattr(cache_module, "kernel_cache", Failing)
     assert main(["check", "causal", "--seq", "16", "--heads", "1", "--head-dim", "16"]) == 2  # not 1: no verdict
     assert capsys.readouterr().err == ("attnc check: could not run the check: [Errno 28] No space left on device: "
                                        "'/full/attnc_x.py'\n")

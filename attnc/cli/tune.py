@@ -65,7 +65,8 @@ def _dry_run(args: argparse.Namespace) -> int:
             report: dict[KernelConfig, dict[str, Any]] = {}
             if args.aot:
                 with _compile_progress(f"{kind} {args.arch}", len(configs)) as tell:
-                    report = _aot_report(target.attn, kind, configs, arch=args.arch, dtype=dtype, D=D, progress=tell)
+                    report = tuning.aot_report(target.attn, kind, configs, arch=args.arch, dtype=dtype, D=D, Dv=D,
+                                                progress=tell)
             kept = autotune.prune_by_resources(configs, report)
             for config in configs:
                 facts = report.get(config)
@@ -91,23 +92,6 @@ def describe(config: KernelConfig) -> str:
     flags = "".join([" tma" if config.tma else "", " warp-specialized" if config.warp_specialize else ""])
     return (f"BLOCK_M={config.block_m:<3} BLOCK_N={config.block_n:<3} warps={config.num_warps} "
             f"stages={config.num_stages}{flags}")
-
-
-def _aot_report(attn: Any, kind: str, configs: list[KernelConfig], *, arch: str, dtype: torch.dtype, D: int,
-                progress: Callable[[int, int], None]) -> dict[KernelConfig, dict[str, Any]]:
-    """What tuning.aot_report gives (head dims D, D), telling `progress(done, total)` as each config compiles;
-    the same jobs, compiled in one child that reports each as it finishes."""
-    from attnc.perf.launches import Shape, attnc_launches
-    from attnc.runtime import aot
-    from attnc.runtime.launch_backward import BackwardConfigs
-
-    capability = aot.parse_arch(arch)
-    shape = Shape(head_dim=D, head_dim_v=D, dtype=dtype)
-    # every config is given, so no untuned default (the one thing the launch's architecture chooses) is needed
-    jobs = [attnc_launches(attn, shape, backward=kind != "forward", config=config,
-                           backward_configs=BackwardConfigs(config, config))[kind].job(capability, disassemble=False)
-            for config in configs]
-    return dict(zip(configs, aot.compile_kernels(jobs, progress=progress), strict=True))
 
 
 def _tqdm() -> Any:

@@ -14,8 +14,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-import attnc
-from attnc.api import Attention
+from attnc.attention import Attention
 
 
 class GlobalPositions:
@@ -27,7 +26,7 @@ class GlobalPositions:
         self.mask_mod = _with_globals(mask, constants) if mask_mod is not None else None
         self.score_mod = _with_globals(score, constants) if score_mod is not None else None
         self._move = move
-        self.attention: Attention = attnc.compile(self.mask_mod, self.score_mod)
+        self.attention: Attention = Attention(self.mask_mod, self.score_mod)
         self.plans: dict[Any, Any] = {}  # ring plans by (problem, values_key()): see attnc.distributed.planning
 
     def values_key(self) -> tuple[Any, ...]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from attnc.perf import report
 from attnc.perf.launches import Launch, Shape, attnc_launches, yardstick_launches
-from attnc.runtime import aot
+from attnc.runtime import aot, tuning
 from attnc.runtime.config import KernelConfig
 
 TMA_FROM = 90  # the first architecture with TMA: before it the yardstick loads through pointers
@@ -55,8 +55,9 @@ def inspect_attention(attn: Any, *, arch: str = "sm_90", shape: Shape | None = N
 
     shape = shape or Shape()
     capability = aot.parse_arch(arch)
+    untuned = tuning.untuned_configs(attn, arch=arch, dtype=shape.dtype, D=shape.head_dim, Dv=shape.dv)
     launches = attnc_launches(attn, shape, backward=backward, config=config, backward_configs=backward_configs,
-                              values=values, arch=arch)
+                              values=values, untuned=untuned)
     extra = [] if yardstick is not None else list(
         yardstick_launches(shape, backward=backward, use_tma=capability >= TMA_FROM).values())
     compiled = report.compile_launches([*launches.values(), *extra], capability, python=python, processes=processes)

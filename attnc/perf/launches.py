@@ -12,13 +12,16 @@ delta, which the launcher takes from torch.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from attnc.codegen.backward import DKDV_KERNEL, DQ_KERNEL
 from attnc.runtime import aot, launch, launch_backward, sparsity
+from attnc.runtime import cache as kernel_files
+from attnc.runtime.block_mask import block_size_pair
 from attnc.runtime.config import KernelConfig
 
 # Keyword arguments of a launch that are options of the compile, not kernel arguments.
@@ -147,14 +150,15 @@ def _recorded(name: str, kind: str, path: Path, kernel: str, recorder: Recorder,
 
 def attnc_launches(attn: Any, shape: Shape, *, backward: bool, config: KernelConfig | None = None,
                    backward_configs: launch_backward.BackwardConfigs | None = None,
-                   values: Mapping[str, Any] | None = None, arch: str = "sm_90") -> dict[str, Launch]:
+                   values: Mapping[str, Any] | None = None,
+                   untuned: Callable[[str], KernelConfig] | None = None) -> dict[str, Launch]:
     """The kernels a GPU call of `attn` launches at `shape` with the untuned default configs (or those
     given): "forward" as `attn(q, k, v)` runs it (closed-form tile loops; attnc's own block map for masks
     that read data), "forward_block_mask" as `flex_attention(..., block_mask=create_block_mask(mask_mod,
     None, None, S, S))` runs it (the benchmark's path), and with `backward` the dK/dV and dQ kernels of both
     (gradients of q, k, v only, as the benchmark asks). A mask whose blocks only pair-by-pair evaluation can
     classify also gets its block-map builder ("block_map"; compiled from its signature, unspecialised).
-    Untuned configs are those a launch on `arch` picks (`tuning.spill_free_default`)."""
+    `untuned(kind)` gives the configs not given (`tuning.untuned_configs`: what an untuned launch picks)."""
     bindings = attn._bind(values)
     cpu = torch.device("cpu")
     # the block map `attn(q, k, v)` builds itself (None for closed-form masks), and the benchmark's
@@ -162,29 +166,21 @@ def attnc_launches(attn: Any, shape: Shape, *, backward: bool, config: KernelCon
              "_block_mask": attn.block_mask(None, None, shape.seq_len, shape.seq_len, device=cpu, **(values or {}))}
     common = {"shapes": shape.shapes(), "scale": None, "tensors": bindings.tensors, "params": bindings.params,
               "has_mask": attn.program.mask is not None, "interpret": False}
-    config = config or _default(attn, "forward", shape, arch)
+    if untuned is None and (config is None or (backward and backward_configs is None)):
+        raise ValueError("attnc_launches: give the configs, or untuned(kind) to choose the ones not given")
+    config = config or untuned("forward")
     launches = _forward_launches(attn, plans, shape, config, common)
     if attn.program.mask is not None and not sparsity.analysable(attn.program.mask):
         launches["block_map"] = _builder(attn)
     if backward:
-        configs = backward_configs or launch_backward.BackwardConfigs(_default(attn, "backward_dkdv", shape, arch),
-                                                                      _default(attn, "backward_dq", shape, arch))
+        configs = backward_configs or launch_backward.BackwardConfigs(untuned("backward_dkdv"), untuned("backward_dq"))
         launches |= _backward_launches(attn, plans, shape, configs, common)
     return launches
 
 
-def _default(attn: Any, kind: str, shape: Shape, arch: str) -> KernelConfig:
-    """What an untuned launch on `arch` uses: the first spill-free rung of its default ladder."""
-    from attnc.runtime.tuning import spill_free_default
-
-    return spill_free_default(attn, kind, arch=arch, dtype=shape.dtype, D=shape.head_dim, Dv=shape.dv)
-
-
 def _forward_launches(attn: Any, plans: Mapping[str, Any], shape: Shape, config: KernelConfig,
                       common: Mapping[str, Any]) -> dict[str, Launch]:
-    from attnc.api import kernel_cache
-
-    path = kernel_cache().ensure_file(attn.source.source)
+    path = kernel_files.kernel_cache().ensure_file(attn.source.source)
     launches = {}
     for suffix, plan in plans.items():
         recorder = Recorder()
@@ -196,10 +192,7 @@ def _forward_launches(attn: Any, plans: Mapping[str, Any], shape: Shape, config:
 
 def _backward_launches(attn: Any, plans: Mapping[str, Any], shape: Shape, configs: launch_backward.BackwardConfigs,
                        common: Mapping[str, Any]) -> dict[str, Launch]:
-    from attnc.api import kernel_cache
-    from attnc.codegen.backward import DKDV_KERNEL, DQ_KERNEL
-
-    path = kernel_cache().ensure_file(attn.backward_source.source)
+    path = kernel_files.kernel_cache().ensure_file(attn.backward_source.source)
     out, lse = shape.outputs()
     slots = attn.backward_source.grad_slots
     launches = {}
@@ -216,17 +209,13 @@ def _backward_launches(attn: Any, plans: Mapping[str, Any], shape: Shape, config
 def _block_size(plan: Any) -> tuple[int, int] | None:
     if plan is None:
         return None
-    from attnc.runtime.block_mask import block_size_pair
-
     return block_size_pair(plan.BLOCK_SIZE)
 
 
 def _builder(attn: Any) -> Launch:
     """The block-map builder's job from its signature (`aot.block_map_job`), as `Attention.resources`
     compiles it; it runs once per block map, outside the attention kernels."""
-    from attnc.api import kernel_cache
-
-    path = kernel_cache().ensure_file(attn.block_map_source.source)
+    path = kernel_files.kernel_cache().ensure_file(attn.block_map_source.source)
     job = aot.block_map_job(path, attn.program, 0)
     kwargs = {**job["constexprs"], "num_warps": job["num_warps"], "num_stages": job["num_stages"]}
     return Launch("block_map", "block_map", str(path), job["kernel"], (), kwargs, signature=job["types"])

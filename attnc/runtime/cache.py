@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import linecache
 import os
@@ -37,6 +38,7 @@ import torch
 import triton
 
 from attnc.codegen.skeleton import CODEGEN_VERSION
+from attnc.runtime.config import Settings
 
 CHECKSUM_LINE = "# attnc-kernel sha256="
 KERNEL_PREFIX = "attnc_"
@@ -155,6 +157,12 @@ class KernelCache:
             raise CacheUnavailable(f"attnc: cannot use the kernel cache directory {self.directory}: "
                                    f"{_reason(e)}") from e
         self._checked = True
+
+
+@functools.cache
+def kernel_cache() -> KernelCache:
+    """The process-wide kernel cache, in the directory `Settings` names."""
+    return KernelCache(Settings.from_environment().cache_dir)
 
 
 def _reason(error: OSError) -> str:

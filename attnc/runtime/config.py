@@ -93,14 +93,4 @@ def next_power_of_two(n: int) -> int:
     return max(16, 1 << (n - 1).bit_length())
 
 
-def default_config(head_dim: int, head_dim_v: int, *, interpret: bool) -> KernelConfig:
-    """The forward's tiles: Hopper's row of the default table (`autotune.DEFAULTS_BY_ARCH`); large tiles in
-    the interpreter, whose cost is per operation, not per element."""
-    if interpret:
-        return INTERPRETER_TILES
-    from attnc.runtime.autotune import default_for  # the table builds KernelConfigs from this module
-
-    return default_for("forward", "sm_90", head_dim, head_dim_v)
-
-
 INTERPRETER_TILES = KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=1)

@@ -1,9 +1,9 @@
 """The Triton interpreter, which runs generated kernels on CPU tensors.
 
 Triton decides once, when `triton` is imported, whether its standard library (tl.zeros, reductions, ...)
-is compiled or interpreted, from TRITON_INTERPRET. attnc therefore turns the interpreter on at its own
-import when no CUDA GPU is present and triton has not been imported yet; on a GPU machine kernels compile
-for the GPU and CPU tensors cannot use the Triton backend in the same process.
+is compiled or interpreted, from TRITON_INTERPRET. attnc therefore turns the interpreter on just before
+triton is first imported (a hook `attnc/__init__.py` installs) when no CUDA GPU is present; on a GPU
+machine kernels compile for the GPU and CPU tensors cannot use the Triton backend in the same process.
 """
 
 from __future__ import annotations

@@ -82,6 +82,11 @@ def spill_free_default(attn: Any, kind: str, *, arch: str, dtype: torch.dtype, D
     return _SPILL_FREE[key]
 
 
+def untuned_configs(attn: Any, *, arch: str, dtype: torch.dtype, D: int, Dv: int) -> Callable[[str], KernelConfig]:
+    """`kind -> config` an untuned launch of `attn` on `arch` picks (`spill_free_default`)."""
+    return functools.partial(spill_free_default, attn, arch=arch, dtype=dtype, D=D, Dv=Dv)
+
+
 def _both_loops(attn: Any, kind: str, config: KernelConfig, arch: str, dtype: torch.dtype, D: int,
                 Dv: int) -> list[dict[str, Any]]:
     """Compile reports of `kind` with `config` in both the loops a call can run: `attn(...)`'s and a BlockMask's
@@ -133,10 +138,11 @@ def _dims(shapes: Shapes) -> dict[str, Any]:
 
 
 def aot_report(attn: Any, kind: str, configs: Sequence[KernelConfig], *, arch: str, dtype: torch.dtype, D: int,
-               Dv: int) -> dict[KernelConfig, dict[str, Any]]:
+               Dv: int, progress: Callable[[int, int], None] | None = None) -> dict[KernelConfig, dict[str, Any]]:
     """Registers, spills and shared memory of `kind` compiled ahead of time for `arch` (no GPU) with each
     config, in the loop `attn(...)` runs (its own block map for masks that read data, else the closed-form
-    ranges), specialised as a launch at the benchmark's shape; for `autotune.prune_by_resources`."""
+    ranges), specialised as a launch at the benchmark's shape; for `autotune.prune_by_resources`.
+    `progress(done, total)` is told as each config's compile finishes."""
     from attnc.perf.launches import Shape, attnc_launches
     from attnc.runtime import aot
     from attnc.runtime.launch_backward import BackwardConfigs
@@ -146,9 +152,9 @@ def aot_report(attn: Any, kind: str, configs: Sequence[KernelConfig], *, arch: s
     jobs = []
     for config in configs:
         launches = attnc_launches(attn, shape, backward=kind != "forward", config=config,
-                                  backward_configs=BackwardConfigs(config, config), arch=arch)
+                                  backward_configs=BackwardConfigs(config, config))
         jobs.append(launches[kind].job(capability, disassemble=False))
-    return dict(zip(configs, aot.compile_kernels(jobs), strict=True))
+    return dict(zip(configs, aot.compile_kernels(jobs, progress=progress), strict=True))
 
 
 def warp_specializes(attn: Any, kind: str, config: KernelConfig, *, arch: str, dtype: torch.dtype, D: int,

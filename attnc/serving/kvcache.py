@@ -21,8 +21,7 @@ from typing import Any
 
 import torch
 
-import attnc
-from attnc.api import Attention
+from attnc.attention import Attention
 
 
 class CacheVariant:
@@ -30,7 +29,7 @@ class CacheVariant:
 
     def __init__(self, mask_mod: Callable | None, score_mod: Callable | None) -> None:
         self.mask_mod, self.score_mod, self._install = _at_cache_positions(mask_mod, score_mod)
-        self.attention: Attention = attnc.compile(self.mask_mod, self.score_mod)
+        self.attention: Attention = Attention(self.mask_mod, self.score_mod)
 
     def lengths(self, cache_seqlens: torch.Tensor, Sq: int) -> None:
         self._install(cache_seqlens, Sq)

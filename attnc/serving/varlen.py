@@ -18,8 +18,7 @@ from typing import Any
 
 import torch
 
-import attnc
-from attnc.api import Attention
+from attnc.attention import Attention
 
 
 class PackedVariant:
@@ -27,7 +26,7 @@ class PackedVariant:
 
     def __init__(self, mask_mod: Callable | None, score_mod: Callable | None) -> None:
         self.mask_mod, self.score_mod, self._install = _packed(mask_mod, score_mod)
-        self.attention: Attention = attnc.compile(self.mask_mod, self.score_mod)
+        self.attention: Attention = Attention(self.mask_mod, self.score_mod)
 
     def tables(self, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, total_q: int, total_k: int) -> None:
         self._install(*position_tables(cu_seqlens_q, total_q), *position_tables(cu_seqlens_k, total_k))

@@ -1,0 +1,595 @@
+"""A compiled attention variant: `Attention` traces the mods, optimises the IR, generates and caches the kernels,
+plans the block maps a call needs and launches them, forward and backward (through autograd, or as the
+custom ops of `attnc.runtime.graph_ops` under torch.compile).
+
+The pipeline, in order (each step's name is also its label in `Attention.explain()`):
+
+    trace      Python mods -> IR                      attnc.dsl.trace
+    optimize   fold, simplify, canonicalise, hoist    attnc.ir.passes.PIPELINE
+    generate   IR -> Triton source (forward)          attnc.codegen.forward
+    cache      source -> file -> imported kernel      attnc.runtime.cache
+    launch     validated arguments -> kernel          attnc.runtime.launch
+
+The paths built on it (packed sequences and KV caches in `attnc.serving`, context parallelism in
+`attnc.distributed`, the static reports of `attnc.perf`) import this module; `attnc.api`, the public face,
+adds them to the `Attention` users get.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from attnc import arguments
+from attnc.arguments import shared_kv_batch
+from attnc.codegen.backward import DKDV_KERNEL, DQ_KERNEL, BackwardSource, generate_backward
+from attnc.codegen.block_map import generate_block_map
+from attnc.codegen.forward import KernelSource, generate_forward
+from attnc.dsl.text import TextVariant
+from attnc.dsl.trace import StaleTrace, Traced, trace
+from attnc.ir import DType, Node, Op, Program, TensorSpec, const, load, node, var
+from attnc.ir.divisors import DivisorCheck
+from attnc.ir.interpret import Env, evaluate
+from attnc.ir.passes import optimize
+from attnc.ir.printer import format_program
+from attnc.ir.reference import reference_attention, reference_max_scores
+from attnc.ir.tiles import TileTest, kv_full_range, kv_ranges, tile_test
+from attnc.ir.transpose import q_full_range, q_ranges
+from attnc.runtime import cache as kernel_files
+from attnc.runtime import graph_ops, launch, launch_backward, sparsity, tuning
+from attnc.runtime.autograd import AttentionFunction, GradientPlan, needs_grad
+from attnc.runtime.block_mask import BlockMask, as_batched, block_size_pair, build_block_mask
+from attnc.runtime.config import (
+    KernelConfig,
+)
+from attnc.runtime.deterministic import captured_gradients
+from attnc.runtime.device_block_map import device_block_classes
+from attnc.runtime.interpreter import INTERPRETER_UNAVAILABLE, interpreter_active
+from attnc.runtime.kernel_options import CallOptions, KernelOptions, check_kernel_options
+
+BACKENDS = ("auto", "triton", "reference")
+# How a block map is built: from the mask's structure (O(blocks) on the host or device, with per-block
+# value ranges of the tensors it reads), by the generated builder kernel (pair by pair where the structure
+# leaves a block open; on a GPU, or CPU tensors through the Triton interpreter), or densely with torch.
+BUILDERS = ("auto", "structure", "kernel", "dense")
+MaskMod = Callable[..., Any]
+ScoreMod = Callable[..., Any]
+
+
+class Attention:
+    """A compiled attention variant. Kernels are generated lazily on first use and cached; changing a
+    captured Python scalar between calls changes a runtime argument, never the kernel.
+
+    A variant in the text syntax (`text`) has its tensors and parameter values bound by name: `defaults`
+    here, overridden by keyword arguments of each call (`attn(q, k, v, slopes=t, window=128)`)."""
+
+    def __init__(self, mask_mod: MaskMod | None = None, score_mod: ScoreMod | None = None, *,
+                 text: TextVariant | None = None, defaults: Mapping[str, Any] | None = None) -> None:
+        self.mask_mod = mask_mod
+        self.score_mod = score_mod
+        self.text = text
+        self.defaults = dict(defaults or {})
+        if text is not None:
+            text.check(self.defaults)
+        self._retrace()
+
+    def _retrace(self) -> None:
+        self.traced: Traced | TextVariant = trace(self.mask_mod, self.score_mod) if self.text is None else self.text
+        self.program: Program = optimize(self.traced.program)
+        self._divisors = DivisorCheck(self.traced.program)
+        self._source: KernelSource | None = None
+        self._kernel: Any = None
+        self._block_map_source: KernelSource | None = None
+        self._backward_source: BackwardSource | None = None
+        self._backward_kernels: tuple[Any, Any] | None = None
+        self._block_map_kernel: Any = None
+        self._plan: tuple[Any, BlockMask, Any] | None = None  # (key, block map, bindings): masks reading tensors
+
+    @property
+    def source(self) -> KernelSource:
+        if self._source is None:
+            test, ranges = (None, None) if self.program.mask is None else _structure(self.program)
+            full = kv_full_range(self.program.mask) if ranges is not None else None
+            self._source = generate_forward(self.program, test, ranges, full)
+        return self._source
+
+    def kernel(self) -> Any:
+        """The forward kernel, generated and imported on first use."""
+        if self._kernel is None:
+            self._kernel = getattr(kernel_files.kernel_cache().module(self.source.source), self.source.kernel_name)
+        return self._kernel
+
+    @property
+    def backward_source(self) -> BackwardSource:
+        """The generated backward kernels (dK/dV and dQ, one module)."""
+        if self._backward_source is None:
+            test, ranges = (None, None) if self.program.mask is None else _structure(self.program)
+            key_ranges = q_ranges(self.program.mask) if ranges is not None else None
+            full_keys = kv_full_range(self.program.mask) if ranges is not None else None
+            full_queries = q_full_range(self.program.mask) if ranges is not None else None
+            self._backward_source = generate_backward(self.program, test, ranges, key_ranges, full_keys,
+                                                      full_queries)
+        return self._backward_source
+
+    def backward_kernels(self) -> tuple[Any, Any]:
+        """(dK/dV kernel, dQ kernel), generated and imported on first use."""
+        if self._backward_kernels is None:
+            module = kernel_files.kernel_cache().module(self.backward_source.source)
+            self._backward_kernels = (getattr(module, DKDV_KERNEL), getattr(module, DQ_KERNEL))
+        return self._backward_kernels
+
+    @property
+    def block_map_source(self) -> KernelSource:
+        """The generated block-map builder (for masks whose structure leaves blocks open)."""
+        if self._block_map_source is None:
+            if self.program.mask is None:
+                raise ValueError("attnc: this variant has no mask; it has no block map to build")
+            self._block_map_source = generate_block_map(self.program, _simplified_test(self.program))
+        return self._block_map_source
+
+    def block_map_kernel(self) -> Any:
+        if self._block_map_kernel is None:
+            source = self.block_map_source
+            self._block_map_kernel = getattr(kernel_files.kernel_cache().module(source.source), source.kernel_name)
+        return self._block_map_kernel
+
+    def block_mask(self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any = None,
+                   BLOCK_SIZE: int | tuple[int, int] = 128, *, builder: str = "auto", **values: Any) -> BlockMask:
+        """The variant's block map as a BlockMask, built once and passed to every call (and layer) that
+        shares the mask: `attn(q, k, v, block_mask=bm)`. `builder` (see BUILDERS): "auto" uses the
+        structure when it decides every block's class without pair-by-pair work, else the generated kernel
+        on a GPU and dense torch on the CPU. `values`: a text variant's tensors and parameters by name."""
+        _check_sizes(B=B, H=H, Q_LEN=Q_LEN, KV_LEN=KV_LEN, optional=True)
+        return self._block_mask(self._bind(values), B or 1, H or 1, Q_LEN, KV_LEN, device, BLOCK_SIZE, builder)
+
+    def _block_mask(self, bindings: Any, B: int, H: int, Q_LEN: int, KV_LEN: int, device: Any,
+                    block_size: int | tuple[int, int], builder: str) -> BlockMask:
+        if builder not in BUILDERS:
+            raise ValueError(f"attnc: builder must be one of {BUILDERS}, got {builder!r}")
+        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        q_block, kv_block = block_size_pair(block_size)
+        mask = self.program.mask
+        if builder == "auto":
+            builder = ("structure" if mask is None or sparsity.analysable(mask)
+                       else "kernel" if device.type == "cuda" else "dense")
+        tensors = [t.to(device) for t in bindings.tensors]
+        self._divisors.check((B, H, Q_LEN, KV_LEN), tensors, bindings.params, bindings.version_key(), device,
+                             score=False)
+        shape = {"B": B, "H": H, "Q_LEN": Q_LEN, "KV_LEN": KV_LEN, "q_block": q_block, "kv_block": kv_block,
+                 "device": device}
+        if builder == "structure":
+            if mask is not None and not sparsity.analysable(mask):
+                raise ValueError("attnc: this mask reads a tensor at an index argument that depends on both q and kv; "
+                                 "its structure cannot classify blocks: use builder='kernel' or 'dense'")
+            classes = sparsity.classify_blocks(self.program, tensors, bindings.params, **shape)
+        elif builder == "kernel":
+            classes = self._kernel_classes(tensors, bindings.params, shape)
+        else:
+            return self._dense_block_mask(tensors, bindings.params, shape)
+        partial, full = sparsity.split_classes(classes, Q_LEN=Q_LEN, KV_LEN=KV_LEN, q_block=q_block,
+                                               kv_block=kv_block)
+        return BlockMask.from_block_classes(partial, full, BLOCK_SIZE=(q_block, kv_block),
+                                            seq_lengths=(Q_LEN, KV_LEN), mask_mod=self.mask_mod)
+
+    def _kernel_classes(self, tensors: list[torch.Tensor], params: Any, shape: dict[str, Any]) -> torch.Tensor:
+        if self.program.mask is None:
+            return sparsity.classify_blocks(self.program, tensors, params, **shape)
+        interpret = shape["device"].type != "cuda"
+        if interpret and not interpreter_active():
+            raise RuntimeError(INTERPRETER_UNAVAILABLE)
+        launch.check_captures(tensors, shape["device"])
+        return device_block_classes(self.block_map_kernel(), tensors, params, interpret=interpret, **shape)
+
+    def _dense_block_mask(self, tensors: list[torch.Tensor], params: Any, shape: dict[str, Any]) -> BlockMask:
+        def mask_fn(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+            return evaluate_mask(self.program, b, h, q, kv, tensors, params)
+
+        return build_block_mask(mask_fn, shape["B"], shape["H"], shape["Q_LEN"], shape["KV_LEN"],
+                                device=shape["device"], BLOCK_SIZE=(shape["q_block"], shape["kv_block"]),
+                                mask_mod=self.mask_mod)
+
+    def _bind(self, values: Mapping[str, Any] | None = None) -> Any:
+        if self.text is not None:
+            return self.text.bind({**self.defaults, **(values or {})})
+        if values:
+            raise ValueError(f"attnc: unexpected keyword arguments {sorted(values)}: binding tensors and parameters "
+                             "by name is for variants in the text syntax; Python mods capture their own")
+        return self.bind_mods(self.mask_mod, self.score_mod)
+
+    def bind_mods(self, mask_mod: MaskMod | None, score_mod: ScoreMod | None) -> Any:
+        """The current values of these mods' runtime data (the mods this variant was made from, or the same
+        functions reached another way); traced again first if they no longer have the traced shape."""
+        try:
+            return self.traced.bind(mask_mod, score_mod)
+        except StaleTrace:
+            self._retrace()
+            return self.traced.bind(mask_mod, score_mod)
+
+    def __call__(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None,
+                 return_lse: bool = False, *, block_mask: Any = None, enable_gqa: bool = True,
+                 backend: str = "auto", kernel_options: dict[str, int] | None = None,
+                 deterministic: bool = False, **values: Any) -> Any:
+        """Attention of `query` over `key` / `value`. Differentiable (q, k, v and captured floating tensors).
+        `deterministic=True` computes captured-tensor gradients without atomics, bitwise reproducibly (see
+        `attnc.runtime.deterministic` for what it costs); q, k and v gradients are always deterministic.
+        `values`: a text variant's tensors and parameters by name (`slopes=t, window=128`)."""
+        options = CallOptions(scale, enable_gqa, backend, kernel_options, deterministic)
+        if torch.compiler.is_compiling():  # torch.compile / torch.export: the kernels as custom ops
+            if values:
+                raise ValueError("attnc: under torch.compile, a text variant's values are bound in compile() "
+                                 "(attnc.compile(text, name=value)), not per call")
+            out, lse = graph_ops.attend(self, self.mask_mod, self.score_mod, query, key, value, block_mask, options)
+        else:
+            _check_call(query, key, value, options)  # the arguments' errors come before the mods'
+            out, lse = self.attend(query, key, value, self._bind(values), block_mask, options)
+        return (out, lse) if return_lse else out
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bindings: Any, block_mask: Any,
+               options: CallOptions) -> tuple[torch.Tensor, torch.Tensor]:
+        """(out, lse) for bound values: differentiable through autograd.Function when called directly, and
+        the body of the custom op under torch.compile (attnc.runtime.graph_ops), where autograd is off."""
+        arguments.check_attention_tensors(query, key, value)
+        key, value = shared_kv_batch(query, key, value)
+        shapes = launch.check_inputs(query, key, value, enable_gqa=options.enable_gqa)
+        kernel_options = check_kernel_options(options.kernel_options)  # before anything launches
+        block_mask = as_batched(block_mask) if block_mask is not None else None
+        self._divisors.check((shapes.B, shapes.Hq, shapes.Q_LEN, shapes.KV_LEN), bindings.tensors, bindings.params,
+                             bindings.version_key(), query.device)
+        if choose_backend(options.backend, query) == "reference":
+            return self._reference(query, key, value, options.scale, bindings, block_mask, shapes)
+        plan = self._triton_plan(query, key, value, options.scale, bindings, block_mask, shapes, kernel_options,
+                                 options.deterministic)
+        if not needs_grad(query, key, value, *bindings.tensors):
+            return plan.forward(query, key, value, bindings.tensors)
+        return AttentionFunction.apply(plan, query, key, value, *bindings.tensors)
+
+    def attend_backward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, out: torch.Tensor,
+                        lse: torch.Tensor, dout: torch.Tensor, dlse: torch.Tensor | None, bindings: Any,
+                        block_mask: Any, options: CallOptions, wanted: list[bool]) -> Any:
+        """The gradients of `attend` (dq, dk, dv, {slot: gradient of the captured tensor}) without autograd:
+        the backward custom op under torch.compile. The reference backend differentiates its own forward."""
+        shapes = launch.check_inputs(query, key, value, enable_gqa=options.enable_gqa)
+        block_mask = as_batched(block_mask) if block_mask is not None else None
+        if block_mask is not None:
+            launch.check_block_mask(block_mask, shapes, query.device)
+            _check_transposed_lists(block_mask)
+        if choose_backend(options.backend, query) == "reference":
+            return _reference_backward(self, query, key, value, dout, dlse, bindings, block_mask, options, wanted)
+        plan = self._triton_plan(query, key, value, options.scale, bindings, block_mask, shapes,
+                                 check_kernel_options(options.kernel_options), options.deterministic)
+        return plan.backward(query, key, value, out, lse, dout, dlse, bindings.tensors, wanted)
+
+    def _triton_plan(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None,
+                     bindings: Any, block_mask: Any, shapes: launch.Shapes, kernel_options: KernelOptions,
+                     deterministic: bool) -> GradientPlan:
+        launch.check_kernel_dtype(query)
+        interpret = query.device.type != "cuda"
+        given = block_mask
+        block_mask = self._kernel_block_mask(query, bindings, shapes, block_mask)
+        config = kernel_options.forward_config(self._launch_config("forward", shapes, query))
+        if given is not None and needs_grad(query, key, value, *bindings.tensors):
+            launch.check_block_mask(block_mask, shapes, query.device)
+            _check_transposed_lists(block_mask)
+
+        def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    tensors: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            return launch.launch_forward(
+                self.kernel(), q, k, v, shapes=shapes, scale=scale, tensors=tensors, params=bindings.params,
+                block_mask=block_mask, config=config, has_mask=self.program.mask is not None, interpret=interpret)
+
+        def backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                     dout: torch.Tensor, dlse: torch.Tensor | None, tensors: Any, wanted: list[bool]) -> Any:
+            slots = self.backward_source.grad_slots
+            by_kernel = [wanted[slot] and not deterministic for slot in slots]
+            configs = _backward_with_options(self._backward_launch_configs(shapes, q), kernel_options)
+            dq, dk, dv, grads = self._launch_backward(q, k, v, out, lse, dout, dlse, tensors, bindings, shapes,
+                                                      scale, block_mask, configs, by_kernel)
+            ordered = [slot for slot in slots if wanted[slot] and deterministic]
+            if ordered:
+                program = self.program if block_mask is None else _with_block_sparsity(
+                    self.program, list(tensors), block_mask)[0]
+                all_tensors = list(tensors) if block_mask is None else [*tensors, block_mask.to_dense()]
+                grads |= captured_gradients(
+                    program, q, k, v, lse, launch_backward.delta_rows(out, dout, dlse), dout, tensors=all_tensors,
+                    params=bindings.params, scale=_scale(scale, shapes), slots=ordered)
+            return dq, dk, dv, grads
+
+        return GradientPlan(shapes, forward, backward)
+
+    def _kernel_block_mask(self, query: torch.Tensor, bindings: Any, shapes: launch.Shapes, block_mask: Any) -> Any:
+        """What every kernel launch checks first (a way to run kernels, captures on the inputs' device), and
+        the block map the kernels use: the caller's, else the one built for a mask that reads data."""
+        if query.device.type != "cuda" and not interpreter_active():
+            raise RuntimeError(INTERPRETER_UNAVAILABLE)
+        launch.check_captures(bindings.tensors, query.device)
+        return self._data_plan(bindings, shapes, query.device) if block_mask is None else block_mask
+
+    def _launch_config(self, kind: str, shapes: launch.Shapes, query: torch.Tensor) -> KernelConfig:
+        source = self.source.source if kind == "forward" else self.backward_source.source
+        return tuning.launch_config(kind, shapes, source, query.dtype, query.device, attn=self)
+
+    def _backward_launch_configs(self, shapes: launch.Shapes, query: torch.Tensor) -> launch_backward.BackwardConfigs:
+        return launch_backward.BackwardConfigs(self._launch_config("backward_dkdv", shapes, query),
+                                               self._launch_config("backward_dq", shapes, query))
+
+    def _launch_backward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                         lse: torch.Tensor, dout: torch.Tensor, dlse: torch.Tensor | None, tensors: Any,
+                         bindings: Any, shapes: launch.Shapes, scale: float | None, block_mask: Any,
+                         configs: launch_backward.BackwardConfigs, grad_wanted: list[bool]) -> Any:
+        dkdv, dq_kernel = self.backward_kernels()
+        return launch_backward.launch_backward(
+            dkdv, dq_kernel, q, k, v, out, lse, dout, dlse, shapes=shapes, scale=scale, tensors=tensors,
+            params=bindings.params, grad_slots=self.backward_source.grad_slots, grad_wanted=grad_wanted,
+            block_mask=block_mask, configs=configs, has_mask=self.program.mask is not None,
+            interpret=q.device.type != "cuda")
+
+    def tune(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None, *,
+             block_mask: Any = None, enable_gqa: bool = True, backward: bool = False,
+             timer: Callable[[Callable[[], None]], float] | None = None,
+             configs: Sequence[KernelConfig] | None = None, limit: int | None = None,
+             progress: tuning.Progress | None = None, **values: Any) -> dict[str, KernelConfig]:
+        """Tune this variant's kernels for these inputs' shape bucket on this GPU, and remember the choice in
+        `tuning.json` beside the kernel cache: later calls (in any process) launch with it, without
+        benchmarking. The kernels run on these inputs, with the variant's own block sparsity. With
+        `backward=True` the dK/dV and dQ kernels are tuned too. `configs`: the candidates (default: the
+        architecture's default and every candidate that fits, at most `limit` of them, then the Hopper options on
+        the fastest).
+        `timer(fn) -> ms` defaults to CUDA-event timing on a GPU; in the Triton interpreter one must be given.
+        Returns the config chosen per kernel ("forward", "backward_dkdv", "backward_dq")."""
+        key, value = shared_kv_batch(query, key, value)
+        arguments.check_attention_tensors(query, key, value)
+        shapes = launch.check_inputs(query, key, value, enable_gqa=enable_gqa)
+        launch.check_kernel_dtype(query)
+        bindings = self._bind(values)
+        if block_mask is not None:
+            block_mask = as_batched(block_mask)
+            launch.check_block_mask(block_mask, shapes, query.device)
+        block_mask = self._kernel_block_mask(query, bindings, shapes, block_mask)
+        has_mask = self.program.mask is not None
+        common = {"shapes": shapes, "dtype": query.dtype, "device": query.device, "timer": timer,
+                  "configs": configs, "limit": limit, "progress": progress, "attn": self}
+
+        def forward(config: KernelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+            return launch.launch_forward(self.kernel(), query, key, value, shapes=shapes, scale=scale,
+                                         tensors=bindings.tensors, params=bindings.params, block_mask=block_mask,
+                                         config=config, has_mask=has_mask, interpret=query.device.type != "cuda")
+
+        chosen = {"forward": tuning.tune_kernel("forward", source=self.source.source, run=forward, **common)}
+        if not backward:
+            return chosen
+        with torch.no_grad():
+            out, lse = forward(chosen["forward"])
+        dout = torch.randn_like(out)
+        no_grads = [False] * len(self.backward_source.grad_slots)
+        current = self._backward_launch_configs(shapes, query)
+
+        def run_backward(configs: launch_backward.BackwardConfigs) -> None:
+            self._launch_backward(query, key, value, out, lse, dout, None, bindings.tensors, bindings, shapes, scale,
+                                  block_mask, configs, no_grads)
+
+        source = self.backward_source.source
+        chosen["backward_dkdv"] = tuning.tune_kernel(
+            "backward_dkdv", source=source, run=lambda c: run_backward(dataclasses.replace(current, dkdv=c)), **common)
+        current = dataclasses.replace(current, dkdv=chosen["backward_dkdv"])
+        chosen["backward_dq"] = tuning.tune_kernel(
+            "backward_dq", source=source, run=lambda c: run_backward(dataclasses.replace(current, dq=c)), **common)
+        return chosen
+
+    def _data_plan(self, bindings: Any, shapes: launch.Shapes, device: torch.device) -> BlockMask | None:
+        """For a mask that reads tensors (document ids, lengths), the block map attnc builds itself from
+        per-block value ranges, reused until a captured tensor changes (its version counter) or a
+        parameter or a shape does."""
+        mask = self.program.mask
+        if mask is None or not sparsity.reads_data(mask):
+            return None
+        key = (shapes.B, shapes.Hq, shapes.Q_LEN, shapes.KV_LEN, device, tuple(bindings.params),
+               bindings.version_key())
+        if self._plan is None or self._plan[0] != key:
+            block_map = self._block_mask(bindings, sparsity.broadcast_size(mask, "b", shapes.B),
+                                         sparsity.broadcast_size(mask, "h", shapes.Hq), shapes.Q_LEN,
+                                         shapes.KV_LEN, device, PLAN_BLOCK, "auto")
+            # the bindings keep the key's tensors alive, so their ids cannot be reused by others
+            self._plan = (key, block_map, bindings)
+        return self._plan[1]
+
+    def tile_stats(self, B: int, H: int, Q_LEN: int, KV_LEN: int, *, BLOCK_M: int = 128,
+                   BLOCK_N: int = 128, device: Any = "cpu", **values: Any) -> dict[str, int]:
+        """How many (query tile, key tile) pairs the kernel skips ("empty"), masks ("partial") and
+        attends without the mask ("full"), summed over B x H, for tiles of BLOCK_M x BLOCK_N. `values`: a
+        text variant's tensors and parameters by name."""
+        _check_sizes(B=B, H=H, Q_LEN=Q_LEN, KV_LEN=KV_LEN, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+        shapes = (B, H, -(-Q_LEN // BLOCK_M), -(-KV_LEN // BLOCK_N))
+        if self.program.mask is None:
+            return {"empty": 0, "partial": 0, "full": shapes[0] * shapes[1] * shapes[2] * shapes[3]}
+        bindings = self._bind(values)
+        if not sparsity.analysable(self.program.mask):
+            return {"empty": 0, "partial": B * H * shapes[2] * shapes[3], "full": 0}
+        classes = sparsity.classify_blocks(self.program, bindings.tensors, bindings.params, B=B, H=H,
+                                           Q_LEN=Q_LEN, KV_LEN=KV_LEN, q_block=BLOCK_M, kv_block=BLOCK_N,
+                                           device=torch.device(device))
+        counts = torch.bincount(classes.flatten().long(), minlength=3).tolist()
+        return {"empty": counts[0], "partial": counts[1], "full": counts[2]}
+
+    def _reference(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None,
+                   bindings: Any, block_mask: Any, shapes: launch.Shapes) -> tuple[torch.Tensor, torch.Tensor]:
+        program, tensors = self.traced.program, list(bindings.tensors)
+        if block_mask is not None:
+            launch.check_block_mask(block_mask, shapes, query.device)
+            program, tensors = _with_block_sparsity(program, tensors, block_mask)
+        out, lse = reference_attention(program, query, key, value, tensors=tensors, params=bindings.params,
+                                       scale=scale, float64=query.dtype == torch.float64)
+        return launch.in_order_of(query, out), lse
+
+    def max_scores(self, query: torch.Tensor, key: torch.Tensor, lse: torch.Tensor, scale: float | None = None, *,
+                   block_mask: Any = None, **values: Any) -> torch.Tensor:
+        """float32 `[B, Hq, Q_LEN]`: each row's largest logit (after the score mod, over the keys it may
+        attend to), -inf for a row without one. `lse` from a call on these inputs: a kernel's lse carries
+        the maximum it kept; otherwise the logits are evaluated again."""
+        written = launch.written_statistics(lse.detach())
+        if written is not None:
+            return torch.where(torch.isneginf(lse.detach()), -math.inf, written[1] * math.log(2.0))
+        key, _ = shared_kv_batch(query, key, key)
+        bindings = self._bind(values)
+        program, tensors = self.traced.program, list(bindings.tensors)
+        if block_mask is not None:
+            program, tensors = _with_block_sparsity(program, tensors, as_batched(block_mask))
+        return reference_max_scores(program, query, key, tensors=tensors, params=bindings.params, scale=scale)
+
+    def explain(self, *, backward: bool = False) -> str:
+        """The traced IR, the IR after each optimisation step, where each generated value is computed
+        (hoisted out of the key loop or not), and the generated Triton source; with `backward=True` also
+        the backward kernels' source."""
+        sections = [("traced", format_program(self.traced.program))]
+        optimize(self.traced.program, on_step=lambda name, p: sections.append((name, format_program(p))))
+        sections.append(("placement", self.source.describe_placement()))
+        sections.append(("triton source", self.source.source))
+        if backward:
+            sections.append(("backward triton source", self.backward_source.source))
+        return "\n\n".join(f"== {title} ==\n{body.rstrip()}" for title, body in sections)
+
+
+def _check_call(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, options: CallOptions) -> None:
+    arguments.check_attention_tensors(query, key, value)
+    key, value = shared_kv_batch(query, key, value)
+    launch.check_inputs(query, key, value, enable_gqa=options.enable_gqa)
+    check_kernel_options(options.kernel_options)
+
+
+def _reference_backward(attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        dout: torch.Tensor, dlse: torch.Tensor | None, bindings: Any, block_mask: Any,
+                        options: CallOptions, wanted: list[bool]) -> Any:
+    """The reference backend's gradients, for the backward custom op: its forward again, under autograd. A
+    custom op runs below autograd (its dispatch keys are excluded on this thread), so the forward is
+    differentiated on a thread of its own, where they are not."""
+    with concurrent.futures.ThreadPoolExecutor(1) as worker:
+        return worker.submit(_reference_gradients, attn, query, key, value, dout, dlse, bindings, block_mask,
+                             options, wanted).result()
+
+
+def _reference_gradients(attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         dout: torch.Tensor, dlse: torch.Tensor | None, bindings: Any, block_mask: Any,
+                         options: CallOptions, wanted: list[bool]) -> Any:
+    leaves = [t.detach().requires_grad_() for t in (query, key, value)]
+    tensors = [t.detach().requires_grad_(want) for t, want in zip(bindings.tensors, wanted, strict=True)]
+    shapes = launch.check_inputs(*leaves, enable_gqa=options.enable_gqa)
+    with torch.enable_grad():
+        out, lse = attn._reference(*leaves, options.scale, dataclasses.replace(bindings, tensors=tuple(tensors)),
+                                   block_mask, shapes)
+        outputs, grads_out = [out], [dout]
+        if dlse is not None:
+            outputs.append(lse)
+            grads_out.append(dlse)
+        inputs = leaves + [t for t in tensors if t.requires_grad]
+        grads = torch.autograd.grad(outputs, inputs, grads_out, allow_unused=True)
+    dq, dk, dv = (torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads[:3], strict=True))
+    wanted_slots = [slot for slot, t in enumerate(tensors) if t.requires_grad]
+    captured = {slot: torch.zeros_like(tensors[slot]) if g is None else g
+                for slot, g in zip(wanted_slots, grads[3:], strict=True)}
+    return dq, dk, dv, captured
+
+
+def _check_sizes(*, optional: bool = False, **sizes: Any) -> None:
+    """Lengths (`*_LEN`) in int32 range; batch, heads and blocks positive (B and H may be None if `optional`)."""
+    for name, n in sizes.items():
+        if name.endswith("_LEN"):
+            arguments.check_length(name, n)
+        else:
+            arguments.check_count(name, n, optional=optional and name in ("B", "H"))
+
+
+def _structure(program: Program) -> tuple[TileTest | None, list[tuple[Any, Any]] | None]:
+    """The mask's tile test and its closed-form key ranges, for the forward kernel to find its tiles itself.
+    (None, None) for a mask that reads tensors at q- or kv-dependent positions: such a kernel is given a
+    block map (`_data_plan`) instead."""
+    assert program.mask is not None
+    if sparsity.reads_data(program.mask):
+        return None, None
+    return _simplified_test(program), kv_ranges(program.mask)
+
+
+def _simplified_test(program: Program) -> TileTest:
+    """The mask's tile test with no per-block value ranges (loads are unknowns), simplified by the passes."""
+    assert program.mask is not None
+    test = tile_test(program.mask)
+
+    def simplified(condition: Node) -> Node:
+        return optimize(program.replace(mask=condition, score=None)).mask
+
+    return TileTest(simplified(test.may_true), simplified(test.may_false))
+
+
+def _check_transposed_lists(block_mask: Any) -> None:
+    if getattr(block_mask, "q_num_blocks", None) is None or getattr(block_mask, "q_indices", None) is None:
+        raise ValueError("attnc: the backward needs the BlockMask's query-side lists (q_num_blocks, q_indices); "
+                         "build it with attnc.create_block_mask")
+
+
+def _scale(scale: float | None, shapes: launch.Shapes) -> float:
+    return float(scale) if scale is not None else 1.0 / math.sqrt(shapes.D)
+
+
+def _backward_with_options(configs: launch_backward.BackwardConfigs,
+                           options: KernelOptions) -> launch_backward.BackwardConfigs:
+    return launch_backward.BackwardConfigs(options.backward_config("dkdv", configs.dkdv),
+                                           options.backward_config("dq", configs.dq))
+
+
+_WARNED: set[str] = set()
+
+
+def choose_backend(backend: str, query: torch.Tensor) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"attnc: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    if query.device.type == "cuda" and query.dtype in launch.KERNEL_DTYPES:
+        return "triton"
+    if query.device.type == "cuda":
+        message = f"attnc: backend='auto' runs {query.dtype} inputs on the reference interpreter"
+    else:
+        message = (f"attnc: backend='auto' on {query.device.type} tensors runs the reference interpreter; pass "
+                   "backend='triton' to run the generated kernel in the Triton interpreter")
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=3)
+    return "reference"
+
+
+def _with_block_sparsity(program: Program, tensors: list[torch.Tensor],
+                         block_mask: Any) -> tuple[Program, list[torch.Tensor]]:
+    """The program whose mask also requires the (q, kv) block to be listed in `block_mask`: the
+    reference then means exactly what the kernel computes, which visits listed blocks only."""
+    q_block, kv_block = block_size_pair(block_mask.BLOCK_SIZE)
+    slot = len(tensors)
+    index = (var("b"), var("h"), _div(var("q"), q_block), _div(var("kv"), kv_block))
+    listed = node(Op.NE, DType.bool, load(slot, DType.int32, *index), _const_int(0))
+    mask = listed if program.mask is None else node(Op.AND, DType.bool, program.mask, listed)
+    spec = TensorSpec(DType.int32, 4)
+    return program.replace(mask=mask, tensors=(*program.tensors, spec)), [*tensors, block_mask.to_dense()]
+
+
+def _div(index: Any, block: int) -> Any:
+    return node(Op.FLOORDIV, DType.int32, index, _const_int(block))
+
+
+def _const_int(value: int) -> Any:
+    return const(value, DType.int32)
+
+
+# -- the module-level API ------------------------------------------------------------------------
+
+PLAN_BLOCK = 128
+
+
+def evaluate_mask(program: Program, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor,
+                  tensors: list[torch.Tensor], params: Any) -> torch.Tensor:
+    if program.mask is None:
+        return torch.ones((), dtype=torch.bool, device=q.device)
+    env = Env(b=b, h=h, q=q, kv=kv, score=None, tensors=tensors, params=params)
+    return evaluate(program.mask, env)
