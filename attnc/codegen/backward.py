@@ -5,9 +5,10 @@ gradient, and dz/dL for every floating LOAD node L gives that read's contributio
 gradient. Both kernels find their tiles the way the forward does (a BlockMask's lists, closed-form ranges
 plus the tile test, or every tile); the dK/dV kernel walks the query side (`attnc.ir.transpose`).
 
-Captured-tensor gradients are accumulated by the dQ kernel with atomic adds into float32 buffers, after
-reducing each tile by what the read's index depends on: one add per tile for a per-(b, h) value, one per
-row for a per-query value, one per column for a per-key value, one per pair otherwise. A constexpr flag per
+Captured-tensor gradients are accumulated by the dQ kernel with atomic adds into buffers of the compute
+dtype (float32; float64 for float64 inputs), after reducing each tile by what the read's index depends on: one
+add per tile for a per-(b, h) value, one per row for a per-query value, one per column for a per-key value,
+one per pair otherwise. A constexpr flag per
 tensor (GRAD<slot>) compiles the accumulation out for tensors that need no gradient.
 """
 

@@ -18,6 +18,9 @@
 # depends on). The dK/dV kernel works on transposed tiles [BLOCK_N, BLOCK_M] so that its accumulators are
 # key-major; index expressions broadcast the same way in both orientations.
 #
+# COMPUTE, the dtype of the arithmetic (float64 for float64 inputs, float32 otherwise), comes from Q's element
+# type, as in the forward; the row statistics, delta and captured-gradient buffers the launcher passes have it.
+#
 # Hopper options (constexprs), as in the forward: USE_TMA streams the looped operands (Q and dO in the
 # dK/dV kernel, K and V in the dQ kernel) through tensor descriptors; WARP_SPECIALIZE splits the loops
 # without branches (no mask, off-band) into producer and consumer warps.

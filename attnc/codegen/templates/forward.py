@@ -27,6 +27,10 @@
 #                  full range come first in a loop of their own (OFF_BAND: no tile test, no mask), then
 #                  the rest of the range in one flat loop (ON_BAND: masked, untested); both pipelined
 #
+# COMPUTE, the dtype of the arithmetic, is no launch argument: the kernel derives it from Q's element type
+# (float64 for float64 inputs, float32 for every other) and passes it to the tile functions; the generated
+# code writes float32 values in it (attnc.codegen.emit).
+#
 # Hopper options (constexprs): USE_TMA loads K and V through tensor descriptors (TMA; the launcher sets it
 # only for unit last strides and 16-byte aligned rows); WARP_SPECIALIZE splits the loops without branches
 # (no mask, off-band) into producer and consumer warps.
