@@ -200,3 +200,44 @@ def test_the_docs_snippet_runs() -> None:
     text = (Path(__file__).resolve().parents[1] / "docs" / "torch_compile.md").read_text()
     for block in re.findall(r"```python\n(.*?)```", text, re.S):
         exec(compile(block, "docs/torch_compile.md", "exec"), {"__name__": "docs"})
+
+
+def causal(b, h, q_idx, kv_idx):
+    return q_idx >= kv_idx
+
+
+def test_packed_sequences_compile_and_follow_each_packing() -> None:
+    """varlen_attention in a compiled function: a new packing is new graph inputs (the tables are computed in
+    the graph), gradients reach q, k, v, and a bad packing fails when the graph runs."""
+    def f(q, k, v, cu):
+        return attnc.varlen_attention(q, k, v, cu, cu, mask_mod=causal, backend="triton")
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(f, backend=counter, fullgraph=True)
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(20, 2, 16, generator=gen, requires_grad=True) for _ in range(3))
+    for offsets in ([0, 7, 20], [0, 3, 11, 20], [0, 5, 9, 20]):
+        cu = torch.tensor(offsets, dtype=torch.int32)
+        out, expected = compiled(q, k, v, cu), f(q, k, v, cu)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(out.sum(), (q, k, v)),
+                               torch.autograd.grad(expected.sum(), (q, k, v)), atol=1e-4, rtol=1e-4)
+    assert counter.frame_count <= 2  # one more when the number of sequences first changes (dynamic shapes)
+    with pytest.raises(RuntimeError, match="must not decrease"):
+        compiled(q, k, v, torch.tensor([0, 9, 7, 20], dtype=torch.int32))
+
+
+def test_kv_cache_decoding_compiles_once_for_every_cache_length() -> None:
+    def step(q, k_cache, v_cache, lengths):
+        return attnc.kvcache_attention(q, k_cache, v_cache, lengths, mask_mod=causal, backend="triton")
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(step, backend=counter, fullgraph=True)
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 1, 4, 16, generator=gen)
+    k_cache, v_cache = (torch.randn(2, 32, 2, 16, generator=gen) for _ in range(2))
+    for lengths in ([5, 9], [6, 10], [31, 2]):
+        lengths = torch.tensor(lengths, dtype=torch.int32)
+        torch.testing.assert_close(compiled(q, k_cache, v_cache, lengths), step(q, k_cache, v_cache, lengths),
+                                   atol=1e-5, rtol=1e-5)
+    assert counter.frame_count == 1

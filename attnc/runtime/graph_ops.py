@@ -104,6 +104,34 @@ def _options_text(enable_gqa: bool, backend: str, kernel_options: Any, determini
                        "deterministic": deterministic}, sort_keys=True)
 
 
+# Objects a path builds once per key (the serving paths' wrapped variants), by number: see `made_once`.
+_OBJECTS: dict[int, Any] = {}
+
+
+@torch._dynamo.assume_constant_result
+def _object_number(factory: Any, *key: Any) -> int:
+    made = factory(*key)
+    _OBJECTS.setdefault(id(made), made)  # kept: the graph names it by number
+    return id(made)
+
+
+def made_once(factory: Any, *key: Any) -> Any:
+    """`factory(*key)` (a cached factory, such as the serving paths' wrapped variants); under torch.compile it
+    runs while the graph is built, not traced, and the graph code receives the object it made."""
+    if torch.compiler.is_compiling():
+        return _OBJECTS[_object_number(factory, *key)]
+    return factory(*key)
+
+
+def require(condition: Tensor, message: str, found: Any = None) -> None:
+    """A check of tensor values: a ValueError now (`message`, then what `found()` says was found), or under
+    torch.compile an assertion the graph runs (values are not known while the graph is built)."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(condition, message)
+    elif not bool(condition):
+        raise ValueError(message if found is None else f"{message}, got {found()}")
+
+
 def _pinned(number: int, index: int) -> Tensor:
     return _VARIANTS[number].traced.captures.inputs[index].pinned
 

@@ -15,6 +15,7 @@ the next step).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -22,42 +23,52 @@ from typing import Any
 import torch
 
 from attnc.attention import Attention
+from attnc.runtime import graph_ops
+
+
+@dataclasses.dataclass
+class CachePositions:
+    """What a call installs: each sequence's valid length and how many new tokens end it. The wrapped mods
+    read them as attributes, so every call's values are runtime data (graph inputs under torch.compile)."""
+
+    lengths: torch.Tensor
+    new_tokens: int
 
 
 class CacheVariant:
     """`mask_mod` / `score_mod` at the positions of the last Sq tokens of each cached sequence."""
 
     def __init__(self, mask_mod: Callable | None, score_mod: Callable | None) -> None:
-        self.mask_mod, self.score_mod, self._install = _at_cache_positions(mask_mod, score_mod)
+        self.positions = CachePositions(torch.zeros(0, dtype=torch.int32), 1)
+        self.mask_mod, self.score_mod = _at_cache_positions(mask_mod, score_mod, self.positions)
         self.attention: Attention = Attention(self.mask_mod, self.score_mod)
 
     def lengths(self, cache_seqlens: torch.Tensor, Sq: int) -> None:
-        self._install(cache_seqlens, Sq)
+        self.positions.lengths, self.positions.new_tokens = cache_seqlens, Sq
 
 
-def _at_cache_positions(mask_mod: Callable | None,
-                        score_mod: Callable | None) -> tuple[Callable, Callable | None, Callable]:
-    lengths = torch.zeros(0, dtype=torch.int32)
-    new_tokens = 1
-
-    def install(cache_seqlens: torch.Tensor, Sq: int) -> None:
-        nonlocal lengths, new_tokens
-        lengths, new_tokens = cache_seqlens, Sq
-
+def _at_cache_positions(mask_mod: Callable | None, score_mod: Callable | None,
+                        at: CachePositions) -> tuple[Callable, Callable | None]:
     def mask(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
-        valid = kv_idx < lengths[b]
+        valid = kv_idx < at.lengths[b]
         if mask_mod is None:
             return valid
-        return valid & mask_mod(b, h, q_idx + (lengths[b] - new_tokens), kv_idx)
+        return valid & mask_mod(b, h, q_idx + (at.lengths[b] - at.new_tokens), kv_idx)
 
     def score(s: Any, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
-        return score_mod(s, b, h, q_idx + (lengths[b] - new_tokens), kv_idx)
+        return score_mod(s, b, h, q_idx + (at.lengths[b] - at.new_tokens), kv_idx)
 
-    return mask, (score if score_mod is not None else None), install
+    return mask, (score if score_mod is not None else None)
+
+
+def cache_variant(mask_mod: Callable | None, score_mod: Callable | None) -> Any:
+    """The wrapped variant of these mods, made once (a plain function: torch.compile calls it while building
+    its graph, `graph_ops.made_once`)."""
+    return _cache_variant(mask_mod, score_mod)
 
 
 @functools.lru_cache(maxsize=32)
-def cache_variant(mask_mod: Callable | None, score_mod: Callable | None) -> CacheVariant:
+def _cache_variant(mask_mod: Callable | None, score_mod: Callable | None) -> CacheVariant:
     return CacheVariant(mask_mod, score_mod)
 
 
@@ -76,7 +87,7 @@ def kvcache_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
                                   "programs is not available yet; pass 0 (automatic) or 1")
     _check_query(q, k_cache, v_cache)
     k, v = _contiguous_cache(k_cache, v_cache, block_table, cache_seqlens, q)
-    variant = cache_variant(mask_mod, score_mod)
+    variant = graph_ops.made_once(cache_variant, mask_mod, score_mod)
     variant.lengths(cache_seqlens, q.shape[1])
     q4, k4, v4 = (t.transpose(1, 2) for t in (q, k, v))
     out, lse = variant.attention(q4, k4, v4, scale, True, enable_gqa=True, backend=backend)
@@ -117,9 +128,9 @@ def _contiguous_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, block_table:
     _check_lengths(cache_seqlens, B, block_table.shape[1] * page_size, q)
     pages_used = (cache_seqlens.long() + page_size - 1) // page_size
     used = torch.arange(block_table.shape[1], device=q.device) < pages_used[:, None]
-    if bool(((block_table < 0) | (block_table >= num_pages))[used].any()):
-        raise ValueError(f"attnc.kvcache_attention: block_table lists a page outside the pool [0, {num_pages}) "
-                         "among the pages cache_seqlens uses")
+    graph_ops.require(~(((block_table < 0) | (block_table >= num_pages)) & used).any(),
+                      f"attnc.kvcache_attention: block_table lists a page outside the pool [0, {num_pages}) "
+                      "among the pages cache_seqlens uses")
     pages = torch.where(used, block_table, 0).long()  # unused entries may hold anything: never read
     gathered = [cache[pages].flatten(1, 2) for cache in (k_cache, v_cache)]
     return gathered[0], gathered[1]
@@ -131,6 +142,7 @@ def _check_lengths(cache_seqlens: Any, B: int, capacity: int, q: torch.Tensor) -
         got = (f"{cache_seqlens.dtype} {tuple(cache_seqlens.shape)} on {cache_seqlens.device}"
                if isinstance(cache_seqlens, torch.Tensor) else type(cache_seqlens).__name__)
         raise ValueError(f"attnc.kvcache_attention: cache_seqlens must be int32 [B={B}] on {q.device}, got {got}")
-    if B and (int(cache_seqlens.min()) < 0 or int(cache_seqlens.max()) > capacity):
-        raise ValueError(f"attnc.kvcache_attention: cache_seqlens must lie in [0, {capacity}] (the cache's "
-                         f"capacity), got {int(cache_seqlens.min())} ... {int(cache_seqlens.max())}")
+    if B:
+        graph_ops.require((cache_seqlens.min() >= 0) & (cache_seqlens.max() <= capacity),
+                          f"attnc.kvcache_attention: cache_seqlens must lie in [0, {capacity}] (the cache's capacity)",
+                          lambda: f"{int(cache_seqlens.min())} ... {int(cache_seqlens.max())}")

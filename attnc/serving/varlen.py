@@ -12,6 +12,7 @@ inside one, are skipped; the grid covers the packed tiles, with no padding to th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -19,37 +20,47 @@ from typing import Any
 import torch
 
 from attnc.attention import Attention
+from attnc.runtime import graph_ops
+
+
+@dataclasses.dataclass
+class PackedTables:
+    """The packing a call installs: (sequence, position inside it) of every packed query and key position.
+    The wrapped mods read them as attributes, so every call's tables are captured tensors (graph inputs
+    under torch.compile), found through this object."""
+
+    seq_q: torch.Tensor
+    pos_q: torch.Tensor
+    seq_k: torch.Tensor
+    pos_k: torch.Tensor
 
 
 class PackedVariant:
     """`mask_mod` / `score_mod` seen per sequence of a packing; `tables(...)` installs a packing."""
 
     def __init__(self, mask_mod: Callable | None, score_mod: Callable | None) -> None:
-        self.mask_mod, self.score_mod, self._install = _packed(mask_mod, score_mod)
+        # four distinct tensors, as every packing installs: the trace sees four tables, not one aliased
+        self.packing = PackedTables(*(torch.zeros(0, dtype=torch.int32) for _ in range(4)))
+        self.mask_mod, self.score_mod = _packed(mask_mod, score_mod, self.packing)
         self.attention: Attention = Attention(self.mask_mod, self.score_mod)
 
     def tables(self, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, total_q: int, total_k: int) -> None:
-        self._install(*position_tables(cu_seqlens_q, total_q), *position_tables(cu_seqlens_k, total_k))
+        self.packing.seq_q, self.packing.pos_q = position_tables(cu_seqlens_q, total_q)
+        self.packing.seq_k, self.packing.pos_k = position_tables(cu_seqlens_k, total_k)
 
 
-def _packed(mask_mod: Callable | None, score_mod: Callable | None) -> tuple[Callable, Callable | None, Callable]:
-    empty = torch.zeros(0, dtype=torch.int32)
-    seq_q, pos_q, seq_k, pos_k = empty, empty, empty, empty
-
-    def install(sq: torch.Tensor, pq: torch.Tensor, sk: torch.Tensor, pk: torch.Tensor) -> None:
-        nonlocal seq_q, pos_q, seq_k, pos_k
-        seq_q, pos_q, seq_k, pos_k = sq, pq, sk, pk
-
+def _packed(mask_mod: Callable | None, score_mod: Callable | None,
+            packing: PackedTables) -> tuple[Callable, Callable | None]:
     def mask(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
-        same = seq_q[q_idx] == seq_k[kv_idx]
+        same = packing.seq_q[q_idx] == packing.seq_k[kv_idx]
         if mask_mod is None:
             return same
-        return same & mask_mod(seq_q[q_idx], h, pos_q[q_idx], pos_k[kv_idx])
+        return same & mask_mod(packing.seq_q[q_idx], h, packing.pos_q[q_idx], packing.pos_k[kv_idx])
 
     def score(s: Any, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
-        return score_mod(s, seq_q[q_idx], h, pos_q[q_idx], pos_k[kv_idx])
+        return score_mod(s, packing.seq_q[q_idx], h, packing.pos_q[q_idx], packing.pos_k[kv_idx])
 
-    return mask, (score if score_mod is not None else None), install
+    return mask, (score if score_mod is not None else None)
 
 
 def position_tables(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,8 +71,14 @@ def position_tables(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor,
     return seq.to(torch.int32), pos.to(torch.int32)
 
 
+def packed_variant(mask_mod: Callable | None, score_mod: Callable | None) -> Any:
+    """The wrapped variant of these mods, made once (a plain function: torch.compile calls it while building
+    its graph, `graph_ops.made_once`)."""
+    return _packed_variant(mask_mod, score_mod)
+
+
 @functools.lru_cache(maxsize=32)
-def packed_variant(mask_mod: Callable | None, score_mod: Callable | None) -> PackedVariant:
+def _packed_variant(mask_mod: Callable | None, score_mod: Callable | None) -> PackedVariant:
     return PackedVariant(mask_mod, score_mod)
 
 
@@ -77,7 +94,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     multiple of Hkv. Differentiable (q, k, v, captured tensors). Returns `[total_q, Hq, Dv]` (and the float32
     lse `[total_q, Hq]`). `max_seqlen_*`: accepted as in FlashAttention, checked when given."""
     _check(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    variant = packed_variant(mask_mod, score_mod)
+    variant = graph_ops.made_once(packed_variant, mask_mod, score_mod)
     variant.tables(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0])
     # [total, H, D] viewed as one batch [1, H, total, D]: no copy; the output keeps this layout
     q4, k4, v4 = (t.unsqueeze(0).transpose(1, 2) for t in (q, k, v))
@@ -101,9 +118,9 @@ def _check(q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, max_q: int | None, max_
         raise ValueError(f"attnc.varlen_attention: cu_seqlens_q and cu_seqlens_k must describe the same number of "
                          f"sequences, got {cu_q.shape[0] - 1} and {cu_k.shape[0] - 1}")
     for name, bound, cu in (("max_seqlen_q", max_q, cu_q), ("max_seqlen_k", max_k, cu_k)):
-        longest = int((cu[1:] - cu[:-1]).max()) if cu.shape[0] > 1 else 0
-        if bound is not None and bound < longest:
-            raise ValueError(f"attnc.varlen_attention: {name}={bound} but a sequence has {longest} positions")
+        if bound is not None and cu.shape[0] > 1:
+            graph_ops.require((cu[1:] - cu[:-1]).max() <= bound, f"attnc.varlen_attention: {name}={bound} but a "
+                              "sequence has more positions", lambda cu=cu: f"{int((cu[1:] - cu[:-1]).max())}")
 
 
 def _check_offsets(name: str, cu: Any, total: int, device: torch.device) -> None:
@@ -112,8 +129,8 @@ def _check_offsets(name: str, cu: Any, total: int, device: torch.device) -> None
         raise ValueError(f"attnc.varlen_attention: {name} must be a 1-D int32 tensor [B + 1], got {got}")
     if cu.device != device:
         raise ValueError(f"attnc.varlen_attention: {name} is on {cu.device} but q is on {device}")
-    if int(cu[0]) != 0 or int(cu[-1]) != total:
-        raise ValueError(f"attnc.varlen_attention: {name} must start at 0 and end at the packed length {total}, "
-                         f"got {int(cu[0])} ... {int(cu[-1])}")
-    if bool((cu[1:] < cu[:-1]).any()):
-        raise ValueError(f"attnc.varlen_attention: {name} must not decrease (sequence lengths are its steps)")
+    graph_ops.require((cu[0] == 0) & (cu[-1] == total),
+                      f"attnc.varlen_attention: {name} must start at 0 and end at the packed length {total}",
+                      lambda: f"{int(cu[0])} ... {int(cu[-1])}")
+    graph_ops.require((cu[1:] >= cu[:-1]).all(),
+                      f"attnc.varlen_attention: {name} must not decrease (sequence lengths are its steps)")
