@@ -259,3 +259,19 @@ def test_float64_kernels_compile_ahead_of_time_for_sm90():
     jobs += [backward["backward_dkdv"], backward["backward_dq"]]
     for info in aot.compile_kernels([_float64_signature(job) for job in jobs]):
         assert 0 < info["registers"] <= 255, info
+
+
+def test_deterministic_captured_gradients_are_float64_too() -> None:
+    """deterministic=True sums the captured tensor's gradient without atomics, in the kernels' float64."""
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 9, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    bias = torch.randn(9, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score + bias[kv_idx]
+
+    attn = attnc.compile(score_mod=score_mod)
+    (ordered,) = torch.autograd.grad(attn(q, k, v, backend="triton", deterministic=True).sum(), bias)
+    (reference,) = torch.autograd.grad(attn(q, k, v, backend="reference").sum(), bias)
+    assert ordered.dtype == torch.float64
+    torch.testing.assert_close(ordered, reference, atol=1e-12, rtol=1e-12)

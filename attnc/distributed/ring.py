@@ -5,14 +5,14 @@ flight (`batch_isend_irecv` to r + 1 and from r - 1, posted before the computati
 each of this rank's query segments attends to each of the block's key segments that the plan says are
 not entirely masked, through the variant seen at global positions, and the results merge by their lse.
 
-Backward, the same ring again: the blocks travel with float32 accumulators of their dK / dV. Each rank
-recomputes its part of a block's attention under autograd and back-propagates the share of the merged
-output's gradient that reaches it (for a part with output o_i and lse l_i merged into O and L, with weight
-w = exp(l_i - L): dO_i = w dO and dl_i = w (<dO, o_i - O> + dL)), which gives dQ here, dK / dV for the
-block's accumulators and the captured tensors' gradients (summed over the group at the end: every rank's
-queries contribute to them). A block's accumulators go on while a rank further along its path needs it and
-then return to the owner. The recomputation costs one more forward per computed block than a backward
-that reads the merged statistics directly would.
+Backward, the same ring again: the blocks travel with accumulators of their dK / dV (float32, float64 for
+float64 inputs). Each rank recomputes its part of a block's attention under autograd and back-propagates the
+share of the merged output's gradient that reaches it (for a part with output o_i and lse l_i merged into O
+and L, with weight w = exp(l_i - L): dO_i = w dO and dl_i = w (<dO, o_i - O> + dL)), which gives dQ here, dK
+/ dV for the block's accumulators and the captured tensors' gradients (summed over the group at the end:
+every rank's queries contribute to them). A block's accumulators go on while a rank further along its path
+needs it and then return to the owner. The recomputation costs one more forward per computed block than a
+backward that reads the merged statistics directly would.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch.distributed as dist
 from attnc.distributed.layout import Segment, check_layout, global_length, group_size_and_rank, segments
 from attnc.distributed.planning import Problem, RingPlan, ring_plan, stride, variant_for
 from attnc.distributed.positions import GlobalPositions
+from attnc.runtime.launch import compute_dtype
 from attnc.runtime.merge import merge_into, weight
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -76,8 +77,8 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, gr
               captured_grads: str = "sum") -> Any:
     """Attention of this rank's query shard over the whole sequence's keys, with K / V passed around the
     ranks of `group`. Shards are `[B, H, S_local, D]` in `layout` (see `attnc.distributed.layout`); mods see
-    global positions. Returns this rank's output (and float32 lse `[B, H, S_local]`). Differentiable: every
-    rank must run the backward (it is a collective too).
+    global positions. Returns this rank's output (and the lse `[B, H, S_local]`, float32, or float64 for
+    float64 inputs). Differentiable: every rank must run the backward (it is a collective too).
 
     `captured_grads`: "sum" (default) gives every rank the gradient of the captured tensors summed over the
     group, the single-device gradient when each rank back-propagates its own shard's loss; "local" gives this
@@ -128,8 +129,9 @@ class RingAttention(torch.autograd.Function):
 
 def forward_ring(ring: Ring, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Pair:
     B, H, L, _ = q.shape
-    out = torch.zeros(B, H, L, v.shape[-1], dtype=torch.float32, device=q.device)
-    lse = torch.full((B, H, L), float("-inf"), dtype=torch.float32, device=q.device)
+    acc = compute_dtype(q.dtype)
+    out = torch.zeros(B, H, L, v.shape[-1], dtype=acc, device=q.device)
+    lse = torch.full((B, H, L), float("-inf"), dtype=acc, device=q.device)
     block: Pair | None = (k.contiguous(), v.contiguous())
     for step in range(ring.world_size):
         y = ring.block_at(step)
@@ -173,8 +175,9 @@ class Gradients:
 def backward_ring(ring: Ring, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                   lse: torch.Tensor, dout: torch.Tensor, dlse: torch.Tensor | None,
                   learned: Sequence[torch.Tensor]) -> tuple[Any, ...]:
-    grads = Gradients(torch.zeros(q.shape, dtype=torch.float32, device=q.device),
-                      [torch.zeros_like(t, dtype=torch.float32) for t in learned])
+    acc = compute_dtype(q.dtype)
+    grads = Gradients(torch.zeros(q.shape, dtype=acc, device=q.device),
+                      [torch.zeros_like(t, dtype=acc) for t in learned])
     block: Pair | None = (k.contiguous(), v.contiguous())
     accumulators: Pair | None = _zeros(k, v)
     own: Pair | None = None
@@ -210,18 +213,19 @@ def _backward_pair(ring: Ring, qs: Segment, ks: Segment, q: torch.Tensor, held: 
                   held[1][:, :, cols].detach().requires_grad_(True)]
         o, part = ring.attend(qs, ks, *inputs)
     w = weight(part.detach(), lse[:, :, rows])
-    d_out = dout[:, :, rows].float()
-    d_part = w * ((d_out * (o.detach().float() - out[:, :, rows].float())).sum(-1)
-                  + (dlse[:, :, rows].float() if dlse is not None else 0.0))
+    acc = grads.dq.dtype
+    d_out = dout[:, :, rows].to(acc)
+    d_part = w * ((d_out * (o.detach().to(acc) - out[:, :, rows].to(acc))).sum(-1)
+                  + (dlse[:, :, rows].to(acc) if dlse is not None else 0.0))
     wanted = [*inputs, *learned]
     found = torch.autograd.grad([o, part], wanted, [(w.unsqueeze(-1) * d_out).to(o.dtype), d_part],
                                 allow_unused=True)
-    grads.dq[:, :, rows] += found[0].float()
-    accumulators[0][:, :, cols] += found[1].float()
-    accumulators[1][:, :, cols] += found[2].float()
+    grads.dq[:, :, rows] += found[0].to(acc)
+    accumulators[0][:, :, cols] += found[1].to(acc)
+    accumulators[1][:, :, cols] += found[2].to(acc)
     for total, g in zip(grads.captured, found[3:], strict=True):
         if g is not None:
-            total += g.float()
+            total += g.to(total.dtype)
 
 
 def pass_gradients(ring: Ring, step: int, accumulators: Pair | None,
@@ -299,8 +303,8 @@ def _span(segment: Segment) -> slice:
 
 
 def _zeros(k: torch.Tensor, v: torch.Tensor) -> Pair:
-    return (torch.zeros(k.shape, dtype=torch.float32, device=k.device),
-            torch.zeros(v.shape, dtype=torch.float32, device=v.device))
+    acc = compute_dtype(k.dtype)
+    return (torch.zeros(k.shape, dtype=acc, device=k.device), torch.zeros(v.shape, dtype=acc, device=v.device))
 
 
 def _wait(works: list[Any]) -> None:

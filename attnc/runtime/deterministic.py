@@ -23,6 +23,7 @@ from attnc.ir.derivative import derivative, gradient_loads
 from attnc.ir.interpret import Env, evaluate, index_grids
 from attnc.ir.node import Node
 from attnc.ir.program import Program
+from attnc.runtime.launch import compute_dtype
 
 CHUNK_ELEMENTS = 1 << 22
 
@@ -30,16 +31,19 @@ CHUNK_ELEMENTS = 1 << 22
 def captured_gradients(program: Program, query: Tensor, key: Tensor, value: Tensor, lse: Tensor, delta: Tensor,
                        dout: Tensor, *, tensors: Sequence[Tensor], params: Sequence[int | float], scale: float,
                        slots: Sequence[int]) -> dict[int, Tensor]:
-    """float32 gradients of the captured tensors `slots` (read by `program.score`)."""
+    """Gradients of the captured tensors `slots` (read by `program.score`), in the dtype the kernels compute
+    in (float32, or float64 for float64 inputs)."""
     assert program.score is not None
     reads = [r for r in gradient_loads(program.score, program.tensors) if r.arg in slots]
     partials = {r: derivative(program.score, r) for r in reads}
     sums = {slot: torch.zeros(tensors[slot].numel(), dtype=torch.float64, device=query.device) for slot in slots}
     B, Hq, Q, _ = query.shape
     KV, group = key.shape[2], Hq // key.shape[1]
-    k = key.float().repeat_interleave(group, dim=1)
-    v = value.float().repeat_interleave(group, dim=1)
-    env = Env(*index_grids(B, Hq, Q, KV, query.device), tensors=tensors, params=params)
+    acc = compute_dtype(query.dtype)
+    k = key.to(acc).repeat_interleave(group, dim=1)
+    v = value.to(acc).repeat_interleave(group, dim=1)
+    env = Env(*index_grids(B, Hq, Q, KV, query.device), tensors=tensors, params=params,
+              float64=acc == torch.float64)
     rows_per_chunk = max(1, CHUNK_ELEMENTS // max(1, B * Hq * KV))
     for start in range(0, Q, rows_per_chunk):
         rows = slice(start, start + rows_per_chunk)
@@ -47,24 +51,25 @@ def captured_gradients(program: Program, query: Tensor, key: Tensor, value: Tens
         dz, chunk = _score_gradient(program, query[:, :, rows], k, v, lse[:, :, rows], delta[:, :, rows],
                                     dout[:, :, rows], scale, chunk)
         for read in reads:
-            contribution = torch.where(dz == 0, 0.0, dz * evaluate(partials[read], chunk).float())
+            contribution = torch.where(dz == 0, 0.0, dz * evaluate(partials[read], chunk).to(acc))
             index = _flat_index(read, tensors[read.arg], chunk).expand_as(contribution)
             _ordered_add(sums[read.arg], index.reshape(-1), contribution.reshape(-1))
-    return {slot: total.view(tensors[slot].shape).float() for slot, total in sums.items()}
+    return {slot: total.view(tensors[slot].shape).to(acc) for slot, total in sums.items()}
 
 
 def _score_gradient(program: Program, q: Tensor, k: Tensor, v: Tensor, lse: Tensor, delta: Tensor, dout: Tensor,
                     scale: float, env: Env) -> tuple[Tensor, Env]:
     """dz = p * (dO.v - delta) on a chunk of rows (0 where masked), and the env with its scores."""
-    scores = torch.matmul(q.float(), k.transpose(-1, -2)) * scale
+    acc = k.dtype
+    scores = torch.matmul(q.to(acc), k.transpose(-1, -2)) * scale
     env = dataclasses.replace(env, score=scores)
-    z = torch.broadcast_to(evaluate(program.score, env).float(), scores.shape)
-    lse = torch.where(lse == -math.inf, math.inf, lse.float()).unsqueeze(-1)
+    z = torch.broadcast_to(evaluate(program.score, env).to(acc), scores.shape)
+    lse = torch.where(lse == -math.inf, math.inf, lse.to(acc)).unsqueeze(-1)
     p = torch.exp(z - lse)
     if program.mask is not None:
         p = torch.where(evaluate(program.mask, env), p, 0.0)
-    dp = torch.matmul(dout.float(), v.transpose(-1, -2))
-    return torch.where(p == 0, 0.0, p * (dp - delta.float().unsqueeze(-1))), env
+    dp = torch.matmul(dout.to(acc), v.transpose(-1, -2))
+    return torch.where(p == 0, 0.0, p * (dp - delta.to(acc).unsqueeze(-1))), env
 
 
 def _flat_index(read: Node, tensor: Tensor, env: Env) -> Tensor:

@@ -22,10 +22,11 @@ def weight(lse_part: torch.Tensor, lse_total: torch.Tensor) -> torch.Tensor:
 
 
 def merge_into(out: torch.Tensor, lse: torch.Tensor, out_part: torch.Tensor, lse_part: torch.Tensor) -> None:
-    """Fold one part into running float32 accumulators `out [..., rows, Dv]` and `lse [..., rows]`, in place."""
-    total = torch.logaddexp(lse, lse_part)
-    kept, added = weight(lse, total), weight(lse_part, total)
-    out.mul_(kept.unsqueeze(-1)).add_(out_part.float() * added.unsqueeze(-1))
+    """Fold one part into running accumulators `out [..., rows, Dv]` and `lse [..., rows]` (float32, or float64
+    for float64 parts), in place."""
+    total = torch.logaddexp(lse, lse_part.to(lse.dtype))
+    kept, added = weight(lse, total), weight(lse_part.to(lse.dtype), total)
+    out.mul_(kept.unsqueeze(-1)).add_(out_part.to(out.dtype) * added.unsqueeze(-1))
     lse.copy_(total)
 
 
@@ -36,7 +37,8 @@ def merge_attention(out_a: Any, lse_a: Any, out_b: torch.Tensor | None = None,
     a shared prefix, context parallelism, split-KV). `out [..., rows, Dv]` with natural-log `lse [..., rows]`
     (any leading layout, e.g. `[B, H]` or varlen's `[total, H]` for `out [total, H, Dv]`). A row without keys
     in a part (lse -inf) takes nothing from it; a row without keys anywhere gives 0 and -inf. Differentiable,
-    with finite gradients everywhere. Returns (out in the parts' dtype, float32 lse)."""
+    with finite gradients everywhere. Returns (out in the parts' dtype, lse in float32, or float64 for float64
+    parts)."""
     if isinstance(out_a, list | tuple):
         outs, lses = list(out_a), list(lse_a)
     else:
@@ -49,12 +51,13 @@ def merge_attention(out_a: Any, lse_a: Any, out_b: torch.Tensor | None = None,
         if tuple(o.shape[:-1]) != tuple(lse.shape) or o.shape != outs[0].shape:
             raise ValueError(f"merge_attention: every out must be [..., rows, Dv] of one shape with lse [..., rows]; "
                              f"got out {tuple(o.shape)} with lse {tuple(lse.shape)}")
-    parts = torch.stack([lse.float() for lse in lses])
+    acc = torch.float64 if torch.float64 in (outs[0].dtype, lses[0].dtype) else torch.float32
+    parts = torch.stack([lse.to(acc) for lse in lses])
     top = parts.amax(0)
     top = torch.where(torch.isinf(top), 0.0, top)
     total = weight(parts, top).sum(0)
     empty = total == 0
     lse = torch.where(empty, -math.inf, torch.log(torch.where(empty, 1.0, total)) + top)
     safe_lse = torch.where(empty, 0.0, lse)
-    out = sum(weight(p, safe_lse).unsqueeze(-1) * o.float() for o, p in zip(outs, parts, strict=True))
+    out = sum(weight(p, safe_lse).unsqueeze(-1) * o.to(acc) for o, p in zip(outs, parts, strict=True))
     return out.to(outs[0].dtype), lse

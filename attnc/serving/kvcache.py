@@ -80,7 +80,8 @@ def kvcache_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     `k_cache, v_cache [B, S_max, Hkv, D]`, or paged `[num_pages, page_size, Hkv, D]` with `block_table
     [B, max_pages]` int32 (page_size a multiple of 16). `cache_seqlens [B]` int32: each sequence's valid
     length, the new tokens included. Mods see `q_idx = cache_seqlens[b] - Sq + i` and absolute `kv_idx`.
-    Returns `[B, Sq, Hq, Dv]` (and the float32 lse `[B, Hq, Sq]`). A sequence of length 0 gives 0 and -inf.
+    Returns `[B, Sq, Hq, Dv]` (and the lse `[B, Hq, Sq]`, float32, or float64 for float64 inputs).
+    A sequence of length 0 gives 0 and -inf.
     `num_splits`: 0 or 1 (one pass over the keys per query tile; splitting the keys is not available yet)."""
     if num_splits not in (0, 1):
         raise NotImplementedError(f"attnc.kvcache_attention: num_splits={num_splits}: splitting the keys across "

@@ -91,8 +91,9 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     `k, v [total_k, Hkv, D]` (Dv may differ), `cu_seqlens_q / _k [B + 1]` int32 offsets. Mods see `b` = the
     sequence and `q_idx` / `kv_idx` = positions inside it (no implicit alignment: a causal mask of a
     sequence with fewer queries than keys is top-left unless the mask says otherwise). GQA when Hq is a
-    multiple of Hkv. Differentiable (q, k, v, captured tensors). Returns `[total_q, Hq, Dv]` (and the float32
-    lse `[total_q, Hq]`). `max_seqlen_*`: accepted as in FlashAttention, checked when given."""
+    multiple of Hkv. Differentiable (q, k, v, captured tensors). Returns `[total_q, Hq, Dv]` (and the lse
+    `[total_q, Hq]`, float32, or float64 for float64 inputs). `max_seqlen_*`: accepted as in FlashAttention,
+    checked when given."""
     _check(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     variant = graph_ops.made_once(packed_variant, mask_mod, score_mod)
     variant.tables(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0])
