@@ -38,7 +38,7 @@ from attnc.ir.divisors import DivisorCheck
 from attnc.ir.interpret import Env, evaluate
 from attnc.ir.passes import optimize
 from attnc.ir.printer import format_program
-from attnc.ir.reference import reference_attention, reference_max_scores
+from attnc.ir.reference import reference_attention, reference_gradients, reference_max_scores
 from attnc.ir.tiles import TileTest, kv_full_range, kv_ranges, tile_test
 from attnc.ir.transpose import q_full_range, q_ranges
 from attnc.runtime import cache as kernel_files
@@ -260,7 +260,8 @@ class Attention:
             launch.check_block_mask(block_mask, shapes, query.device)
             _check_transposed_lists(block_mask)
         if choose_backend(options.backend, query) == "reference":
-            return _reference_backward(self, query, key, value, dout, dlse, bindings, block_mask, options, wanted)
+            return _reference_backward(self, query, key, value, out, lse, dout, dlse, bindings, block_mask, options,
+                                       wanted)
         plan = self._triton_plan(query, key, value, options.scale, bindings, block_mask, shapes,
                                  check_kernel_options(options.kernel_options), options.deterministic)
         return plan.backward(query, key, value, out, lse, dout, dlse, bindings.tensors, wanted)
@@ -462,36 +463,25 @@ def _check_call(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, opt
 
 
 def _reference_backward(attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                        dout: torch.Tensor, dlse: torch.Tensor | None, bindings: Any, block_mask: Any,
-                        options: CallOptions, wanted: list[bool]) -> Any:
-    """The reference backend's gradients, for the backward custom op: its forward again, under autograd. A
-    custom op runs below autograd (its dispatch keys are excluded on this thread), so the forward is
-    differentiated on a thread of its own, where they are not."""
+                        out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor, dlse: torch.Tensor | None,
+                        bindings: Any, block_mask: Any, options: CallOptions, wanted: list[bool]) -> Any:
+    """The reference backend's gradients against the given output and lse (`reference_gradients`), for the
+    backward custom op and the ring. A custom op runs below autograd (its dispatch keys are excluded on this
+    thread), so the autograd this needs runs on a thread of its own, where they are not."""
+    program, tensors = attn.traced.program, [t.detach().requires_grad_(want)
+                                             for t, want in zip(bindings.tensors, wanted, strict=True)]
+    if block_mask is not None:
+        program, tensors = _with_block_sparsity(program, tensors, block_mask)
+
+    def gradients() -> Any:
+        return reference_gradients(program, query, key, value, out, lse, dout, dlse, tensors=tensors,
+                                   params=bindings.params, scale=options.scale,
+                                   float64=query.dtype == torch.float64)
+
     with concurrent.futures.ThreadPoolExecutor(1) as worker:
-        return worker.submit(_reference_gradients, attn, query, key, value, dout, dlse, bindings, block_mask,
-                             options, wanted).result()
-
-
-def _reference_gradients(attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                         dout: torch.Tensor, dlse: torch.Tensor | None, bindings: Any, block_mask: Any,
-                         options: CallOptions, wanted: list[bool]) -> Any:
-    leaves = [t.detach().requires_grad_() for t in (query, key, value)]
-    tensors = [t.detach().requires_grad_(want) for t, want in zip(bindings.tensors, wanted, strict=True)]
-    shapes = launch.check_inputs(*leaves, enable_gqa=options.enable_gqa)
-    with torch.enable_grad():
-        out, lse = attn._reference(*leaves, options.scale, dataclasses.replace(bindings, tensors=tuple(tensors)),
-                                   block_mask, shapes)
-        outputs, grads_out = [out], [dout]
-        if dlse is not None:
-            outputs.append(lse)
-            grads_out.append(dlse)
-        inputs = leaves + [t for t in tensors if t.requires_grad]
-        grads = torch.autograd.grad(outputs, inputs, grads_out, allow_unused=True)
-    dq, dk, dv = (torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads[:3], strict=True))
-    wanted_slots = [slot for slot, t in enumerate(tensors) if t.requires_grad]
-    captured = {slot: torch.zeros_like(tensors[slot]) if g is None else g
-                for slot, g in zip(wanted_slots, grads[3:], strict=True)}
-    return dq, dk, dv, captured
+        dq, dk, dv, *captured = worker.submit(gradients).result()
+    return dq, dk, dv, {slot: torch.zeros_like(bindings.tensors[slot]) if g is None else g
+                        for slot, g in enumerate(captured[:len(wanted)]) if wanted[slot]}
 
 
 def _check_sizes(*, optional: bool = False, **sizes: Any) -> None:

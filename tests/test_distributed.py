@@ -43,6 +43,13 @@ def variant(name: str, S: int, heads: int) -> tuple[Callable | None, Callable | 
             return (doc[q] == doc[kv]) & (q >= kv)
 
         return document, None, []
+    if name == "gated_alibi":  # a learned tensor read through a torch op: its gradient flows through it
+        gates = torch.linspace(-1.0, 1.0, heads).requires_grad_(True)
+
+        def gated(score, b, h, q, kv):
+            return score + torch.sigmoid(gates)[h] * (kv - q) * 0.5
+
+        return (lambda b, h, q, kv: q >= kv), gated, [gates]
     if name == "alibi":
         slopes = torch.linspace(0.1, 0.6, heads).requires_grad_(True)
 
@@ -114,7 +121,8 @@ def spawn(target: Callable[..., None], world: int, *args: Any) -> None:
 WORLDS = {
     1: [Case("causal", "zigzag", 12), Case("alibi", "contiguous", 7, heads=(4, 2))],
     2: [Case("causal", "zigzag", 14), Case("document", "zigzag", 10), Case("full", "striped", 9),
-        Case("alibi", "contiguous", 11, heads=(4, 2)), Case("causal", "zigzag", 10, backend="triton")],
+        Case("alibi", "contiguous", 11, heads=(4, 2)), Case("causal", "zigzag", 10, backend="triton"),
+        Case("gated_alibi", "zigzag", 6, heads=(4, 2), backend="triton")],
     3: [Case("causal", "zigzag", 10), Case("sliding", "striped", 9), Case("alibi", "zigzag", 8, heads=(4, 2)),
         Case("alibi", "striped", 5, captured="local"),
         Case("document", "contiguous", 7)],

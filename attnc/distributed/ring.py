@@ -6,13 +6,12 @@ each of this rank's query segments attends to each of the block's key segments t
 not entirely masked, through the variant seen at global positions, and the results merge by their lse.
 
 Backward, the same ring again: the blocks travel with accumulators of their dK / dV (float32, float64 for
-float64 inputs). Each rank recomputes its part of a block's attention under autograd and back-propagates the
-share of the merged output's gradient that reaches it (for a part with output o_i and lse l_i merged into O
-and L, with weight w = exp(l_i - L): dO_i = w dO and dl_i = w (<dO, o_i - O> + dL)), which gives dQ here, dK
-/ dV for the block's accumulators and the captured tensors' gradients (summed over the group at the end:
-every rank's queries contribute to them). A block's accumulators go on while a rank further along its path
-needs it and then return to the owner. The recomputation costs one more forward per computed block than a
-backward that reads the merged statistics directly would.
+float64 inputs). Each rank runs the backward kernels on each computed part (its query segment, a block's key
+segment) against the merged output and lse: the softmax they rebuild from the merged lse is the merged one
+restricted to the part's keys, so they give exactly that part's dQ, dK / dV (added to the block's
+accumulators) and captured-tensor gradients (summed over the group at the end: every rank's queries
+contribute to them), without computing any forward again. A block's accumulators go on while a rank further
+along its path needs it and then return to the owner.
 """
 
 from __future__ import annotations
@@ -28,8 +27,9 @@ import torch.distributed as dist
 from attnc.distributed.layout import Segment, check_layout, global_length, group_size_and_rank, segments
 from attnc.distributed.planning import Problem, RingPlan, ring_plan, stride, variant_for
 from attnc.distributed.positions import GlobalPositions
+from attnc.runtime.kernel_options import CallOptions
 from attnc.runtime.launch import compute_dtype
-from attnc.runtime.merge import merge_into, weight
+from attnc.runtime.merge import merge_into
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 
@@ -206,26 +206,30 @@ def backward_ring(ring: Ring, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 def _backward_pair(ring: Ring, qs: Segment, ks: Segment, q: torch.Tensor, held: Pair, out: torch.Tensor,
                    lse: torch.Tensor, dout: torch.Tensor, dlse: torch.Tensor | None, learned: Sequence[torch.Tensor],
                    grads: Gradients, accumulators: Pair) -> None:
-    """Gradients of one (query segment, key segment) part, from its share of the merged output's gradient."""
+    """Gradients of one (query segment, key segment) part: the backward kernels run on the part's queries and
+    keys against the merged output and lse, which makes their softmax the merged one restricted to the part's
+    keys, so what they return is exactly this part's share (no forward is recomputed). The captured slots'
+    gradients flow on to the captured tensors they are computed from (derived values) through autograd."""
     rows, cols = _span(qs), _span(ks)
+    attn = ring.variant.at(qs.start, ks.start)
     with torch.enable_grad():
-        inputs = [q[:, :, rows].detach().requires_grad_(True), held[0][:, :, cols].detach().requires_grad_(True),
-                  held[1][:, :, cols].detach().requires_grad_(True)]
-        o, part = ring.attend(qs, ks, *inputs)
-    w = weight(part.detach(), lse[:, :, rows])
+        bindings = attn._bind({})  # derived slots keep their graph back to the learned tensors
+    wanted = [t.requires_grad and t.is_floating_point() for t in bindings.tensors]
+    options = CallOptions(ring.scale, ring.enable_gqa, ring.backend)
+    dq, dk, dv, captured = attn.attend_backward(
+        q[:, :, rows], held[0][:, :, cols], held[1][:, :, cols], out[:, :, rows], lse[:, :, rows],
+        dout[:, :, rows], None if dlse is None else dlse[:, :, rows], bindings, None, options, wanted)
     acc = grads.dq.dtype
-    d_out = dout[:, :, rows].to(acc)
-    d_part = w * ((d_out * (o.detach().to(acc) - out[:, :, rows].to(acc))).sum(-1)
-                  + (dlse[:, :, rows].to(acc) if dlse is not None else 0.0))
-    wanted = [*inputs, *learned]
-    found = torch.autograd.grad([o, part], wanted, [(w.unsqueeze(-1) * d_out).to(o.dtype), d_part],
-                                allow_unused=True)
-    grads.dq[:, :, rows] += found[0].to(acc)
-    accumulators[0][:, :, cols] += found[1].to(acc)
-    accumulators[1][:, :, cols] += found[2].to(acc)
-    for total, g in zip(grads.captured, found[3:], strict=True):
-        if g is not None:
-            total += g.to(total.dtype)
+    grads.dq[:, :, rows] += dq.to(acc)
+    accumulators[0][:, :, cols] += dk.to(acc)
+    accumulators[1][:, :, cols] += dv.to(acc)
+    slots = [slot for slot in sorted(captured) if bindings.tensors[slot].requires_grad]
+    if slots and learned:
+        found = torch.autograd.grad([bindings.tensors[s] for s in slots], list(learned),
+                                    [captured[s].to(bindings.tensors[s].dtype) for s in slots], allow_unused=True)
+        for total, g in zip(grads.captured, found, strict=True):
+            if g is not None:
+                total += g.to(total.dtype)
 
 
 def pass_gradients(ring: Ring, step: int, accumulators: Pair | None,

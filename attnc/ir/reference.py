@@ -55,6 +55,48 @@ def reference_attention(
     return out.to(work if float64 else query.dtype), lse
 
 
+def reference_gradients(
+    program: Program,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    dout: Tensor,
+    dlse: Tensor | None,
+    *,
+    tensors: Sequence[Tensor] = (),
+    params: Sequence[int | float] = (),
+    scale: float | None = None,
+    float64: bool = False,
+) -> tuple[Tensor, ...]:
+    """The attention backward against given row statistics, densely: with p = exp(logits - lse) (0 where
+    masked, and on rows with lse -inf) and delta = rowsum(dout * out) - dlse, dV = p^T dout and the logits'
+    gradient is p * (dout v^T - delta), as the backward kernels compute it. When `out` / `lse` are those of
+    another key set that contains this one (a part of a merged attention), the result is this part's share
+    of the merged gradients. Returns the gradients of (query, key, value, *tensors), computed by autograd
+    through a scalar whose gradient is exactly that; None for tensors that do not require grad."""
+    work = torch.float64 if float64 else torch.float32
+    (B, Hq, Q, D), KV = query.shape, key.shape[2]
+    group = Hq // key.shape[1]
+    leaves = [t.detach().requires_grad_() for t in (query, key, value)]
+    k, v = (t.to(work).repeat_interleave(group, dim=1) for t in leaves[1:])
+    env = Env(*index_grids(B, Hq, Q, KV, query.device), tensors=tensors, params=params, float64=float64)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    with torch.enable_grad():
+        logits = _logits(program, leaves[0].to(work), k, scale, env)
+        rows = lse.to(work).unsqueeze(-1)
+        p = torch.exp(logits - torch.where(rows == -math.inf, math.inf, rows))
+        delta = (dout.to(work) * out.to(work)).sum(-1) - (0.0 if dlse is None else dlse.to(work))
+        dp = torch.matmul(dout.to(work), v.transpose(-1, -2))
+        surrogate = (p * (dp - delta.unsqueeze(-1))).sum()
+        learned = [t for t in tensors if t.requires_grad]
+        found = torch.autograd.grad(surrogate, [*leaves, *learned], allow_unused=True)
+    grads = [torch.zeros_like(x) if g is None else g.to(x.dtype) for x, g in zip(leaves, found[:3], strict=True)]
+    rest = iter(found[3:])
+    return (*grads, *(next(rest) if t.requires_grad else None for t in tensors))
+
+
 def _row_chunks(row_elements: int, Q: int) -> list[slice]:
     """Slices of query rows holding at most `_CHUNK_ELEMENTS` scores each (one empty slice if Q == 0)."""
     rows = max(1, _CHUNK_ELEMENTS // max(1, row_elements))
