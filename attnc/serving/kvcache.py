@@ -11,6 +11,8 @@ A paged cache (`[num_pages, page_size, Hkv, D]` with `block_table [B, max_pages]
 contiguous view per sequence, page by page, before the kernel runs: correct for pages in any order and
 shared between sequences, at the cost of that copy (reading pages through the table inside the kernel is
 the next step).
+
+Decoding runs split-KV with GQA packing (`attnc.runtime.decode`; see `kvcache_attention`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any
 
 import torch
 
-from attnc.attention import Attention
+from attnc.attention import Attention, choose_backend
 from attnc.runtime import graph_ops
+from attnc.runtime.autograd import needs_grad
 
 
 @dataclasses.dataclass
@@ -82,18 +85,43 @@ def kvcache_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     length, the new tokens included. Mods see `q_idx = cache_seqlens[b] - Sq + i` and absolute `kv_idx`.
     Returns `[B, Sq, Hq, Dv]` (and the lse `[B, Hq, Sq]`, float32, or float64 for float64 inputs).
     A sequence of length 0 gives 0 and -inf.
-    `num_splits`: 0 or 1 (one pass over the keys per query tile; splitting the keys is not available yet)."""
-    if num_splits not in (0, 1):
-        raise NotImplementedError(f"attnc.kvcache_attention: num_splits={num_splits}: splitting the keys across "
-                                  "programs is not available yet; pass 0 (automatic) or 1")
+    Decoding (Sq <= 16, or any Sq with `num_splits` > 0) on the generated kernels runs split-KV (flash-decoding,
+    `attnc.runtime.decode`): one program per (batch, kv head, split) whose rows are all the query heads of the GQA
+    group times the Sq rows, so each cache element is read once per kv head; only the key tiles the mask keeps
+    are read (a sliding window or a document mask over a long cache reads only its tiles); the splits merge
+    exactly through their lse. `num_splits`: 0 chooses the split count from the SM count and the most key tiles
+    a (sequence, kv head) reads; n > 0 forces n splits (1: one GQA-packed pass). Where that path does not run
+    (the reference backend, gradients, torch.compile) the ordinary forward runs and `num_splits` only has to be
+    valid: the results are the same either way."""
+    if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 0:
+        raise ValueError(f"attnc.kvcache_attention: num_splits must be an int >= 0 (0: automatic), got {num_splits!r}")
     _check_query(q, k_cache, v_cache)
     k, v = _contiguous_cache(k_cache, v_cache, block_table, cache_seqlens, q)
     variant = graph_ops.made_once(cache_variant, mask_mod, score_mod)
     variant.lengths(cache_seqlens, q.shape[1])
     q4, k4, v4 = (t.transpose(1, 2) for t in (q, k, v))
-    out, lse = variant.attention(q4, k4, v4, scale, True, enable_gqa=True, backend=backend)
+    if _decodes(variant, q4, k4, v4, num_splits, backend):
+        out, lse = variant.attention.decode(q4, k4, v4, scale, num_splits=num_splits)
+    else:
+        out, lse = variant.attention(q4, k4, v4, scale, True, enable_gqa=True, backend=backend)
     out = out.transpose(1, 2)
     return (out, lse) if return_lse else out
+
+
+# Up to this many new tokens per sequence, the automatic choice decodes (as torch's flex_attention does).
+DECODE_MAX_QUERIES = 16
+
+
+def _decodes(variant: CacheVariant, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_splits: int,
+             backend: str) -> bool:
+    """Whether this call runs the split-KV decode kernels: on the generated kernels, outside torch.compile,
+    without gradients, for a few new tokens (or any number with `num_splits` forced)."""
+    if torch.compiler.is_compiling() or choose_backend(backend, q) != "triton":
+        return False
+    if num_splits == 0 and q.shape[2] > DECODE_MAX_QUERIES:
+        return False
+    bindings = variant.attention.bind_mods(variant.mask_mod, variant.score_mod)
+    return not needs_grad(q, k, v, *bindings.tensors)
 
 
 def _check_query(q: Any, k_cache: Any, v_cache: Any) -> None:

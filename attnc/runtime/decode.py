@@ -1,0 +1,120 @@
+"""Split-KV decoding with GQA packing (flash-decoding): the tile lists, the split count, the launch of the
+generated decode kernel (attnc.codegen.decode) and the exact combine of its splits.
+
+A decode step has few query rows, so the forward's grid (query tiles x batch x query heads) leaves most of a
+GPU idle and reads each cache element once per query head. Here one program owns a (batch, kv head, split):
+its rows are every query head of the GQA group times every query row, so K and V are read once per kv head,
+and the keys are spread over `splits` programs whose partial results merge exactly through their lse.
+
+Which key tiles a program reads comes from the block classes of the mask (`attnc.runtime.sparsity`, the
+engine of `create_block_mask`: closed forms, and per-block value ranges for masks that read tensors such as
+document ids), united over the rows of the group: a tile is listed when any row may attend into it, marked
+full when every row attends to all of it. The lists hold only live tiles, so the splits share the work that
+exists (a sliding window over a long cache reads only its window's tiles) and no split reads a skipped tile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import triton
+
+from attnc.ir.program import Program
+from attnc.ir.tiles import EMPTY, FULL
+from attnc.runtime import sparsity
+from attnc.runtime.config import next_power_of_two
+from attnc.runtime.launch import Shapes, capture_args, compute_dtype, default_scale, scalar_argument
+from attnc.runtime.merge import merge_attention
+
+BLOCK_N = 64
+MAX_BLOCK_M = 64
+# A split gets at least this many key tiles (256 keys): fewer would cost more in the combine than they save.
+MIN_TILES_PER_SPLIT = 4
+# The interpreter has no SMs to fill: a small fixed count keeps the automatic choice exercised on the CPU.
+INTERPRETER_SMS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class TileLists:
+    """Per (batch, kv head): the live key tiles in key order (`tiles [B, Hkv, nKV]` int32, the first `counts`
+    entries used), whether each listed tile is full for every row of the group (`full`, int8), how many."""
+
+    tiles: torch.Tensor
+    full: torch.Tensor
+    counts: torch.Tensor
+
+
+def tile_lists(program: Program, tensors: Sequence[torch.Tensor], params: Sequence[int | float], shapes: Shapes,
+               device: torch.device, block_n: int = BLOCK_N) -> TileLists:
+    """The key tiles each (batch, kv head) must read, from the mask's block classes over all its query rows."""
+    n_kv = triton.cdiv(shapes.KV_LEN, block_n)
+    B, Hkv, G = shapes.B, shapes.Hkv, shapes.gqa_group
+    mask = program.mask
+    if mask is None or n_kv == 0:
+        classes = torch.full((B, shapes.Hq, n_kv), FULL, dtype=torch.int8, device=device)
+    elif not sparsity.analysable(mask):  # a read at an index moving with q and kv: every tile is masked
+        classes = torch.full((B, shapes.Hq, n_kv), 1, dtype=torch.int8, device=device)
+    else:
+        grid = sparsity.classify_blocks(
+            program, tensors, params, B=sparsity.broadcast_size(mask, "b", B),
+            H=sparsity.broadcast_size(mask, "h", shapes.Hq), Q_LEN=shapes.Q_LEN, KV_LEN=shapes.KV_LEN,
+            q_block=max(shapes.Q_LEN, 1), kv_block=block_n, device=device)
+        classes = grid[:, :, 0].expand(B, shapes.Hq, n_kv)
+    by_group = classes.reshape(B, Hkv, G, n_kv)
+    live = (by_group != EMPTY).any(2)
+    full = (by_group == FULL).all(2)
+    # live tiles first, in key order (a stable sort of the dead flags)
+    order = torch.sort((~live).to(torch.int8), dim=-1, stable=True).indices
+    return TileLists(order.to(torch.int32).contiguous(), full.gather(-1, order).to(torch.int8).contiguous(),
+                     live.sum(-1).to(torch.int32).contiguous())
+
+
+def choose_splits(lists: TileLists, shapes: Shapes, row_blocks: int, device: torch.device,
+                  num_splits: int) -> int:
+    """`num_splits` when positive; otherwise enough splits that batch x kv heads x row blocks x splits fills the
+    device's SMs, with at least MIN_TILES_PER_SPLIT tiles of the longest list per split."""
+    if num_splits > 0:
+        return num_splits
+    most_tiles = int(lists.counts.max()) if lists.counts.numel() else 0
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else INTERPRETER_SMS
+    programs = max(shapes.B * shapes.Hkv * row_blocks, 1)
+    wanted = math.ceil(sms / programs)
+    return max(1, min(wanted, most_tiles // MIN_TILES_PER_SPLIT))
+
+
+def launch_decode(kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lists: TileLists, *,
+                  shapes: Shapes, scale: float | None, tensors: Sequence[torch.Tensor],
+                  params: Sequence[int | float], num_splits: int, interpret: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out [B, Hq, Q_LEN, Dv] in q's dtype, lse [B, Hq, Q_LEN] in the compute dtype) for `q [B, Hq, Q_LEN, D]`,
+    `k, v [B, Hkv, KV_LEN, D]`: every split's partial result, then their exact merge."""
+    rows = shapes.gqa_group * shapes.Q_LEN
+    block_m = min(next_power_of_two(rows), MAX_BLOCK_M)
+    row_blocks = triton.cdiv(rows, block_m)
+    splits = choose_splits(lists, shapes, row_blocks, q.device, num_splits)
+    most_tiles = int(lists.counts.max()) if lists.counts.numel() else 0
+    tiles_per_split = max(triton.cdiv(most_tiles, splits), 1)
+    acc = compute_dtype(q.dtype)
+    out_parts = torch.empty(splits, shapes.B, shapes.Hq, shapes.Q_LEN, shapes.Dv, dtype=acc, device=q.device)
+    lse_parts = torch.empty(splits, shapes.B, shapes.Hq, shapes.Q_LEN, dtype=acc, device=q.device)
+    if rows and shapes.B and shapes.Hkv:
+        sm_scale = scale if scale is not None else default_scale(shapes)
+        grid = (shapes.B * shapes.Hkv, splits, row_blocks)
+        kernel[grid](
+            q, k, v, out_parts, lse_parts, lists.tiles, lists.full, lists.counts,
+            *q.stride(), *k.stride(), *v.stride(), *out_parts.stride(), *lse_parts.stride(),
+            *lists.tiles.stride(), *lists.counts.stride(),
+            scalar_argument(float(sm_scale), q.dtype), shapes.Hkv, shapes.gqa_group, shapes.Q_LEN, shapes.KV_LEN,
+            tiles_per_split, *capture_args(tensors, [scalar_argument(p, q.dtype) for p in params]),
+            HEAD_D=shapes.D, HEAD_DV=shapes.Dv, D_PAD=next_power_of_two(shapes.D),
+            DV_PAD=next_power_of_two(shapes.Dv), BLOCK_M=block_m, BLOCK_N=BLOCK_N,
+            KV_EVEN=shapes.KV_LEN % BLOCK_N == 0, UPCAST=interpret,
+            DOT_PRECISION="ieee" if q.dtype in (torch.float32, torch.float64) else "tf32",
+            SCALE_POSITIVE=sm_scale > 0, FAST_MATH=not interpret and q.dtype in (torch.float16, torch.bfloat16),
+            num_warps=4, num_stages=2,
+        )
+    out, lse = merge_attention(list(out_parts), list(lse_parts))
+    return out.to(q.dtype), lse
