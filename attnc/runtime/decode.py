@@ -32,6 +32,8 @@ from attnc.runtime.merge import merge_attention
 
 BLOCK_N = 64
 MAX_BLOCK_M = 64
+NUM_WARPS = 4
+NUM_STAGES = 2
 # A split gets at least this many key tiles (256 keys): fewer would cost more in the combine than they save.
 MIN_TILES_PER_SPLIT = 4
 # The interpreter has no SMs to fill: a small fixed count keeps the automatic choice exercised on the CPU.
@@ -86,13 +88,33 @@ def choose_splits(lists: TileLists, shapes: Shapes, row_blocks: int, device: tor
     return max(1, min(wanted, most_tiles // MIN_TILES_PER_SPLIT))
 
 
+def rows_per_program(shapes: Shapes) -> int:
+    """BLOCK_M: the group's rows (query heads x query rows), padded to a power of two, at most MAX_BLOCK_M (more
+    rows take more programs, each reading the group's tiles)."""
+    return min(next_power_of_two(shapes.gqa_group * shapes.Q_LEN), MAX_BLOCK_M)
+
+
+def decode_constexprs(shapes: Shapes, dtype: torch.dtype, block_m: int, sm_scale: float,
+                      interpret: bool) -> dict[str, Any]:
+    """The decode kernel's compile-time arguments (shared by the launch and the ahead-of-time compile)."""
+    return {
+        "HEAD_D": shapes.D, "HEAD_DV": shapes.Dv, "D_PAD": next_power_of_two(shapes.D),
+        "DV_PAD": next_power_of_two(shapes.Dv), "BLOCK_M": block_m, "BLOCK_N": BLOCK_N,
+        "KV_EVEN": shapes.KV_LEN % BLOCK_N == 0,
+        "UPCAST": interpret,  # the interpreter's 16-bit arithmetic is inexact: it computes on float32 copies
+        "DOT_PRECISION": "ieee" if dtype in (torch.float32, torch.float64) else "tf32",
+        "SCALE_POSITIVE": sm_scale > 0,
+        "FAST_MATH": not interpret and dtype in (torch.float16, torch.bfloat16),
+    }
+
+
 def launch_decode(kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lists: TileLists, *,
                   shapes: Shapes, scale: float | None, tensors: Sequence[torch.Tensor],
                   params: Sequence[int | float], num_splits: int, interpret: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [B, Hq, Q_LEN, Dv] in q's dtype, lse [B, Hq, Q_LEN] in the compute dtype) for `q [B, Hq, Q_LEN, D]`,
     `k, v [B, Hkv, KV_LEN, D]`: every split's partial result, then their exact merge."""
     rows = shapes.gqa_group * shapes.Q_LEN
-    block_m = min(next_power_of_two(rows), MAX_BLOCK_M)
+    block_m = rows_per_program(shapes)
     row_blocks = triton.cdiv(rows, block_m)
     splits = choose_splits(lists, shapes, row_blocks, q.device, num_splits)
     most_tiles = int(lists.counts.max()) if lists.counts.numel() else 0
@@ -109,12 +131,8 @@ def launch_decode(kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
             *lists.tiles.stride(), *lists.counts.stride(),
             scalar_argument(float(sm_scale), q.dtype), shapes.Hkv, shapes.gqa_group, shapes.Q_LEN, shapes.KV_LEN,
             tiles_per_split, *capture_args(tensors, [scalar_argument(p, q.dtype) for p in params]),
-            HEAD_D=shapes.D, HEAD_DV=shapes.Dv, D_PAD=next_power_of_two(shapes.D),
-            DV_PAD=next_power_of_two(shapes.Dv), BLOCK_M=block_m, BLOCK_N=BLOCK_N,
-            KV_EVEN=shapes.KV_LEN % BLOCK_N == 0, UPCAST=interpret,
-            DOT_PRECISION="ieee" if q.dtype in (torch.float32, torch.float64) else "tf32",
-            SCALE_POSITIVE=sm_scale > 0, FAST_MATH=not interpret and q.dtype in (torch.float16, torch.bfloat16),
-            num_warps=4, num_stages=2,
+            **decode_constexprs(shapes, q.dtype, block_m, sm_scale, interpret), num_warps=NUM_WARPS,
+            num_stages=NUM_STAGES,
         )
     out, lse = merge_attention(list(out_parts), list(lse_parts))
     return out.to(q.dtype), lse
