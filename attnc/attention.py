@@ -141,13 +141,16 @@ class Attention:
         return self._decode_kernel
 
     def decode(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None, *,
-               num_splits: int = 0, bindings: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+               num_splits: int = 0, layout: decode.KeyLayout | None = None,
+               bindings: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(out, lse) of `query [B, Hq, Q_LEN, D]` over `key, value [B, Hkv, KV_LEN, D]` by split-KV decoding
         (attnc.runtime.decode): one pass over each kv head's live key tiles for all the query heads of its group,
         the keys spread over `num_splits` programs (0: chosen from the SM count and the tiles to read), merged
-        exactly by lse. Always the generated kernels (in the Triton interpreter on CPU tensors); no gradients."""
-        arguments.check_attention_tensors(query, key, value)
-        shapes = launch.check_inputs(query, key, value, enable_gqa=True)
+        exactly by lse. `layout`: per-sequence key lengths, page pools read through a block table (see
+        `decode.KeyLayout`; the caller checks the table). Always the generated kernels (in the Triton interpreter
+        on CPU tensors); no gradients."""
+        layout = layout or decode.KeyLayout()
+        shapes = decode.check_decode_inputs(query, key, value, layout)
         launch.check_kernel_dtype(query)
         bindings = self._bind() if bindings is None else bindings
         self._divisors.check((shapes.B, shapes.Hq, shapes.Q_LEN, shapes.KV_LEN), bindings.tensors, bindings.params,
@@ -158,7 +161,7 @@ class Attention:
         lists = decode.tile_lists(self.program, bindings.tensors, bindings.params, shapes, query.device)
         return decode.launch_decode(self.decode_kernel(), query, key, value, lists, shapes=shapes, scale=scale,
                                     tensors=bindings.tensors, params=bindings.params, num_splits=num_splits,
-                                    interpret=query.device.type != "cuda")
+                                    interpret=query.device.type != "cuda", layout=layout)
 
     @property
     def block_map_source(self) -> KernelSource:

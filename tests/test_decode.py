@@ -161,3 +161,45 @@ def test_decode_source_is_deterministic_and_masks_only_partial_tiles() -> None:
     assert first == attnc.compile(mask_mod=window, score_mod=alibi).decode_source.source
     body = first.split("if apply_mask:")[1].split("if CHECK_KV:")[0]
     assert "mask = " in body and "mask = " not in first.split("if apply_mask:")[0].split("def _attend_tile")[1]
+
+
+@pytest.mark.parametrize("page_size", [16, 48, 128])
+def test_paged_caches_are_read_through_the_table(page_size: int) -> None:
+    """Pages in any order, shared between sequences, smaller or larger than a key tile; unused pages and the
+    slots past each length hold NaN, which must never reach the result."""
+    g = torch.Generator().manual_seed(11)
+    B, Hq, Hkv, D, Sq = 3, 4, 2, 16, 2
+    lengths = [130, 1, 75]
+    max_pages = -(-130 // page_size)
+    num_pages = B * max_pages + 2
+    pool_k, pool_v = (torch.full((num_pages, page_size, Hkv, D), math.nan) for _ in range(2))
+    table = torch.randperm(num_pages, generator=g)[: B * max_pages].view(B, max_pages).to(torch.int32)
+    table[2, 0] = table[0, 0]  # a shared first page (a common prompt)
+    contiguous = [torch.randn(B, max_pages * page_size, Hkv, D, generator=g) for _ in range(2)]
+    for cache in contiguous:
+        cache[2, :page_size] = cache[0, :page_size]
+    for b, length in enumerate(lengths):
+        for slot in range(length):
+            page, offset = table[b, slot // page_size], slot % page_size
+            pool_k[page, offset], pool_v[page, offset] = contiguous[0][b, slot], contiguous[1][b, slot]
+    table[1, 1:] = -5  # entries past a sequence's pages may hold anything
+    q = torch.randn(B, Sq, Hq, D, generator=g)
+    seqlens = torch.tensor(lengths, dtype=torch.int32)
+    out, lse = attnc.kvcache_attention(q, pool_k, pool_v, seqlens, block_table=table, mask_mod=window,
+                                       score_mod=alibi, return_lse=True, num_splits=2, backend="triton")
+    want_out, want_lse = dense(q, *contiguous, lengths, window, alibi)
+    torch.testing.assert_close(out.double(), want_out, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(lse.double(), want_lse, atol=2e-5, rtol=2e-5)
+
+
+def test_keys_past_each_length_are_never_loaded() -> None:
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 1, 2, 16, generator=g)
+    k_cache, v_cache = (torch.randn(2, 100, 1, 16, generator=g) for _ in range(2))
+    lengths = [70, 3]
+    for b, length in enumerate(lengths):
+        k_cache[b, length:], v_cache[b, length:] = math.inf, math.nan
+    out = attnc.kvcache_attention(q, k_cache, v_cache, torch.tensor(lengths, dtype=torch.int32), num_splits=1,
+                                  backend="triton")
+    torch.testing.assert_close(out.double(), dense(q, k_cache, v_cache, lengths, None, None)[0], atol=2e-5,
+                               rtol=2e-5)

@@ -132,10 +132,11 @@ def forward_job(path: Any, program: Any, dtype: Any, head_dim: int, head_dim_v: 
             "num_warps": fitted.num_warps, "num_stages": fitted.num_stages, "capability": capability}
 
 
-def decode_job(path: Any, program: Any, dtype: Any, head_dim: int, group: int, query_rows: int,
-               capability: int) -> dict[str, Any]:
-    """A compile job for the split-KV decode kernel (contiguous [B, S, H, D] caches, as kvcache_attention runs
-    it) for a GQA group of `group` query heads and `query_rows` new tokens."""
+def decode_job(path: Any, program: Any, dtype: Any, head_dim: int, group: int, query_rows: int, capability: int,
+               page_size: int | None = None) -> dict[str, Any]:
+    """A compile job for the split-KV decode kernel as kvcache_attention runs it (per-sequence lengths; pages of
+    `page_size` read through a block table, or contiguous caches) for a GQA group of `group` query heads and
+    `query_rows` new tokens."""
     from attnc.codegen.decode import DECODE_KERNEL_NAME
     from attnc.codegen.emit import POINTER_TYPE
     from attnc.ir.dtypes import DType
@@ -145,9 +146,10 @@ def decode_job(path: Any, program: Any, dtype: Any, head_dim: int, group: int, q
     element = POINTER_TYPE[DType.from_torch(dtype)]
     types = {name: element for name in ("Q", "K", "V")}
     types |= {"OUT_PART": "*fp32", "LSE_PART": "*fp32", "TILES": "*i32", "TILE_FULL": "*i8", "N_TILES": "*i32",
-              "sm_scale": "fp32"} | _capture_types(program)
+              "SEQ_LENS": "*i32", "BLOCK_TABLE": "*i32", "sm_scale": "fp32"} | _capture_types(program)
     shapes = Shapes(B=1, Hq=group, Hkv=1, Q_LEN=query_rows, KV_LEN=32768, D=head_dim, Dv=head_dim)
-    consts = decode_constexprs(shapes, dtype, rows_per_program(shapes), 1.0, interpret=False)
+    consts = decode_constexprs(shapes, dtype, rows_per_program(shapes), 1.0, False, has_lengths=True,
+                               page_size=page_size)
     consts |= {name: 1 for name in ("stride_qd", "stride_kd", "stride_vd", "stride_od", "stride_lm", "stride_tn")}
     return {"path": str(path), "kernel": DECODE_KERNEL_NAME, "types": types, "constexprs": consts,
             "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "capability": capability}

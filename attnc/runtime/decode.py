@@ -23,16 +23,17 @@ from typing import Any
 import torch
 import triton
 
+from attnc import arguments
 from attnc.ir.program import Program
 from attnc.ir.tiles import EMPTY, FULL
 from attnc.runtime import sparsity
 from attnc.runtime.config import next_power_of_two
-from attnc.runtime.launch import Shapes, capture_args, compute_dtype, default_scale, scalar_argument
+from attnc.runtime.launch import Shapes, capture_args, check_inputs, compute_dtype, default_scale, scalar_argument
 from attnc.runtime.merge import merge_attention
 
 BLOCK_N = 64
 MAX_BLOCK_M = 64
-NUM_WARPS = 4
+NUM_WARPS = 8  # 4 warps spill at D = 128 over paged caches (sm_90, tests/test_aot.py)
 NUM_STAGES = 2
 # A split gets at least this many key tiles (256 keys): fewer would cost more in the combine than they save.
 MIN_TILES_PER_SPLIT = 4
@@ -48,6 +49,16 @@ class TileLists:
     tiles: torch.Tensor
     full: torch.Tensor
     counts: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyLayout:
+    """Where the keys live beyond `[B, Hkv, KV_LEN, D]`: `lengths [B]` int32 bounds each sequence's keys (none
+    past it is loaded); with `block_table [B, max_pages]` int32, K and V are page pools `[num_pages, Hkv,
+    page_size, D]` and key i of sequence b is slot i % page_size of page block_table[b, i // page_size]."""
+
+    lengths: torch.Tensor | None = None
+    block_table: torch.Tensor | None = None
 
 
 def tile_lists(program: Program, tensors: Sequence[torch.Tensor], params: Sequence[int | float], shapes: Shapes,
@@ -94,13 +105,15 @@ def rows_per_program(shapes: Shapes) -> int:
     return min(next_power_of_two(shapes.gqa_group * shapes.Q_LEN), MAX_BLOCK_M)
 
 
-def decode_constexprs(shapes: Shapes, dtype: torch.dtype, block_m: int, sm_scale: float,
-                      interpret: bool) -> dict[str, Any]:
-    """The decode kernel's compile-time arguments (shared by the launch and the ahead-of-time compile)."""
+def decode_constexprs(shapes: Shapes, dtype: torch.dtype, block_m: int, sm_scale: float, interpret: bool, *,
+                      has_lengths: bool, page_size: int | None) -> dict[str, Any]:
+    """The decode kernel's compile-time arguments (shared by the launch and the ahead-of-time compile);
+    `page_size` None: contiguous keys."""
     return {
         "HEAD_D": shapes.D, "HEAD_DV": shapes.Dv, "D_PAD": next_power_of_two(shapes.D),
         "DV_PAD": next_power_of_two(shapes.Dv), "BLOCK_M": block_m, "BLOCK_N": BLOCK_N,
-        "KV_EVEN": shapes.KV_LEN % BLOCK_N == 0,
+        "KV_EVEN": shapes.KV_LEN % BLOCK_N == 0, "HAS_SEQ_LENS": has_lengths,
+        "PAGED": page_size is not None, "PAGE_SIZE": page_size or 1,
         "UPCAST": interpret,  # the interpreter's 16-bit arithmetic is inexact: it computes on float32 copies
         "DOT_PRECISION": "ieee" if dtype in (torch.float32, torch.float64) else "tf32",
         "SCALE_POSITIVE": sm_scale > 0,
@@ -108,11 +121,23 @@ def decode_constexprs(shapes: Shapes, dtype: torch.dtype, block_m: int, sm_scale
     }
 
 
+def check_decode_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: KeyLayout) -> Shapes:
+    """The call's shapes: `key, value [B, Hkv, KV_LEN, D]`, or page pools (KV_LEN: the block table's capacity)."""
+    arguments.check_attention_tensors(query, key, value)
+    if layout.block_table is None:
+        return check_inputs(query, key, value, enable_gqa=True)
+    # a page per sequence stands for its keys: only the heads, head dims and dtypes are checked here
+    per_sequence = [t[:1].expand(query.shape[0], -1, -1, -1) for t in (key, value)]
+    shapes = check_inputs(query, *per_sequence, enable_gqa=True)
+    return dataclasses.replace(shapes, KV_LEN=layout.block_table.shape[1] * key.shape[2])
+
+
 def launch_decode(kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lists: TileLists, *,
                   shapes: Shapes, scale: float | None, tensors: Sequence[torch.Tensor],
-                  params: Sequence[int | float], num_splits: int, interpret: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                  params: Sequence[int | float], num_splits: int, interpret: bool,
+                  layout: KeyLayout = KeyLayout()) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [B, Hq, Q_LEN, Dv] in q's dtype, lse [B, Hq, Q_LEN] in the compute dtype) for `q [B, Hq, Q_LEN, D]`,
-    `k, v [B, Hkv, KV_LEN, D]`: every split's partial result, then their exact merge."""
+    `k, v [B, Hkv, KV_LEN, D]` (or page pools, `layout`): every split's partial result, then their exact merge."""
     rows = shapes.gqa_group * shapes.Q_LEN
     block_m = rows_per_program(shapes)
     row_blocks = triton.cdiv(rows, block_m)
@@ -124,15 +149,19 @@ def launch_decode(kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     lse_parts = torch.empty(splits, shapes.B, shapes.Hq, shapes.Q_LEN, dtype=acc, device=q.device)
     if rows and shapes.B and shapes.Hkv:
         sm_scale = scale if scale is not None else default_scale(shapes)
+        paged = layout.block_table is not None
+        table = layout.block_table if paged else lists.counts  # a dummy 2-D int32 tensor when not paged
         grid = (shapes.B * shapes.Hkv, splits, row_blocks)
         kernel[grid](
             q, k, v, out_parts, lse_parts, lists.tiles, lists.full, lists.counts,
+            lists.counts if layout.lengths is None else layout.lengths, table,
             *q.stride(), *k.stride(), *v.stride(), *out_parts.stride(), *lse_parts.stride(),
-            *lists.tiles.stride(), *lists.counts.stride(),
+            *lists.tiles.stride(), *lists.counts.stride(), *table.stride(), k.shape[0] if paged else 0,
             scalar_argument(float(sm_scale), q.dtype), shapes.Hkv, shapes.gqa_group, shapes.Q_LEN, shapes.KV_LEN,
             tiles_per_split, *capture_args(tensors, [scalar_argument(p, q.dtype) for p in params]),
-            **decode_constexprs(shapes, q.dtype, block_m, sm_scale, interpret), num_warps=NUM_WARPS,
-            num_stages=NUM_STAGES,
+            **decode_constexprs(shapes, q.dtype, block_m, sm_scale, interpret, has_lengths=layout.lengths is not None,
+                                page_size=k.shape[2] if paged else None),
+            num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )
     out, lse = merge_attention(list(out_parts), list(lse_parts))
     return out.to(q.dtype), lse

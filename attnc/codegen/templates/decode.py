@@ -9,6 +9,8 @@
 # a list per (batch, kv head) (TILES, the live tiles in key order, and N_TILES, how many): split s visits list
 # entries [s * TILES_PER_SPLIT, (s + 1) * TILES_PER_SPLIT), so a split only reads the tiles the mask keeps.
 # TILE_FULL says which listed tiles are full for every row of the group: those never evaluate the mask.
+# SEQ_LENS (HAS_SEQ_LENS) bounds each sequence's keys, so nothing past its length is loaded. PAGED: K and V are
+# page pools read through BLOCK_TABLE [B, max_pages] inside the kernel (pages of PAGE_SIZE keys, any order).
 # Each program writes its rows' output over its split's keys (normalised by the split's own row sum) and lse,
 # in the compute dtype; the combine merges the splits exactly through their lse.
 #
@@ -43,22 +45,35 @@ def _finite_max(m):
 
 @triton.jit
 def _attend_tile(
-    acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
-    start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN, apply_mask,
+    acc, l_i, m_i, q, K_head, V_head, stride_kb, stride_kn, stride_kd, stride_vb, stride_vn, stride_vd,
+    PAGES, stride_pp, start_n, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN, apply_mask,
     # HOLE: capture_args
     # HOLE: hoisted_params
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, CHECK_KV: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, COMPUTE: tl.constexpr,
+    BLOCK_N: tl.constexpr, CHECK_KV: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    NUM_PAGES, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
+    FAST_MATH: tl.constexpr, COMPUTE: tl.constexpr,
 ):
+    # KV_LEN: this sequence's valid length, so keys past it are never loaded (a cache may hold anything there)
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
     offs_dv = tl.arange(0, DV_PAD)
     kv_idx = offs_n[None, :]
     kv_in = offs_n < KV_LEN
-    kt = tl.load(K_head + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+    if PAGED:
+        # each key's page from the sequence's row of the block table (a tile may span several pages); a page
+        # number outside the pool is never dereferenced
+        page = tl.load(PAGES + (offs_n // PAGE_SIZE) * stride_pp, mask=kv_in, other=0)
+        kv_in = kv_in & (page >= 0) & (page < NUM_PAGES)
+        page = tl.where(kv_in, page, 0).to(tl.int64)
+        k_rows = page * stride_kb + (offs_n % PAGE_SIZE) * stride_kn
+        v_rows = page * stride_vb + (offs_n % PAGE_SIZE) * stride_vn
+    else:
+        k_rows = offs_n * stride_kn
+        v_rows = offs_n * stride_vn
+    kt = tl.load(K_head + k_rows[None, :] + offs_d[:, None] * stride_kd,
                  mask=kv_in[None, :] & (offs_d[:, None] < HEAD_D), other=0.0)
-    v = tl.load(V_head + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+    v = tl.load(V_head + v_rows[:, None] + offs_dv[None, :] * stride_vd,
                 mask=kv_in[:, None] & (offs_dv[None, :] < HEAD_DV), other=0.0)
     if UPCAST:
         kt = kt.to(COMPUTE)
@@ -98,7 +113,7 @@ def _attend_tile(
 
 @triton.jit(do_not_specialize=DO_NOT_SPECIALIZE)
 def attnc_decode(
-    Q, K, V, OUT_PART, LSE_PART, TILES, TILE_FULL, N_TILES,
+    Q, K, V, OUT_PART, LSE_PART, TILES, TILE_FULL, N_TILES, SEQ_LENS, BLOCK_TABLE,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -106,10 +121,12 @@ def attnc_decode(
     stride_ls, stride_lb, stride_lh, stride_lm,
     stride_tb, stride_th, stride_tn,
     stride_cb, stride_ch,
+    stride_btb, stride_btp, NUM_PAGES,
     sm_scale, H_KV, GQA_GROUP, Q_LEN, KV_LEN, TILES_PER_SPLIT,
     # HOLE: capture_args
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, HAS_SEQ_LENS: tl.constexpr,
+    PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr,
 ):
     COMPUTE: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
@@ -133,8 +150,16 @@ def attnc_decode(
                 mask=row_in[:, None] & (offs_d[None, :] < HEAD_D), other=0.0)
     if UPCAST:
         q = q.to(COMPUTE)
-    K_head = K + off_b.to(tl.int64) * stride_kb + off_hkv.to(tl.int64) * stride_kh
-    V_head = V + off_b.to(tl.int64) * stride_vb + off_hkv.to(tl.int64) * stride_vh
+    if PAGED:  # K and V are page pools [num_pages, H_KV, PAGE_SIZE, D]: the tiles find their pages
+        K_head = K + off_hkv.to(tl.int64) * stride_kh
+        V_head = V + off_hkv.to(tl.int64) * stride_vh
+    else:
+        K_head = K + off_b.to(tl.int64) * stride_kb + off_hkv.to(tl.int64) * stride_kh
+        V_head = V + off_b.to(tl.int64) * stride_vb + off_hkv.to(tl.int64) * stride_vh
+    pages = BLOCK_TABLE + off_b.to(tl.int64) * stride_btb
+    kv_len = KV_LEN
+    if HAS_SEQ_LENS:
+        kv_len = tl.minimum(tl.load(SEQ_LENS + off_b), KV_LEN)
 
     b_idx = off_b
     h_idx = head[:, None]
@@ -155,12 +180,12 @@ def attnc_decode(
         tile = tl.load(TILES + tile_list + t * stride_tn)
         partial = tl.load(TILE_FULL + tile_list + t * stride_tn) == 0
         acc, l_i, m_i = _attend_tile(
-            acc, l_i, m_i, q, K_head, V_head, stride_kn, stride_kd, stride_vn, stride_vd,
-            tile * BLOCK_N, b_idx, h_idx, q_idx, sm_scale, qk_scale, KV_LEN, partial,
+            acc, l_i, m_i, q, K_head, V_head, stride_kb, stride_kn, stride_kd, stride_vb, stride_vn, stride_vd,
+            pages, stride_btp, tile * BLOCK_N, b_idx, h_idx, q_idx, sm_scale, qk_scale, kv_len, partial,
             # HOLE: capture_pass
             # HOLE: hoisted_pass
-            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, not KV_EVEN, UPCAST, DOT_PRECISION,
-            SCALE_POSITIVE, FAST_MATH, COMPUTE,
+            HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_SEQ_LENS or not KV_EVEN, PAGED, PAGE_SIZE, NUM_PAGES,
+            UPCAST, DOT_PRECISION, SCALE_POSITIVE, FAST_MATH, COMPUTE,
         )
 
     # Rows with no allowed key in this split: l = 0, output 0 and lse -inf (the combine gives them no weight).
