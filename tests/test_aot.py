@@ -80,3 +80,10 @@ def test_decode_kernel_has_no_spills_on_sm90(name, group, query_rows, page_size)
     (info,) = aot.compile_kernels([aot.decode_job(path, attn.program, torch.bfloat16, 128, group, query_rows, 90,
                                                         page_size)])
     assert info["spills"] == 0 and 0 < info["registers"] <= 255, info
+
+
+def test_decode_combine_compiles_on_sm90():
+    from attnc.runtime import aot
+
+    (info,) = aot.compile_kernels([aot.combine_job(torch.bfloat16, 128, 90)])
+    assert info["spills"] == 0 and 0 < info["registers"] <= 255, info

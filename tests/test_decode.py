@@ -203,3 +203,17 @@ def test_keys_past_each_length_are_never_loaded() -> None:
                                   backend="triton")
     torch.testing.assert_close(out.double(), dense(q, k_cache, v_cache, lengths, None, None)[0], atol=2e-5,
                                rtol=2e-5)
+
+
+def test_decode_in_float64_keeps_float64() -> None:
+    g = torch.Generator().manual_seed(9)
+    q = torch.randn(2, 2, 4, 16, generator=g, dtype=torch.float64)
+    k_cache, v_cache = (torch.randn(2, 70, 2, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    lengths = [70, 0]
+    out, lse = attnc.kvcache_attention(q, k_cache, v_cache, torch.tensor(lengths, dtype=torch.int32),
+                                       mask_mod=causal, score_mod=alibi, return_lse=True, num_splits=2,
+                                       backend="triton")
+    assert out.dtype == lse.dtype == torch.float64
+    want_out, want_lse = dense(q, k_cache, v_cache, lengths, causal, alibi)
+    torch.testing.assert_close(out, want_out, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(lse, want_lse, atol=1e-10, rtol=1e-10)

@@ -155,6 +155,19 @@ def decode_job(path: Any, program: Any, dtype: Any, head_dim: int, group: int, q
             "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "capability": capability}
 
 
+def combine_job(dtype: Any, head_dim_v: int, capability: int) -> dict[str, Any]:
+    """A compile job for split-KV decoding's combine (`attnc.runtime.decode_combine`) writing `dtype` outputs."""
+    from attnc.codegen.emit import POINTER_TYPE
+    from attnc.ir.dtypes import DType
+    from attnc.runtime import decode_combine
+    from attnc.runtime.config import next_power_of_two
+
+    types = {"OUT_PART": "*fp32", "LSE_PART": "*fp32", "OUT": POINTER_TYPE[DType.from_torch(dtype)], "LSE": "*fp32"}
+    consts = {"HEAD_DV": head_dim_v, "DV_PAD": next_power_of_two(head_dim_v), "stride_pd": 1, "stride_rm": 1}
+    return {"path": decode_combine.__file__, "kernel": "combine_splits", "types": types, "constexprs": consts,
+            "num_warps": 1, "num_stages": 1, "capability": capability}
+
+
 def block_map_job(path: Any, program: Any, capability: int, block_size: tuple[int, int] = (128, 128)) -> dict[str, Any]:
     """A compile job for the block-map builder with the launch settings a GPU run uses."""
     from attnc.codegen.block_map import KERNEL_NAME

@@ -28,8 +28,16 @@ from attnc.ir.program import Program
 from attnc.ir.tiles import EMPTY, FULL
 from attnc.runtime import sparsity
 from attnc.runtime.config import next_power_of_two
-from attnc.runtime.launch import Shapes, capture_args, check_inputs, compute_dtype, default_scale, scalar_argument
-from attnc.runtime.merge import merge_attention
+from attnc.runtime.decode_combine import launch_combine
+from attnc.runtime.launch import (
+    Shapes,
+    capture_args,
+    check_inputs,
+    compute_dtype,
+    default_scale,
+    empty_in_order_of,
+    scalar_argument,
+)
 
 BLOCK_N = 64
 MAX_BLOCK_M = 64
@@ -163,5 +171,7 @@ def launch_decode(kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                 page_size=k.shape[2] if paged else None),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )
-    out, lse = merge_attention(list(out_parts), list(lse_parts))
-    return out.to(q.dtype), lse
+    out = empty_in_order_of(q, (shapes.B, shapes.Hq, shapes.Q_LEN, shapes.Dv))
+    lse = torch.empty(shapes.B, shapes.Hq, shapes.Q_LEN, dtype=acc, device=q.device)
+    launch_combine(out_parts, lse_parts, out, lse, next_power_of_two(shapes.Dv))
+    return out, lse
