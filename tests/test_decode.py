@@ -217,3 +217,20 @@ def test_decode_in_float64_keeps_float64() -> None:
     want_out, want_lse = dense(q, k_cache, v_cache, lengths, causal, alibi)
     torch.testing.assert_close(out, want_out, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(lse, want_lse, atol=1e-10, rtol=1e-10)
+
+
+def test_flex_attention_with_a_short_query_decodes_with_equal_results() -> None:
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(2, 4, 3, 16, generator=g)
+    k, v = (torch.randn(2, 2, 90, 16, generator=g) for _ in range(2))
+    got = attnc.flex_attention(q, k, v, score_mod=alibi, mask_mod=causal, enable_gqa=True, return_lse=True,
+                               backend="triton")
+    want = attnc.flex_attention(q, k, v, score_mod=alibi, mask_mod=causal, enable_gqa=True, return_lse=True,
+                                backend="reference")
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+    assert attnc.compile(causal, alibi)._decode_kernel is None  # a fresh variant has not decoded yet
+    from attnc.api import _compiled
+
+    assert _compiled(causal, alibi)._decode_kernel is not None  # flex_attention's variant took the decode path
+    with pytest.raises(ValueError, match="enable_gqa=True"):
+        attnc.flex_attention(q, k, v, mask_mod=causal, backend="triton")
