@@ -137,14 +137,12 @@ def test_a_document_mask_lists_only_the_last_document() -> None:
 
 def test_the_automatic_split_count_fills_the_machine_with_enough_keys_per_split() -> None:
     shapes = Shapes(1, 8, 1, 1, 64 * 1024, 64, 64)
-    many = decode.TileLists(torch.zeros(1, 1, 1024, dtype=torch.int32), torch.zeros(1, 1, 1024, dtype=torch.int8),
-                            torch.tensor([[1024]], dtype=torch.int32))
-    assert decode.choose_splits(many, shapes, 1, torch.device("cpu"), 0) == decode.INTERPRETER_SMS
-    few = decode.TileLists(many.tiles, many.full, torch.tensor([[5]], dtype=torch.int32))
-    assert decode.choose_splits(few, shapes, 1, torch.device("cpu"), 0) == 1
-    assert decode.choose_splits(few, shapes, 1, torch.device("cpu"), 7) == 7
-    wide = Shapes(8, 8, 8, 1, 64 * 1024, 64, 64)
-    assert decode.choose_splits(many, wide, 1, torch.device("cpu"), 0) == 1
+    cpu = torch.device("cpu")
+    assert decode.choose_splits(1024, shapes, 1, cpu, 0) == decode.INTERPRETER_SMS
+    assert decode.choose_splits(5, shapes, 1, cpu, 0) == 1  # too few tiles to share
+    assert decode.choose_splits(5, shapes, 1, cpu, 7) == 7  # forced
+    wide = Shapes(8, 8, 8, 1, 64 * 1024, 64, 64)  # 64 programs already fill the (interpreter's) machine
+    assert decode.choose_splits(1024, wide, 1, cpu, 0) == 1
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True])

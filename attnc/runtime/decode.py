@@ -94,13 +94,11 @@ def tile_lists(program: Program, tensors: Sequence[torch.Tensor], params: Sequen
                      live.sum(-1).to(torch.int32).contiguous())
 
 
-def choose_splits(lists: TileLists, shapes: Shapes, row_blocks: int, device: torch.device,
-                  num_splits: int) -> int:
+def choose_splits(most_tiles: int, shapes: Shapes, row_blocks: int, device: torch.device, num_splits: int) -> int:
     """`num_splits` when positive; otherwise enough splits that batch x kv heads x row blocks x splits fills the
-    device's SMs, with at least MIN_TILES_PER_SPLIT tiles of the longest list per split."""
+    device's SMs, with at least MIN_TILES_PER_SPLIT of the `most_tiles` of the longest tile list per split."""
     if num_splits > 0:
         return num_splits
-    most_tiles = int(lists.counts.max()) if lists.counts.numel() else 0
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else INTERPRETER_SMS
     programs = max(shapes.B * shapes.Hkv * row_blocks, 1)
     wanted = math.ceil(sms / programs)
@@ -149,8 +147,9 @@ def launch_decode(kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     rows = shapes.gqa_group * shapes.Q_LEN
     block_m = rows_per_program(shapes)
     row_blocks = triton.cdiv(rows, block_m)
-    splits = choose_splits(lists, shapes, row_blocks, q.device, num_splits)
+    # the one read back from the device: how many tiles the longest list holds
     most_tiles = int(lists.counts.max()) if lists.counts.numel() else 0
+    splits = choose_splits(most_tiles, shapes, row_blocks, q.device, num_splits)
     tiles_per_split = max(triton.cdiv(most_tiles, splits), 1)
     acc = compute_dtype(q.dtype)
     out_parts = torch.empty(splits, shapes.B, shapes.Hq, shapes.Q_LEN, shapes.Dv, dtype=acc, device=q.device)
