@@ -232,3 +232,22 @@ def test_flex_attention_with_a_short_query_decodes_with_equal_results() -> None:
     assert _compiled(causal, alibi)._decode_kernel is not None  # flex_attention's variant took the decode path
     with pytest.raises(ValueError, match="enable_gqa=True"):
         attnc.flex_attention(q, k, v, mask_mod=causal, backend="triton")
+
+
+def test_one_program_per_kv_head_and_split_reads_the_group_once() -> None:
+    """The grid is (B x Hkv, splits, row blocks): every query head of a group (and every new token) is a row of
+    the program that reads the group's K/V tiles, not a program of its own."""
+    grids = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return lambda *args, **kwargs: None
+
+    shapes = Shapes(3, 8, 2, 4, 640, 16, 16)
+    q, k = torch.zeros(3, 8, 4, 16), torch.zeros(3, 2, 640, 16)
+    lists = decode.TileLists(torch.zeros(3, 2, 10, dtype=torch.int32), torch.zeros(3, 2, 10, dtype=torch.int8),
+                             torch.full((3, 2), 10, dtype=torch.int32))
+    decode.launch_decode(Recorder(), q, k, k, lists, shapes=shapes, scale=None, tensors=[], params=[], num_splits=2,
+                         interpret=True)
+    assert grids == [(3 * 2, 2, 1)]  # 4 query heads x 4 tokens = 16 rows: one row block per kv head
