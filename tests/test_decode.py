@@ -31,6 +31,14 @@ def document(b, h, q_idx, kv_idx):
     return (DOCS[b, q_idx] == DOCS[b, kv_idx]) & (q_idx >= kv_idx)
 
 
+EVERY_THIRD = (torch.arange(300) - 130) % 3 == 0
+
+
+def every_third(b, h, q_idx, kv_idx):
+    # a read at an index moving with q and kv: no block structure, every tile is listed and masked
+    return EVERY_THIRD[q_idx - kv_idx + 130]
+
+
 def alibi(score, b, h, q_idx, kv_idx):
     return score + SLOPES[h] * (kv_idx - q_idx)
 
@@ -68,6 +76,7 @@ CASES = {
     "alibi_only_group1_sq1": (1, 2, 2, None, alibi, [65, 0, 128]),
     "document_group2_sq4": (4, 4, 2, document, None, [130, 101, 66]),
     "empty_sequence": (1, 4, 2, causal, alibi, [0, 0, 3]),
+    "relative_table_group2_sq4": (4, 4, 2, every_third, None, [130, 70, 5]),
 }
 
 
