@@ -15,7 +15,7 @@ import torch
 from torch.nn.attention.flex_attention import AuxOutput, AuxRequest  # noqa: F401  (AuxRequest: re-exported by attnc)
 
 from attnc import attention
-from attnc.arguments import shared_kv_batch  # noqa: F401  (public here)
+from attnc.arguments import shared_kv_batch  # (public here too)
 from attnc.attention import (  # noqa: F401  (public here, as before the split)
     _WARNED,
     BACKENDS,
@@ -31,8 +31,9 @@ from attnc.distributed import ring
 from attnc.dsl.text import TextVariant, text_variant
 from attnc.perf.inspection import inspect_attention
 from attnc.perf.launches import Shape, attnc_launches
-from attnc.runtime import aot, graph_ops, launch_backward, tuning
+from attnc.runtime import aot, graph_ops, launch, launch_backward, tuning
 from attnc.runtime import cache as kernel_files
+from attnc.runtime.autograd import needs_grad
 from attnc.runtime.block_mask import BlockMask
 from attnc.runtime.cache import kernel_cache  # noqa: F401  (public here)
 from attnc.runtime.config import KernelConfig
@@ -171,13 +172,35 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
             return out, AuxOutput(lse=lse if return_aux.lse else None)
         return (out, lse) if want_lse else out
     attn = _compiled(mask_mod, score_mod)
-    result = attn(query, key, value, scale, want_lse, block_mask=block_mask, enable_gqa=enable_gqa,
-                  backend=backend, kernel_options=kernel_options, deterministic=deterministic)
+    if block_mask is None and kernel_options is None and _decodes(attn, query, key, value, enable_gqa, backend):
+        out, lse = attn.decode(query, *shared_kv_batch(query, key, value), scale)
+        result: Any = (out, lse) if want_lse else out
+    else:
+        result = attn(query, key, value, scale, want_lse, block_mask=block_mask, enable_gqa=enable_gqa,
+                      backend=backend, kernel_options=kernel_options, deterministic=deterministic)
     if return_aux is None:
         return result
     out, lse = result
     max_scores = attn.max_scores(query, key, lse, scale, block_mask=block_mask) if return_aux.max_scores else None
     return out, AuxOutput(lse=lse if return_aux.lse else None, max_scores=max_scores)
+
+
+# Queries this short run split-KV decoding (attnc.runtime.decode), as torch's flex_attention takes its decoding path.
+DECODE_MAX_Q_LEN = 16
+
+
+def _decodes(attn: Attention, query: Any, key: Any, value: Any, enable_gqa: bool, backend: str) -> bool:
+    """Whether a flex_attention call without a BlockMask runs the split-KV decode kernels: a short query on the
+    generated kernels, without gradients, with inputs the ordinary path accepts (its errors stay its own)."""
+    if not all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in (query, key, value)):
+        return False
+    if query.shape[2] > DECODE_MAX_Q_LEN or query.dtype not in launch.KERNEL_DTYPES:
+        return False
+    if query.shape[1] != key.shape[1] and not enable_gqa:
+        return False
+    if attention.choose_backend(backend, query) != "triton":
+        return False
+    return not needs_grad(query, key, value, *attn.bind_mods(attn.mask_mod, attn.score_mod).tensors)
 
 
 def _nested(query: Any, key: Any, value: Any, score_mod: ScoreMod | None, block_mask: Any, scale: float | None,

@@ -30,6 +30,7 @@ from attnc import arguments
 from attnc.arguments import shared_kv_batch
 from attnc.codegen.backward import DKDV_KERNEL, DQ_KERNEL, BackwardSource, generate_backward
 from attnc.codegen.block_map import generate_block_map
+from attnc.codegen.decode import generate_decode
 from attnc.codegen.forward import KernelSource, generate_forward
 from attnc.dsl.text import TextVariant
 from attnc.dsl.trace import StaleTrace, Traced, trace
@@ -42,7 +43,7 @@ from attnc.ir.reference import reference_attention, reference_gradients, referen
 from attnc.ir.tiles import TileTest, kv_full_range, kv_ranges, tile_test
 from attnc.ir.transpose import q_full_range, q_ranges
 from attnc.runtime import cache as kernel_files
-from attnc.runtime import graph_ops, launch, launch_backward, sparsity, tuning
+from attnc.runtime import decode, graph_ops, launch, launch_backward, sparsity, tuning
 from attnc.runtime.autograd import AttentionFunction, GradientPlan, needs_grad
 from attnc.runtime.block_mask import BlockMask, as_batched, block_size_pair, build_block_mask
 from attnc.runtime.config import (
@@ -89,6 +90,8 @@ class Attention:
         self._backward_source: BackwardSource | None = None
         self._backward_kernels: tuple[Any, Any] | None = None
         self._block_map_kernel: Any = None
+        self._decode_source: KernelSource | None = None
+        self._decode_kernel: Any = None
         self._plan: tuple[Any, BlockMask, Any] | None = None  # (key, block map, bindings): masks reading tensors
 
     @property
@@ -123,6 +126,42 @@ class Attention:
             module = kernel_files.kernel_cache().module(self.backward_source.source)
             self._backward_kernels = (getattr(module, DKDV_KERNEL), getattr(module, DQ_KERNEL))
         return self._backward_kernels
+
+    @property
+    def decode_source(self) -> KernelSource:
+        """The generated split-KV decode kernel (attnc.codegen.decode)."""
+        if self._decode_source is None:
+            self._decode_source = generate_decode(self.program)
+        return self._decode_source
+
+    def decode_kernel(self) -> Any:
+        if self._decode_kernel is None:
+            source = self.decode_source
+            self._decode_kernel = getattr(kernel_files.kernel_cache().module(source.source), source.kernel_name)
+        return self._decode_kernel
+
+    def decode(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None, *,
+               num_splits: int = 0, layout: decode.KeyLayout | None = None,
+               bindings: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(out, lse) of `query [B, Hq, Q_LEN, D]` over `key, value [B, Hkv, KV_LEN, D]` by split-KV decoding
+        (attnc.runtime.decode): one pass over each kv head's live key tiles for all the query heads of its group,
+        the keys spread over `num_splits` programs (0: chosen from the SM count and the tiles to read), merged
+        exactly by lse. `layout`: per-sequence key lengths, page pools read through a block table (see
+        `decode.KeyLayout`; the caller checks the table). Always the generated kernels (in the Triton interpreter
+        on CPU tensors); no gradients."""
+        layout = layout or decode.KeyLayout()
+        shapes = decode.check_decode_inputs(query, key, value, layout)
+        launch.check_kernel_dtype(query)
+        bindings = self._bind() if bindings is None else bindings
+        self._divisors.check((shapes.B, shapes.Hq, shapes.Q_LEN, shapes.KV_LEN), bindings.tensors, bindings.params,
+                             bindings.version_key(), query.device)
+        if query.device.type != "cuda" and not interpreter_active():
+            raise RuntimeError(INTERPRETER_UNAVAILABLE)
+        launch.check_captures(bindings.tensors, query.device)
+        lists = decode.tile_lists(self.program, bindings.tensors, bindings.params, shapes, query.device)
+        return decode.launch_decode(self.decode_kernel(), query, key, value, lists, shapes=shapes, scale=scale,
+                                    tensors=bindings.tensors, params=bindings.params, num_splits=num_splits,
+                                    interpret=query.device.type != "cuda", layout=layout)
 
     @property
     def block_map_source(self) -> KernelSource:

@@ -7,7 +7,8 @@
 Rows: Sq 1 and 4 (decode, speculative verification) and 128 (chunked prefill); B x cache length from 1 x 128K
 to 64 x 4K; GQA 32/8 and 64/8; contiguous and paged (pages of 64) caches; variants causal, sliding window
 (the last 4096 keys), ALiBi and document (the cache split into documents of 1/8 of it, the queries in the
-last). Implementations: `attnc` (attnc.kvcache_attention, backend "triton"); `flex` (torch's flex_attention
+last). Implementations: `attnc` (attnc.kvcache_attention, backend "triton": split-KV decoding with GQA packing
+for Sq 1 and 4, the ordinary forward over a gathered cache for Sq 128); `flex` (torch's flex_attention
 under torch.compile with a block mask built for the query's positions: its decoding path for short queries);
 `sdpa` (F.scaled_dot_product_attention with a boolean mask, where the mask fits in memory). Every cache
 length in a row is the full S (cache_seqlens = S).

@@ -64,3 +64,26 @@ def test_block_map_builder_has_no_spills_on_sm90():
 def test_bad_arch_is_a_clear_error():
     with pytest.raises(ValueError, match="sm_90"):
         attnc.compile(CASES["causal"].mask_mod).resources(arch="hopper")
+
+
+@pytest.mark.parametrize(("name", "group", "query_rows", "page_size"),
+                         [("causal", 8, 1, None), ("alibi", 4, 4, 64), ("document", 8, 1, 16)])
+def test_decode_kernel_has_no_spills_on_sm90(name, group, query_rows, page_size):
+    """The split-KV decode kernel at D = 128 in bfloat16, with its rows packing a GQA group's query heads, over
+    contiguous and paged caches."""
+    from attnc.api import kernel_cache
+    from attnc.runtime import aot
+
+    case = CASES[name]
+    attn = attnc.compile(case.mask_mod, case.score_mod)
+    path = kernel_cache().ensure_file(attn.decode_source.source)
+    (info,) = aot.compile_kernels([aot.decode_job(path, attn.program, torch.bfloat16, 128, group, query_rows, 90,
+                                                        page_size)])
+    assert info["spills"] == 0 and 0 < info["registers"] <= 255, info
+
+
+def test_decode_combine_compiles_on_sm90():
+    from attnc.runtime import aot
+
+    (info,) = aot.compile_kernels([aot.combine_job(torch.bfloat16, 128, 90)])
+    assert info["spills"] == 0 and 0 < info["registers"] <= 255, info

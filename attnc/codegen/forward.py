@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 KERNEL_NAME = "attnc_forward"
 
 
-def _score_lines(emitter: Emitter, root: Node | None) -> list[str]:
+def score_lines(emitter: Emitter, root: Node | None) -> list[str]:
     if root is None:
         return []
     lines: list[str] = []
@@ -60,7 +60,7 @@ def generate_forward(program: Program, tile_test: TileTest | None = None,
     on-band tiles (tested, masked) and off-band tiles (neither)."""
     emitter = Emitter()
     bias = affine_bias(program.score)
-    score = _score_lines(emitter, program.score) if bias is None else []
+    score = score_lines(emitter, program.score) if bias is None else []
     mask = mask_lines(emitter, program.mask)
     hoisted = hoisted_names(emitter)
     test = split_tile_test(tile_test)

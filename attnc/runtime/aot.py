@@ -132,6 +132,42 @@ def forward_job(path: Any, program: Any, dtype: Any, head_dim: int, head_dim_v: 
             "num_warps": fitted.num_warps, "num_stages": fitted.num_stages, "capability": capability}
 
 
+def decode_job(path: Any, program: Any, dtype: Any, head_dim: int, group: int, query_rows: int, capability: int,
+               page_size: int | None = None) -> dict[str, Any]:
+    """A compile job for the split-KV decode kernel as kvcache_attention runs it (per-sequence lengths; pages of
+    `page_size` read through a block table, or contiguous caches) for a GQA group of `group` query heads and
+    `query_rows` new tokens."""
+    from attnc.codegen.decode import DECODE_KERNEL_NAME
+    from attnc.codegen.emit import POINTER_TYPE
+    from attnc.ir.dtypes import DType
+    from attnc.runtime.decode import NUM_STAGES, NUM_WARPS, decode_constexprs, rows_per_program
+    from attnc.runtime.launch import Shapes
+
+    element = POINTER_TYPE[DType.from_torch(dtype)]
+    types = {name: element for name in ("Q", "K", "V")}
+    types |= {"OUT_PART": "*fp32", "LSE_PART": "*fp32", "TILES": "*i32", "TILE_FULL": "*i8", "N_TILES": "*i32",
+              "SEQ_LENS": "*i32", "BLOCK_TABLE": "*i32", "sm_scale": "fp32"} | _capture_types(program)
+    shapes = Shapes(B=1, Hq=group, Hkv=1, Q_LEN=query_rows, KV_LEN=32768, D=head_dim, Dv=head_dim)
+    consts = decode_constexprs(shapes, dtype, rows_per_program(shapes), 1.0, False, has_lengths=True,
+                               page_size=page_size)
+    consts |= {name: 1 for name in ("stride_qd", "stride_kd", "stride_vd", "stride_od", "stride_lm", "stride_tn")}
+    return {"path": str(path), "kernel": DECODE_KERNEL_NAME, "types": types, "constexprs": consts,
+            "num_warps": NUM_WARPS, "num_stages": NUM_STAGES, "capability": capability}
+
+
+def combine_job(dtype: Any, head_dim_v: int, capability: int) -> dict[str, Any]:
+    """A compile job for split-KV decoding's combine (`attnc.runtime.decode_combine`) writing `dtype` outputs."""
+    from attnc.codegen.emit import POINTER_TYPE
+    from attnc.ir.dtypes import DType
+    from attnc.runtime import decode_combine
+    from attnc.runtime.config import next_power_of_two
+
+    types = {"OUT_PART": "*fp32", "LSE_PART": "*fp32", "OUT": POINTER_TYPE[DType.from_torch(dtype)], "LSE": "*fp32"}
+    consts = {"HEAD_DV": head_dim_v, "DV_PAD": next_power_of_two(head_dim_v), "stride_pd": 1, "stride_rm": 1}
+    return {"path": decode_combine.__file__, "kernel": "combine_splits", "types": types, "constexprs": consts,
+            "num_warps": 1, "num_stages": 1, "capability": capability}
+
+
 def block_map_job(path: Any, program: Any, capability: int, block_size: tuple[int, int] = (128, 128)) -> dict[str, Any]:
     """A compile job for the block-map builder with the launch settings a GPU run uses."""
     from attnc.codegen.block_map import KERNEL_NAME

@@ -7,10 +7,10 @@ cache_seqlens[b]`. `cache_seqlens` is a captured tensor read at `b`, a value con
 tile analysis keeps its closed forms: a causal mask visits the keys up to the query's position, a sliding
 window only the window's tiles, and no tile past a sequence's length is read.
 
-A paged cache (`[num_pages, page_size, Hkv, D]` with `block_table [B, max_pages]`) is gathered into one
-contiguous view per sequence, page by page, before the kernel runs: correct for pages in any order and
-shared between sequences, at the cost of that copy (reading pages through the table inside the kernel is
-the next step).
+Decoding runs split-KV with GQA packing (`attnc.runtime.decode`; see `kvcache_attention`); its kernel reads a
+paged cache (`[num_pages, page_size, Hkv, D]` with `block_table [B, max_pages]`) through the table, pages in any
+order and shared between sequences. The ordinary forward (longer queries, gradients, torch.compile) runs on a
+contiguous copy gathered page by page.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from typing import Any
 
 import torch
 
-from attnc.attention import Attention
+from attnc.attention import Attention, choose_backend
 from attnc.runtime import graph_ops
+from attnc.runtime.autograd import needs_grad
+from attnc.runtime.decode import KeyLayout
 
 
 @dataclasses.dataclass
@@ -82,18 +84,48 @@ def kvcache_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     length, the new tokens included. Mods see `q_idx = cache_seqlens[b] - Sq + i` and absolute `kv_idx`.
     Returns `[B, Sq, Hq, Dv]` (and the lse `[B, Hq, Sq]`, float32, or float64 for float64 inputs).
     A sequence of length 0 gives 0 and -inf.
-    `num_splits`: 0 or 1 (one pass over the keys per query tile; splitting the keys is not available yet)."""
-    if num_splits not in (0, 1):
-        raise NotImplementedError(f"attnc.kvcache_attention: num_splits={num_splits}: splitting the keys across "
-                                  "programs is not available yet; pass 0 (automatic) or 1")
+    Decoding (Sq <= 16, or any Sq with `num_splits` > 0) on the generated kernels runs split-KV (flash-decoding,
+    `attnc.runtime.decode`): one program per (batch, kv head, split) whose rows are all the query heads of the GQA
+    group times the Sq rows, so each cache element is read once per kv head; only the key tiles the mask keeps
+    are read (a sliding window or a document mask over a long cache reads only its tiles); the splits merge
+    exactly through their lse. `num_splits`: 0 chooses the split count from the SM count and the most key tiles
+    a (sequence, kv head) reads; n > 0 forces n splits (1: one GQA-packed pass). Where that path does not run
+    (the reference backend, gradients, torch.compile) the ordinary forward runs and `num_splits` only has to be
+    valid: the results are the same either way."""
+    if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 0:
+        raise ValueError(f"attnc.kvcache_attention: num_splits must be an int >= 0 (0: automatic), got {num_splits!r}")
     _check_query(q, k_cache, v_cache)
-    k, v = _contiguous_cache(k_cache, v_cache, block_table, cache_seqlens, q)
+    _check_cache(k_cache, block_table, cache_seqlens, q)
     variant = graph_ops.made_once(cache_variant, mask_mod, score_mod)
     variant.lengths(cache_seqlens, q.shape[1])
-    q4, k4, v4 = (t.transpose(1, 2) for t in (q, k, v))
-    out, lse = variant.attention(q4, k4, v4, scale, True, enable_gqa=True, backend=backend)
+    q4 = q.transpose(1, 2)
+    if _decodes(variant, q4, k_cache, v_cache, num_splits, backend):
+        # pages are read through the table inside the kernel, and no key past a sequence's length is loaded
+        layout = KeyLayout(cache_seqlens, block_table)
+        out, lse = variant.attention.decode(q4, k_cache.transpose(1, 2), v_cache.transpose(1, 2), scale,
+                                            num_splits=num_splits, layout=layout)
+    else:
+        k, v = (k_cache, v_cache) if block_table is None else _gathered(k_cache, v_cache, block_table, cache_seqlens)
+        out, lse = variant.attention(q4, k.transpose(1, 2), v.transpose(1, 2), scale, True, enable_gqa=True,
+                                     backend=backend)
     out = out.transpose(1, 2)
     return (out, lse) if return_lse else out
+
+
+# Up to this many new tokens per sequence, the automatic choice decodes (as torch's flex_attention does).
+DECODE_MAX_QUERIES = 16
+
+
+def _decodes(variant: CacheVariant, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_splits: int,
+             backend: str) -> bool:
+    """Whether this call runs the split-KV decode kernels: on the generated kernels, outside torch.compile,
+    without gradients, for a few new tokens (or any number with `num_splits` forced)."""
+    if torch.compiler.is_compiling() or choose_backend(backend, q) != "triton":
+        return False
+    if num_splits == 0 and q.shape[2] > DECODE_MAX_QUERIES:
+        return False
+    bindings = variant.attention.bind_mods(variant.mask_mod, variant.score_mod)
+    return not needs_grad(q, k, v, *bindings.tensors)
 
 
 def _check_query(q: Any, k_cache: Any, v_cache: Any) -> None:
@@ -108,15 +140,15 @@ def _check_query(q: Any, k_cache: Any, v_cache: Any) -> None:
                          f"{tuple(v_cache.shape)} must agree but for the head dim")
 
 
-def _contiguous_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor | None,
-                      cache_seqlens: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`[B, S, Hkv, D]` key and value caches: the contiguous ones as they are, paged ones gathered."""
+def _check_cache(k_cache: torch.Tensor, block_table: torch.Tensor | None, cache_seqlens: torch.Tensor,
+                 q: torch.Tensor) -> None:
+    """The lengths fit the cache; a paged cache's table is int32 [B, max_pages] and lists pages of the pool."""
     B = q.shape[0]
     if block_table is None:
         _check_lengths(cache_seqlens, B, k_cache.shape[1], q)
         if k_cache.shape[0] != B:
             raise ValueError(f"attnc.kvcache_attention: k_cache holds {k_cache.shape[0]} sequences but q has {B}")
-        return k_cache, v_cache
+        return
     num_pages, page_size = k_cache.shape[:2]
     if page_size % 16:
         raise ValueError(f"attnc.kvcache_attention: page_size must be a multiple of 16, got {page_size}")
@@ -127,11 +159,21 @@ def _contiguous_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, block_table:
         raise ValueError(f"attnc.kvcache_attention: block_table must be int32 [B={B}, max_pages] on {q.device}, "
                          f"got {got}")
     _check_lengths(cache_seqlens, B, block_table.shape[1] * page_size, q)
-    pages_used = (cache_seqlens.long() + page_size - 1) // page_size
-    used = torch.arange(block_table.shape[1], device=q.device) < pages_used[:, None]
+    used = _pages_used(block_table, cache_seqlens, page_size)
     graph_ops.require(~(((block_table < 0) | (block_table >= num_pages)) & used).any(),
                       f"attnc.kvcache_attention: block_table lists a page outside the pool [0, {num_pages}) "
                       "among the pages cache_seqlens uses")
+
+
+def _pages_used(block_table: torch.Tensor, cache_seqlens: torch.Tensor, page_size: int) -> torch.Tensor:
+    pages_used = (cache_seqlens.long() + page_size - 1) // page_size
+    return torch.arange(block_table.shape[1], device=block_table.device) < pages_used[:, None]
+
+
+def _gathered(k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+              cache_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contiguous `[B, S, Hkv, D]` copies of paged caches, page by page (for the ordinary forward)."""
+    used = _pages_used(block_table, cache_seqlens, k_cache.shape[1])
     pages = torch.where(used, block_table, 0).long()  # unused entries may hold anything: never read
     gathered = [cache[pages].flatten(1, 2) for cache in (k_cache, v_cache)]
     return gathered[0], gathered[1]
