@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import attnc
+from attnc import attention
 
 F64 = torch.float64
 G = torch.Generator().manual_seed(0)
@@ -218,6 +219,7 @@ def test_packed_sequences_and_kv_caches_run_the_float64_kernels() -> None:
 
 
 def test_auto_on_cpu_still_picks_the_reference_and_says_so() -> None:
+    attention._WARNED.clear()  # the warning is given once per process: another test may have had it
     q, k, v = inputs()
     with pytest.warns(UserWarning, match="reference interpreter"):
         out = attnc.compile(causal)(q, k, v, backend="auto")
