@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import attnc
+import attnc.variants as V
 from attnc.cli import main
 from attnc.perf import inspection, report, yardstick
 from attnc.perf.launches import Shape
@@ -219,3 +221,15 @@ def test_bench_static_runs_over_other_head_dims_add_up(tmp_path: Path) -> None:
     assert sorted((v["D"], v["tag"]) for v in merged["variants"]) == [(64, "old"), (128, "new")]
     other_triton = {**record((128,), "new"), "triton": "u"}
     assert bench_static.merged(path, other_triton) == other_triton
+
+
+def test_inspect_reports_the_decode_kernels_without_spills():
+    """`attnc inspect --decode`: the split-KV decode kernels (contiguous and paged caches, a GQA group of 8 in
+    one program, so a K/V tile is loaded once per kv head) and their combine, compiled for sm_90."""
+    shape = Shape(1, 8, 1024, 128, None, torch.bfloat16)
+    found = inspection.inspect_attention(attnc.compile(V.causal()), shape=shape, yardstick=[], decode=True)
+    decoding = {k.name: k for k in found.kernels if k.kind in ("decode", "decode_combine")}
+    assert sorted(decoding) == ["decode", "decode_combine", "decode_paged"]
+    assert all(k.spills == 0 for k in decoding.values())
+    assert decoding["decode"].matmul != "none" and decoding["decode"].hot_loops
+    assert "decode_paged" in inspection.format_inspection(found, "causal")

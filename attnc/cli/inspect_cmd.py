@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"compiling {target.label}'s kernels and the yardstick for {args.arch} ...", file=sys.stderr)
     try:
         inspection = inspect_attention(target.attn, arch=args.arch, shape=shape, backward=args.backward,
-                                       values=target.values or None)
+                                       values=target.values or None, decode=args.decode)
     except AOTError as error:
         raise CliError(str(error), Exit.CHECK_FAILED) from error
     if args.json:

@@ -303,6 +303,9 @@ def add_inspect(subparsers: Any) -> None:
     parser.add_argument("--shape", type=_launch_shape, default=(2, 16, 4096), metavar="B,H,S",
                         help="batch, heads and sequence length of the launch (default 2,16,4096)")
     parser.add_argument("--backward", action="store_true", help="also the backward kernels (dK/dV, dQ)")
+    parser.add_argument("--decode", action="store_true",
+                        help="also the split-KV decode kernels (contiguous and paged caches, a GQA group of 8, "
+                             "one new token) and their combine")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
     parser.set_defaults(run=Handler("inspect_cmd", "run"))
 

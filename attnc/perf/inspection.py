@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from attnc.perf import report
-from attnc.perf.launches import Launch, Shape, attnc_launches, yardstick_launches
+from attnc.perf.launches import Launch, Shape, attnc_launches, decode_launches, yardstick_launches
 from attnc.runtime import aot, tuning
 from attnc.runtime.config import KernelConfig
 
@@ -48,9 +48,10 @@ def compile_yardstick(arch: str, shape: Shape, *, backward: bool, python: str | 
 def inspect_attention(attn: Any, *, arch: str = "sm_90", shape: Shape | None = None, backward: bool = False,
                       config: KernelConfig | None = None, backward_configs: Any = None,
                       values: Mapping[str, Any] | None = None, yardstick: Sequence[report.KernelReport] | None = None,
-                      python: str | None = None, processes: int = 1) -> Inspection:
+                      python: str | None = None, processes: int = 1, decode: bool = False) -> Inspection:
     """Compile what `attn` launches at `shape` (default: the benchmark's B=2, H=16, S=4096, D=128, bf16)
-    for `arch`, and the yardstick unless given, and compare them."""
+    for `arch`, and the yardstick unless given, and compare them. With `decode`, also the split-KV decode
+    kernels (`decode_launches`: a group of 8 query heads per kv head, one new token; no yardstick)."""
     import triton
 
     shape = shape or Shape()
@@ -58,11 +59,13 @@ def inspect_attention(attn: Any, *, arch: str = "sm_90", shape: Shape | None = N
     untuned = tuning.untuned_configs(attn, arch=arch, dtype=shape.dtype, D=shape.head_dim, Dv=shape.dv)
     launches = attnc_launches(attn, shape, backward=backward, config=config, backward_configs=backward_configs,
                               values=values, untuned=untuned)
+    decoding = list(decode_launches(attn, shape).values()) if decode else []
     extra = [] if yardstick is not None else list(
         yardstick_launches(shape, backward=backward, use_tma=capability >= TMA_FROM).values())
-    compiled = report.compile_launches([*launches.values(), *extra], capability, python=python, processes=processes)
-    kernels = compiled[:len(launches)]
-    yardstick = list(yardstick) if yardstick is not None else compiled[len(launches):]
+    ours = [*launches.values(), *decoding]
+    compiled = report.compile_launches([*ours, *extra], capability, python=python, processes=processes)
+    kernels = compiled[:len(ours)]
+    yardstick = list(yardstick) if yardstick is not None else compiled[len(ours):]
     stats = _tile_stats(attn, launches, shape, values)
     by_kind = {k.kind: k for k in yardstick}
     comparisons = [report.compare(k, by_kind[report.COMPARED_WITH[k.kind]], stats[k.name]["shares"])
@@ -125,7 +128,8 @@ def _kernel_lines(kernel: report.KernelReport, comparison: report.Comparison | N
     lines += [f"{indent}    ptxas: {w}" for w in kernel.ptxas_warnings]
     ratios = {row["span"]: row for row in comparison.loops} if comparison else {}
     for loop in kernel.loops:
-        if not loop.hot and comparison is None and kernel.kind != "block_map" and loop.census["tensor"] == 0:
+        if not loop.hot and comparison is None and kernel.kind not in ("block_map", "decode_combine") \
+                and loop.census["tensor"] == 0:
             continue  # the yardstick's side loops say nothing
         lines.append(_loop_line(loop, ratios.get(loop.span), indent + "    "))
     if comparison and comparison.headline_max is not None:

@@ -104,7 +104,7 @@ class Launch:
     """One kernel launch: which kernel (a source file and a name), how it is used, what it was passed."""
 
     name: str  # "forward", "forward_block_mask", "backward_dkdv", ... (as `Attention.resources` names them)
-    kind: str  # "forward", "backward_dkdv", "backward_dq" or "block_map": what it is compared with
+    kind: str  # "forward", "backward_dkdv", "backward_dq", "block_map", "decode", "decode_combine"
     path: str
     kernel: str
     args: tuple[Any, ...]
@@ -216,9 +216,28 @@ def _builder(attn: Any) -> Launch:
     """The block-map builder's job from its signature (`aot.block_map_job`), as `Attention.resources`
     compiles it; it runs once per block map, outside the attention kernels."""
     path = kernel_files.kernel_cache().ensure_file(attn.block_map_source.source)
-    job = aot.block_map_job(path, attn.program, 0)
+    return _from_job("block_map", "block_map", aot.block_map_job(path, attn.program, 0))
+
+
+def decode_launches(attn: Any, shape: Shape, *, group: int = 8, query_rows: int = 1,
+                    page_size: int = 64) -> dict[str, Launch]:
+    """The split-KV decode kernels `kvcache_attention` launches for a GQA group of `group` query heads and
+    `query_rows` new tokens (`aot.decode_job`): over a contiguous cache ("decode"), over pages of `page_size`
+    read through a block table ("decode_paged"), and the combine of the splits ("decode_combine"); compiled
+    from their signatures. One program covers a whole group, so each K/V tile its loop loads serves every
+    query head of the group."""
+    path = kernel_files.kernel_cache().ensure_file(attn.decode_source.source)
+    jobs = {"decode": aot.decode_job(path, attn.program, shape.dtype, shape.head_dim, group, query_rows, 0),
+            "decode_paged": aot.decode_job(path, attn.program, shape.dtype, shape.head_dim, group, query_rows, 0,
+                                           page_size=page_size),
+            "decode_combine": aot.combine_job(shape.dtype, shape.dv, 0)}
+    return {name: _from_job(name, "decode_combine" if name == "decode_combine" else "decode", job)
+            for name, job in jobs.items()}
+
+
+def _from_job(name: str, kind: str, job: Mapping[str, Any]) -> Launch:
     kwargs = {**job["constexprs"], "num_warps": job["num_warps"], "num_stages": job["num_stages"]}
-    return Launch("block_map", "block_map", str(path), job["kernel"], (), kwargs, signature=job["types"])
+    return Launch(name, kind, str(job["path"]), job["kernel"], (), kwargs, signature=job["types"])
 
 
 # -- the yardstick -----------------------------------------------------------------------------------------
