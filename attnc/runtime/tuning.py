@@ -56,7 +56,7 @@ def launch_config(kind: str, shapes: Shapes, source: str, dtype: torch.dtype, de
     if tuned is not None:
         return tuned
     if attn is None:
-        return autotune.default_for(kind, arch, shapes.D, shapes.Dv)
+        return autotune.default_for(kind, arch, shapes.D, shapes.Dv, dtype.itemsize)
     return spill_free_default(attn, kind, arch=arch, dtype=dtype, D=shapes.D, Dv=shapes.Dv)
 
 
@@ -64,21 +64,38 @@ _SPILL_FREE: dict[tuple[Any, ...], KernelConfig] = {}
 
 
 def spill_free_default(attn: Any, kind: str, *, arch: str, dtype: torch.dtype, D: int, Dv: int) -> KernelConfig:
-    """The first config of the default ladder (`autotune.default_ladder`) whose kernel, compiled ahead of
-    time in the loop the variant runs (`aot_report`), spills nothing: a mod that gathers per score element
-    needs more registers than the largest tiles leave. Remembered per kernel source, kind, arch, dtype and
-    head dims for the life of the process."""
-    ladder = autotune.default_ladder(kind, arch, D, Dv)
+    """The first config of the default ladder for `dtype` (`autotune.default_ladder`) whose kernel, compiled
+    ahead of time in the loop the variant runs (`aot_report`), fits `arch`'s shared memory and spills nothing:
+    a mod that gathers per score element needs more registers than the largest tiles leave, and float64 tiles
+    need four times a bfloat16's shared memory. Remembered per kernel source, kind, arch, dtype and head dims
+    for the life of the process. Raises ValueError where even the smallest rung needs more shared memory than
+    `arch` has (a launch would fail)."""
+    ladder = autotune.default_ladder(kind, arch, D, Dv, dtype.itemsize)
     source = attn.source.source if kind == "forward" else attn.backward_source.source
     key = (content_hash(source), kind, arch, dtype, D, Dv)
     if key not in _SPILL_FREE:
-        def spills(config: KernelConfig) -> int:
-            return max(info["spills"] for info in _both_loops(attn, kind, config, arch, dtype, D, Dv))
+        limit = autotune.shared_memory_limit(arch)
+        reports: dict[KernelConfig, list[dict[str, Any]]] = {}
+
+        def report(config: KernelConfig) -> list[dict[str, Any]]:
+            if config not in reports:
+                reports[config] = _both_loops(attn, kind, config, arch, dtype, D, Dv)
+            return reports[config]
+
+        def shared_memory(config: KernelConfig) -> int:
+            return max(info["shared_memory"] for info in report(config))
 
         try:
-            _SPILL_FREE[key] = autotune.first_spill_free(ladder, spills)
+            chosen = autotune.first_spill_free(ladder, lambda c: max(info["spills"] for info in report(c)),
+                                               fits=lambda c: shared_memory(c) <= limit)
         except CacheError:  # no kernel file to compile ahead of time (the cache directory cannot be written)
-            _SPILL_FREE[key] = ladder[0]
+            chosen = ladder[0]
+        if chosen in reports and shared_memory(chosen) > limit:
+            raise ValueError(f"attnc: the {kind} kernel for {str(dtype).removeprefix('torch.')} inputs with head "
+                             f"dims D={D}, Dv={Dv} needs {shared_memory(chosen)} bytes of shared memory per block "
+                             f"at its smallest tiles ({chosen}); {arch} has {limit}. Use smaller head dims or a "
+                             "narrower dtype on this GPU")
+        _SPILL_FREE[key] = chosen
     return _SPILL_FREE[key]
 
 
