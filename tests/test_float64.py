@@ -314,3 +314,39 @@ def test_deterministic_captured_gradients_are_float64_too() -> None:
     (reference,) = torch.autograd.grad(attn(q, k, v, backend="reference").sum(), bias)
     assert ordered.dtype == torch.float64
     torch.testing.assert_close(ordered, reference, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["forward", "backward_dkdv", "backward_dq"])
+def test_float64_scales_share_one_kernel_specialization(kind):
+    """A float64 scale arrives as its 64 bits in an int64, which Triton's JIT would specialise like an integer
+    (0.125's bits are a multiple of 16, 0.3's are not: two kernels). The kernels mark it do-not-specialize, as
+    they mark the mods' parameters, so every scale gets the same compile (worker: `_launch_specialization`, what
+    the JIT does)."""
+    from triton.runtime.jit import JITFunction
+
+    from attnc.perf.launches import Shape, attnc_launches
+    from attnc.runtime import aot_worker
+    from attnc.runtime.config import KernelConfig
+    from attnc.runtime.launch import scalar_argument
+    from attnc.runtime.launch_backward import BackwardConfigs
+
+    attn = _learned_softcap()
+    source = attn.source if kind == "forward" else attn.backward_source
+    assert source.do_not_specialize == ("sm_scale", "param0")
+    assert f"DO_NOT_SPECIALIZE = {list(source.do_not_specialize)!r}" in source.source
+    interpreted = attn.kernel() if kind == "forward" else dict(zip(("backward_dkdv", "backward_dq"),
+                                                                   attn.backward_kernels(), strict=True))[kind]
+    kernel = JITFunction(interpreted.fn, do_not_specialize=source.do_not_specialize)  # as compiled for a GPU
+    config = KernelConfig(32, 32, 4, 1)
+    launches = attnc_launches(attn, Shape(batch=1, heads=1, seq_len=64, head_dim=32, dtype=F64), backward=True,
+                              config=config, backward_configs=BackwardConfigs(config, config))
+    job = launches[kind].job(90, disassemble=False)
+    at = kernel.arg_names.index("sm_scale")
+    specializations = []
+    for scale in (0.125, 0.3):
+        bits = scalar_argument(scale, F64)
+        job["launch_args"][at] = ["int", bits]
+        specializations.append(aot_worker._launch_specialization(kernel, job))
+    assert scalar_argument(0.125, F64) % 16 == 0 and scalar_argument(0.3, F64) % 16 != 0
+    assert specializations[0] == specializations[1]
+    assert specializations[0][0]["sm_scale"] == "i64" and (at,) not in specializations[0][2]
