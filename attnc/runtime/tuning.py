@@ -74,29 +74,32 @@ def spill_free_default(attn: Any, kind: str, *, arch: str, dtype: torch.dtype, D
     source = attn.source.source if kind == "forward" else attn.backward_source.source
     key = (content_hash(source), kind, arch, dtype, D, Dv)
     if key not in _SPILL_FREE:
-        limit = autotune.shared_memory_limit(arch)
-        reports: dict[KernelConfig, list[dict[str, Any]]] = {}
-
-        def report(config: KernelConfig) -> list[dict[str, Any]]:
-            if config not in reports:
-                reports[config] = _both_loops(attn, kind, config, arch, dtype, D, Dv)
-            return reports[config]
-
-        def shared_memory(config: KernelConfig) -> int:
-            return max(info["shared_memory"] for info in report(config))
-
         try:
-            chosen = autotune.first_spill_free(ladder, lambda c: max(info["spills"] for info in report(c)),
-                                               fits=lambda c: shared_memory(c) <= limit)
+            _SPILL_FREE[key] = _first_fitting_spill_free(attn, kind, ladder, arch=arch, dtype=dtype, D=D, Dv=Dv)
         except CacheError:  # no kernel file to compile ahead of time (the cache directory cannot be written)
-            chosen = ladder[0]
-        if chosen in reports and shared_memory(chosen) > limit:
-            raise ValueError(f"attnc: the {kind} kernel for {str(dtype).removeprefix('torch.')} inputs with head "
-                             f"dims D={D}, Dv={Dv} needs {shared_memory(chosen)} bytes of shared memory per block "
-                             f"at its smallest tiles ({chosen}); {arch} has {limit}. Use smaller head dims or a "
-                             "narrower dtype on this GPU")
-        _SPILL_FREE[key] = chosen
+            _SPILL_FREE[key] = ladder[0]
     return _SPILL_FREE[key]
+
+
+def _first_fitting_spill_free(attn: Any, kind: str, ladder: Sequence[KernelConfig], *, arch: str,
+                              dtype: torch.dtype, D: int, Dv: int) -> KernelConfig:
+    """`autotune.first_spill_free` over the compile reports of both of the kernel's loops (each rung compiled
+    once); a ValueError where the rung it settles on, then the smallest, needs more shared memory than `arch`
+    has."""
+    reports = functools.cache(lambda config: _both_loops(attn, kind, config, arch, dtype, D, Dv))
+
+    def worst(config: KernelConfig, resource: str) -> int:
+        return max(info[resource] for info in reports(config))
+
+    limit = autotune.shared_memory_limit(arch)
+    chosen = autotune.first_spill_free(ladder, lambda c: worst(c, "spills"),
+                                       fits=lambda c: worst(c, "shared_memory") <= limit)
+    if worst(chosen, "shared_memory") > limit:
+        raise ValueError(f"attnc: the {kind} kernel for {str(dtype).removeprefix('torch.')} inputs with head dims "
+                         f"D={D}, Dv={Dv} needs {worst(chosen, 'shared_memory')} bytes of shared memory per block at "
+                         f"its smallest tiles ({chosen}); {arch} has {limit}. Use smaller head dims or a narrower "
+                         "dtype on this GPU")
+    return chosen
 
 
 def untuned_configs(attn: Any, *, arch: str, dtype: torch.dtype, D: int, Dv: int) -> Callable[[str], KernelConfig]:
