@@ -226,40 +226,79 @@ def test_auto_on_cpu_still_picks_the_reference_and_says_so() -> None:
     assert out.dtype == F64
 
 
-def _float64_signature(job: dict) -> dict:
-    """A compile job (attnc.runtime.aot) for float64 inputs: the row statistics, delta and captured-gradient
-    buffers are float64, and the scale and float parameters arrive as their 64 bits (int64)."""
-    types = dict(job["types"])
-    for name in list(types):
-        if name in ("LSE", "DELTA") or name.startswith("gbuf"):
-            types[name] = "*fp64"
-        elif name == "sm_scale" or (name.startswith("param") and types[name] == "fp32"):
-            types[name] = "i64"
-    return {**job, "types": types}
+def _learned_softcap() -> attnc.Attention:
+    """A masked, softcapped variant with a learned capture and a float parameter."""
+    bias = BIAS.clone().requires_grad_()
+    temperature = TEMPERATURE  # closed over: a runtime parameter
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return 5 * torch.tanh(score * temperature) + bias[kv_idx]
+
+    return attnc.compile(causal, score_mod)
 
 
-def test_float64_kernels_compile_ahead_of_time_for_sm90():
-    """Forward and both backward kernels of a masked, softcapped variant with a learned capture and a float
-    parameter: float64 dot products, exp2 and the mods' arithmetic lower to PTX that ptxas accepts."""
+def _signature_jobs(attn: attnc.Attention, dtype: torch.dtype, head_dim: int = 32) -> dict[str, dict]:
+    """The forward and backward compile jobs `attnc.runtime.aot` builds from the kernels' signatures."""
     from attnc.api import kernel_cache
     from attnc.runtime import aot
     from attnc.runtime.config import KernelConfig
     from attnc.runtime.launch_backward import BackwardConfigs
 
-    bias = BIAS.clone().requires_grad_()
-
-    def score_mod(score, b, h, q_idx, kv_idx):
-        return 5 * torch.tanh(score * TEMPERATURE) + bias[kv_idx]
-
-    attn = attnc.compile(causal, score_mod)
     config = KernelConfig(32, 32, 4, 1)
     forward_path = kernel_cache().ensure_file(attn.source.source)
     backward_path = kernel_cache().ensure_file(attn.backward_source.source)
-    jobs = [aot.forward_job(forward_path, attn.program, F64, 32, 32, config, False, 90)]
-    backward = aot.backward_jobs(backward_path, attn.program, attn.backward_source.grad_slots, F64, 32, 32,
-                                 BackwardConfigs(config, config), 90)
-    jobs += [backward["backward_dkdv"], backward["backward_dq"]]
-    for info in aot.compile_kernels([_float64_signature(job) for job in jobs]):
+    backward = aot.backward_jobs(backward_path, attn.program, attn.backward_source.grad_slots, dtype, head_dim,
+                                 head_dim, BackwardConfigs(config, config), 90)
+    return {"forward": aot.forward_job(forward_path, attn.program, dtype, head_dim, head_dim, config, False, 90),
+            "backward_dkdv": backward["backward_dkdv"], "backward_dq": backward["backward_dq"]}
+
+
+def _launched_type(value: object) -> str:
+    """The Triton type of a launch argument, as the JIT types it (unspecialised)."""
+    if isinstance(value, torch.Tensor):
+        return {F64: "*fp64", torch.float32: "*fp32", torch.bfloat16: "*bf16"}[value.dtype]
+    if isinstance(value, float):
+        return "fp32"
+    assert isinstance(value, int)
+    return "i32" if -(2**31) <= value < 2**31 else "i64"
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16], ids=str)
+def test_signature_jobs_type_what_a_launch_passes(dtype):
+    """An ahead-of-time compile from the kernels' signatures gets the types a launch passes: for float64 inputs
+    float64 row statistics, delta and captured-gradient buffers, and the scale and float parameters as their 64
+    bits (launch.scalar_argument); float32 ones for the other dtypes. Compared with launches recorded as a call
+    makes them (attnc.perf.launches)."""
+    from attnc.perf.launches import Shape, attnc_launches
+    from attnc.runtime.config import KernelConfig
+    from attnc.runtime.launch_backward import BackwardConfigs
+
+    attn = _learned_softcap()
+    config = KernelConfig(32, 32, 4, 1)
+    shape = Shape(batch=1, heads=1, seq_len=64, head_dim=32, dtype=dtype)
+    launches = attnc_launches(attn, shape, backward=True, config=config,
+                              backward_configs=BackwardConfigs(config, config))
+    dkdv, dq = attn.backward_kernels()
+    kernels = {"forward": attn.kernel(), "backward_dkdv": dkdv, "backward_dq": dq}
+    compared = ("Q", "K", "V", "OUT", "DO", "DQ", "DK", "DV", "LSE", "DELTA", "sm_scale")
+    for kind, job in _signature_jobs(attn, dtype).items():
+        passed = dict(zip(kernels[kind].arg_names, launches[kind].args, strict=False))
+        # the backward kernels share one table of types: each kernel's own arguments
+        names = [name for name in job["types"]
+                 if name in passed and (name in compared or name.startswith(("buf", "param", "gbuf")))]
+        assert {"LSE", "sm_scale", "param0"} <= set(names)
+        assert {name: job["types"][name] for name in names} == {name: _launched_type(passed[name]) for name in names}
+    float64 = dtype == F64
+    assert _signature_jobs(attn, dtype)["backward_dq"]["types"]["gbuf0"] == ("*fp64" if float64 else "*fp32")
+    assert _signature_jobs(attn, dtype)["forward"]["types"]["sm_scale"] == ("i64" if float64 else "fp32")
+
+
+def test_float64_kernels_compile_ahead_of_time_for_sm90():
+    """Forward and both backward kernels of a masked, softcapped variant with a learned capture and a float
+    parameter: float64 dot products, exp2 and the mods' arithmetic lower to PTX that ptxas accepts."""
+    from attnc.runtime import aot
+
+    for info in aot.compile_kernels(list(_signature_jobs(_learned_softcap(), F64).values())):
         assert 0 < info["registers"] <= 255, info
 
 
@@ -277,3 +316,39 @@ def test_deterministic_captured_gradients_are_float64_too() -> None:
     (reference,) = torch.autograd.grad(attn(q, k, v, backend="reference").sum(), bias)
     assert ordered.dtype == torch.float64
     torch.testing.assert_close(ordered, reference, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["forward", "backward_dkdv", "backward_dq"])
+def test_float64_scales_share_one_kernel_specialization(kind):
+    """A float64 scale arrives as its 64 bits in an int64, which Triton's JIT would specialise like an integer
+    (0.125's bits are a multiple of 16, 0.3's are not: two kernels). The kernels mark it do-not-specialize, as
+    they mark the mods' parameters, so every scale gets the same compile (worker: `_launch_specialization`, what
+    the JIT does)."""
+    from triton.runtime.jit import JITFunction
+
+    from attnc.perf.launches import Shape, attnc_launches
+    from attnc.runtime import aot_worker
+    from attnc.runtime.config import KernelConfig
+    from attnc.runtime.launch import scalar_argument
+    from attnc.runtime.launch_backward import BackwardConfigs
+
+    attn = _learned_softcap()
+    source = attn.source if kind == "forward" else attn.backward_source
+    assert source.do_not_specialize == ("sm_scale", "param0")
+    assert f"DO_NOT_SPECIALIZE = {list(source.do_not_specialize)!r}" in source.source
+    interpreted = attn.kernel() if kind == "forward" else dict(zip(("backward_dkdv", "backward_dq"),
+                                                                   attn.backward_kernels(), strict=True))[kind]
+    kernel = JITFunction(interpreted.fn, do_not_specialize=source.do_not_specialize)  # as compiled for a GPU
+    config = KernelConfig(32, 32, 4, 1)
+    launches = attnc_launches(attn, Shape(batch=1, heads=1, seq_len=64, head_dim=32, dtype=F64), backward=True,
+                              config=config, backward_configs=BackwardConfigs(config, config))
+    job = launches[kind].job(90, disassemble=False)
+    at = kernel.arg_names.index("sm_scale")
+    specializations = []
+    for scale in (0.125, 0.3):
+        bits = scalar_argument(scale, F64)
+        job["launch_args"][at] = ["int", bits]
+        specializations.append(aot_worker._launch_specialization(kernel, job))
+    assert scalar_argument(0.125, F64) % 16 == 0 and scalar_argument(0.3, F64) % 16 != 0
+    assert specializations[0] == specializations[1]
+    assert specializations[0][0]["sm_scale"] == "i64" and (at,) not in specializations[0][2]

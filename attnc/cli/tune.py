@@ -58,7 +58,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     dtype = DTYPES[args.dtype]
     for B, H, S, D in args.shape:
         for kind in _kinds(args.backward):
-            default = autotune.default_for(kind, args.arch, D, D)
+            default = autotune.default_for(kind, args.arch, D, D, dtype.itemsize)
             configs = autotune.tile_candidates(kind, args.arch, D, D, dtype.itemsize, args.limit)
             print(f"B={B} H={H} S={S} D={D} {kind}: {len(configs)} tile candidates for {args.arch} "
                   f"(bucket {dataclasses.astuple(autotune.shape_bucket(B, H, S, S, D, D))})")

@@ -30,6 +30,7 @@ from attnc.codegen.skeleton import (
     mask_lines,
     range_loop_lines,
     split_tile_test,
+    unspecialized_args,
 )
 from attnc.ir.derivative import derivative, gradient_loads
 from attnc.ir.node import Node, score
@@ -151,7 +152,8 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
                   *(f"{name}," for name in captures + hoisted_kv + test_kv.params),
                   "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
                   "SCALE_POSITIVE, FAST_MATH, COMPUTE,"]
-    common = common_holes(captures, param_args)
+    unspecialized = unspecialized_args(param_args)
+    common = common_holes(captures, unspecialized)
     common["constants"].append(f"HAS_SCORE_MOD = tl.constexpr({program.score is not None})")
     common["constants"].append(f"AFFINE_BIAS = tl.constexpr({bias is not None})")
     holes = {
@@ -185,4 +187,4 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
     }
     source = fill((TEMPLATES / "backward.py").read_text(), holes)
     grad_pointers = tuple(name for name in grad_call if not name.startswith("GRAD"))
-    return BackwardSource(source, tuple(captures), grad_pointers, slots, tuple(param_args))
+    return BackwardSource(source, tuple(captures), grad_pointers, slots, tuple(unspecialized))

@@ -22,6 +22,7 @@ from attnc.codegen.skeleton import (
     mask_lines,
     range_loop_lines,
     split_tile_test,
+    unspecialized_args,
 )
 from attnc.ir.node import Node
 from attnc.ir.program import Program
@@ -66,7 +67,8 @@ def generate_forward(program: Program, tile_test: TileTest | None = None,
     test = split_tile_test(tile_test)
     tensor_args, param_args = capture_arg_names(program)
     captures = tensor_args + param_args
-    common = common_holes(captures, param_args)
+    unspecialized = unspecialized_args(param_args)
+    common = common_holes(captures, unspecialized)
     # without a score mod the scale folds into the exponent's multiply-add (see the skeleton)
     common["constants"].append(f"HAS_SCORE_MOD = tl.constexpr({program.score is not None})")
     common["constants"].append(f"AFFINE_BIAS = tl.constexpr({bias is not None})")
@@ -92,4 +94,4 @@ def generate_forward(program: Program, tile_test: TileTest | None = None,
         "per tile (kv, score)": tuple(score[:-1]),
         "per partial tile only (mask)": tuple(mask[:-1]),
     }
-    return KernelSource(source, KERNEL_NAME, tuple(captures), tuple(param_args), placement)
+    return KernelSource(source, KERNEL_NAME, tuple(captures), tuple(unspecialized), placement)

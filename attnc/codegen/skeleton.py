@@ -329,10 +329,24 @@ def hoisted_names(emitter: Emitter) -> list[str]:
     return named + [name for pair in emitter.magic.values() for name in pair]
 
 
-def common_holes(captures: list[str], param_args: list[str]) -> dict[str, list[str]]:
-    """The holes every skeleton has: constants, helpers, and the captured tensors' and parameters' arguments."""
+# The attention kernels' own float scalars. A float64 kernel gets each as its 64 bits in an int64
+# (`launch.scalar_argument`), which Triton's JIT would specialise like any integer (an alignment hint where the bits
+# are a multiple of 16): a new kernel variant for some scales, and no faster code. Floats are never specialised, so
+# the other dtypes' kernels compile as before.
+FLOAT_SCALAR_ARGS = ("sm_scale",)
+
+
+def unspecialized_args(param_args: list[str]) -> list[str]:
+    """The attention kernels' arguments the JIT must not specialise on: their float scalars and the mods'
+    parameters (runtime values: a new value must not compile a new kernel)."""
+    return [*FLOAT_SCALAR_ARGS, *param_args]
+
+
+def common_holes(captures: list[str], unspecialized: list[str]) -> dict[str, list[str]]:
+    """The holes every skeleton has: constants (the arguments in `unspecialized` marked do-not-specialize),
+    helpers, and the captured tensors' and parameters' arguments."""
     return {
-        "constants": [f"DO_NOT_SPECIALIZE = {param_args!r}"],
+        "constants": [f"DO_NOT_SPECIALIZE = {unspecialized!r}"],
         "helpers": helper_lines(),
         "capture_args": [f"{name}," for name in captures],
         "capture_pass": [f"{name}," for name in captures],

@@ -111,16 +111,14 @@ def forward_job(path: Any, program: Any, dtype: Any, head_dim: int, head_dim_v: 
                 use_block_mask: bool, capability: int) -> dict[str, Any]:
     """A compile job for the forward kernel at these shapes, with contiguous inputs (unit last strides,
     as the runtime specialises them)."""
-    from attnc.codegen.emit import POINTER_TYPE
     from attnc.codegen.forward import KERNEL_NAME
-    from attnc.ir.dtypes import DType
     from attnc.runtime.launch import Shapes, constexprs
 
-    element = POINTER_TYPE[DType.from_torch(dtype)]
+    element, statistics, scalar = _argument_types(dtype)
     types = {name: element for name in ("Q", "K", "V", "OUT")}
-    types |= {"LSE": "*fp32", "sm_scale": "fp32"}
+    types |= {"LSE": statistics, "sm_scale": scalar}
     types |= {name: "*i32" for name in ("KV_NUM_BLOCKS", "KV_INDICES", "FULL_KV_NUM_BLOCKS", "FULL_KV_INDICES")}
-    types |= _capture_types(program)
+    types |= _capture_types(program, scalar)
     shapes = Shapes(B=1, Hq=1, Hkv=1, Q_LEN=4096, KV_LEN=4096, D=head_dim, Dv=head_dim_v)
     block_sizes = (128, 128) if use_block_mask else None
     fitted = config.fit_to_blocks(128, 128) if use_block_mask else config
@@ -179,12 +177,29 @@ def block_map_job(path: Any, program: Any, capability: int, block_size: tuple[in
             "constexprs": consts, "num_warps": num_warps, "num_stages": 1, "capability": capability}
 
 
-def _capture_types(program: Any) -> dict[str, str]:
+def _argument_types(dtype: Any) -> tuple[str, str, str]:
+    """(inputs' pointer type, row statistics' and gradient buffers' pointer type, float scalars' type) of the
+    kernels for inputs of `dtype`, as a launch passes them: the statistics and gradient buffers are in the compute
+    dtype (`launch.compute_dtype`), and a float64 kernel gets each float scalar as its 64 bits in an int64
+    (`launch.scalar_argument`)."""
+    import torch
+
+    from attnc.codegen.emit import POINTER_TYPE
+    from attnc.ir.dtypes import DType
+    from attnc.runtime.launch import compute_dtype
+
+    compute = compute_dtype(dtype)
+    scalar = "i64" if compute == torch.float64 else "fp32"
+    return POINTER_TYPE[DType.from_torch(dtype)], POINTER_TYPE[DType.from_torch(compute)], scalar
+
+
+def _capture_types(program: Any, float_scalar: str = "fp32") -> dict[str, str]:
+    """The captured tensors' pointer types and the parameters' types (a float parameter as `float_scalar`)."""
     from attnc.codegen.emit import POINTER_TYPE
 
     types = {f"buf{slot}": POINTER_TYPE[spec.dtype] for slot, spec in enumerate(program.tensors)}
     params = enumerate(program.params)
-    return types | {f"param{slot}": "fp32" if spec.dtype.is_float else "i32" for slot, spec in params}
+    return types | {f"param{slot}": float_scalar if spec.dtype.is_float else "i32" for slot, spec in params}
 
 
 def backward_jobs(path: Any, program: Any, grad_slots: tuple[int, ...], dtype: Any, head_dim: int, head_dim_v: int,
@@ -192,14 +207,12 @@ def backward_jobs(path: Any, program: Any, grad_slots: tuple[int, ...], dtype: A
     """Compile jobs for the two backward kernels, each with its closed-form tile loops and with a
     BlockMask's lists (blocks of 128), every captured gradient on."""
     from attnc.codegen.backward import DKDV_KERNEL, DQ_KERNEL
-    from attnc.codegen.emit import POINTER_TYPE
-    from attnc.ir.dtypes import DType
     from attnc.runtime.launch import Shapes, constexprs
 
-    element = POINTER_TYPE[DType.from_torch(dtype)]
+    element, statistics, scalar = _argument_types(dtype)
     types = {name: element for name in ("Q", "K", "V", "DO", "DQ", "DK", "DV")}
-    types |= {"LSE": "*fp32", "DELTA": "*fp32", "sm_scale": "fp32"} | _capture_types(program)
-    types |= {f"gbuf{slot}": "*fp32" for slot in grad_slots}
+    types |= {"LSE": statistics, "DELTA": statistics, "sm_scale": scalar} | _capture_types(program, scalar)
+    types |= {f"gbuf{slot}": statistics for slot in grad_slots}
     types |= {name: "*i32" for name in ("KV_NUM_BLOCKS", "KV_INDICES", "FULL_KV_NUM_BLOCKS", "FULL_KV_INDICES",
                                         "Q_NUM_BLOCKS", "Q_INDICES", "FULL_Q_NUM_BLOCKS", "FULL_Q_INDICES")}
     shapes = Shapes(B=1, Hq=1, Hkv=1, Q_LEN=4096, KV_LEN=4096, D=head_dim, Dv=head_dim_v)

@@ -47,6 +47,14 @@ _SPACE = {
     "backward_dkdv": ((16, 32, 64), (32, 64, 128), (4, 8), (1, 2, 3)),
     "backward_dq": ((32, 64, 128), (16, 32, 64), (4, 8), (1, 2, 3)),
 }
+# float64 elements take four times a bfloat16's shared memory and their accumulators twice a float32's registers:
+# the search space is that of smaller tiles and shallower pipelines.
+_FLOAT64_SPACE = {
+    "forward": ((16, 32, 64), (16, 32, 64), (4, 8), (1, 2, 3)),
+    "backward_dkdv": ((16, 32), (16, 32, 64), (4, 8), (1, 2)),
+    "backward_dq": ((16, 32, 64), (16, 32), (4, 8), (1, 2)),
+}
+FLOAT64_BYTES = 8
 # Architectures with TMA and warp specialization in Triton (Hopper and later).
 _HOPPER_OPTIONS_FROM = 90
 # How many of the fastest tile shapes get the Hopper options tried on top.
@@ -74,17 +82,21 @@ def shared_memory_estimate(kind: str, config: KernelConfig, head_dim: int, head_
     return elements * dtype_bytes
 
 
-def accumulator_registers(kind: str, config: KernelConfig, head_dim: int, head_dim_v: int) -> float:
-    """An estimate of the fp32 accumulator values each thread holds: the output tile spread over the
-    block's threads (forward: [BLOCK_M, Dv]; dK/dV: [BLOCK_N, D] and [BLOCK_N, Dv]; dQ: [BLOCK_M, D])."""
+def accumulator_registers(kind: str, config: KernelConfig, head_dim: int, head_dim_v: int,
+                          dtype_bytes: int = 2) -> float:
+    """An estimate of the 32-bit registers each thread's accumulators take: the output tile spread over the
+    block's threads (forward: [BLOCK_M, Dv]; dK/dV: [BLOCK_N, D] and [BLOCK_N, Dv]; dQ: [BLOCK_M, D]), in
+    float32, or float64 (two registers a value) for float64 inputs (`dtype_bytes` 8)."""
     threads = 32 * config.num_warps
     if kind == "forward":
-        return config.block_m * head_dim_v / threads
-    if kind == "backward_dkdv":
-        return config.block_n * (head_dim + head_dim_v) / threads
-    if kind == "backward_dq":
-        return config.block_m * head_dim / threads
-    raise ValueError(f"attnc: unknown kernel kind {kind!r}; expected one of {KINDS}")
+        values = config.block_m * head_dim_v / threads
+    elif kind == "backward_dkdv":
+        values = config.block_n * (head_dim + head_dim_v) / threads
+    elif kind == "backward_dq":
+        values = config.block_m * head_dim / threads
+    else:
+        raise ValueError(f"attnc: unknown kernel kind {kind!r}; expected one of {KINDS}")
+    return values * (2 if dtype_bytes == FLOAT64_BYTES else 1)
 
 
 def shared_memory_limit(arch: str) -> int:
@@ -93,15 +105,18 @@ def shared_memory_limit(arch: str) -> int:
 
 def candidates(kind: str, head_dim: int, head_dim_v: int, dtype_bytes: int, arch: str) -> list[KernelConfig]:
     """Every tile shape in the kernel's search space that fits the architecture by estimate (see
-    `shared_memory_estimate` and `accumulator_registers`), smallest tiles first."""
+    `shared_memory_estimate` and `accumulator_registers`), smallest tiles first. float64 inputs
+    (`dtype_bytes` 8) search smaller tiles (`_FLOAT64_SPACE`)."""
     if kind not in _SPACE:
         raise ValueError(f"attnc: unknown kernel kind {kind!r}; expected one of {KINDS}")
+    space = _FLOAT64_SPACE if dtype_bytes == FLOAT64_BYTES else _SPACE
     limit = shared_memory_limit(arch)
     found = []
-    for block_m, block_n, warps, stages in itertools.product(*_SPACE[kind]):
+    for block_m, block_n, warps, stages in itertools.product(*space[kind]):
         config = KernelConfig(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages)
         fits = shared_memory_estimate(kind, config, head_dim, head_dim_v, dtype_bytes) <= limit
-        if fits and accumulator_registers(kind, config, head_dim, head_dim_v) <= ACCUMULATOR_REGISTER_LIMIT:
+        registers = accumulator_registers(kind, config, head_dim, head_dim_v, dtype_bytes)
+        if fits and registers <= ACCUMULATOR_REGISTER_LIMIT:
             found.append(config)
     return found
 
@@ -122,9 +137,9 @@ def hopper_options(configs: Iterable[KernelConfig], arch: str, kind: str = "forw
 
 def tile_candidates(kind: str, arch: str, head_dim: int, head_dim_v: int, dtype_bytes: int,
                     limit: int | None = None) -> list[KernelConfig]:
-    """What tuning times first: the architecture's default, then every candidate that fits (at most `limit`
-    in all)."""
-    default = default_for(kind, arch, head_dim, head_dim_v)
+    """What tuning times first: the architecture's default for the dtype, then every candidate that fits (at
+    most `limit` in all)."""
+    default = default_for(kind, arch, head_dim, head_dim_v, dtype_bytes)
     found = candidates(kind, head_dim, head_dim_v, dtype_bytes, arch)
     return list(dict.fromkeys([default, *found]))[:limit]
 
@@ -189,27 +204,76 @@ DEFAULTS_BY_ARCH: dict[str, dict[str, DefaultRows]] = {
     "generic": _ADA,  # the smallest shared memory of the three
 }
 
+# float64 inputs, on every architecture: there is no wgmma for float64 (Hopper multiplies with mma.sync's f64
+# shape, as Ampere does), and each element takes four times a bfloat16's shared memory and, accumulated, two
+# registers. The 2-byte ladders spill at nearly every rung in float64 and, from D = 192, need more shared memory
+# than an H200 block has (227 KB). These rungs compile for sm_90 (a mask-only variant) without spills and within
+# its shared memory, but for the backward at D > 128: there the smallest tiles (two [16, 256] float64 tiles held
+# and two [16, 256] accumulators per dK/dV program) spill a few bytes (dK/dV) to 2 KB (dQ) at 8 warps, and more
+# at 4 or 16. The shared-memory check (`fitting_rungs`) drops what another architecture cannot hold.
+_FLOAT64: dict[str, DefaultRows] = {
+    "forward": (
+        (64, (_kc(64, 32, 8, 3), _kc(32, 32, 4, 2), _kc(16, 32, 4, 1))),
+        (128, (_kc(32, 32, 4, 2), _kc(16, 32, 4, 1))),
+        (math.inf, (_kc(16, 32, 8, 1), _kc(16, 16, 4, 1))),
+    ),
+    "backward_dkdv": (
+        (64, (_kc(32, 32, 4, 2), _kc(16, 32, 4, 1))),
+        (128, (_kc(16, 32, 8, 1), _kc(16, 16, 4, 1))),
+        (math.inf, (_kc(16, 16, 8, 1),)),
+    ),
+    "backward_dq": (
+        (64, (_kc(64, 32, 8, 2), _kc(32, 32, 4, 2), _kc(32, 16, 4, 1))),
+        (128, (_kc(16, 32, 8, 1), _kc(16, 16, 8, 1))),
+        (math.inf, (_kc(16, 16, 8, 1),)),
+    ),
+}
 
-def default_ladder(kind: str, arch: str, head_dim: int, head_dim_v: int) -> tuple[KernelConfig, ...]:
-    """The untuned configs for `kind` on `arch`, preferred first (an unknown architecture gets the generic
-    rows)."""
-    rows = DEFAULTS_BY_ARCH.get(arch, DEFAULTS_BY_ARCH["generic"]).get(kind)
+
+def default_ladder(kind: str, arch: str, head_dim: int, head_dim_v: int,
+                   dtype_bytes: int = 2) -> tuple[KernelConfig, ...]:
+    """The untuned configs for `kind` on `arch` with inputs of `dtype_bytes` per element, preferred first (an
+    unknown architecture gets the generic rows; float64 its own, `_FLOAT64`), without the rungs whose shared
+    memory exceeds the architecture's by estimate (`fitting_rungs`)."""
+    table = _FLOAT64 if dtype_bytes == FLOAT64_BYTES else DEFAULTS_BY_ARCH.get(arch, DEFAULTS_BY_ARCH["generic"])
+    rows = table.get(kind)
     if rows is None:
         raise ValueError(f"attnc: unknown kernel kind {kind!r}; expected one of {KINDS}")
     widest = max(head_dim, head_dim_v)
-    return next(ladder for upto, ladder in rows if widest <= upto)
+    ladder = next(ladder for upto, ladder in rows if widest <= upto)
+    return fitting_rungs(kind, ladder, arch, head_dim, head_dim_v, dtype_bytes)
 
 
-def default_for(kind: str, arch: str, head_dim: int, head_dim_v: int) -> KernelConfig:
-    """The preferred untuned tiles for `kind` on `arch`: the first rung of its ladder."""
-    return default_ladder(kind, arch, head_dim, head_dim_v)[0]
+def fitting_rungs(kind: str, ladder: tuple[KernelConfig, ...], arch: str, head_dim: int, head_dim_v: int,
+                  dtype_bytes: int) -> tuple[KernelConfig, ...]:
+    """The rungs of `ladder` whose shared memory by `shared_memory_estimate` (a lower bound) is within `arch`'s
+    limit; the last rung alone where none is (the smallest tiles: an ahead-of-time compile tells how far off)."""
+    limit = shared_memory_limit(arch)
+    fitting = tuple(c for c in ladder if shared_memory_estimate(kind, c, head_dim, head_dim_v, dtype_bytes) <= limit)
+    return fitting or ladder[-1:]
 
 
-def first_spill_free(ladder: Iterable[KernelConfig], spills: Callable[[KernelConfig], int]) -> KernelConfig:
-    """The first config of `ladder` whose kernels spill nothing by `spills(config)` (bytes, from an
-    ahead-of-time compile); the last one where all spill, since it is the smallest."""
+def default_for(kind: str, arch: str, head_dim: int, head_dim_v: int, dtype_bytes: int = 2) -> KernelConfig:
+    """The preferred untuned tiles for `kind` on `arch` with inputs of `dtype_bytes`: the first rung of its
+    ladder."""
+    return default_ladder(kind, arch, head_dim, head_dim_v, dtype_bytes)[0]
+
+
+def first_spill_free(ladder: Iterable[KernelConfig], spills: Callable[[KernelConfig], int],
+                     fits: Callable[[KernelConfig], bool] | None = None) -> KernelConfig:
+    """The first config of `ladder` that fits the architecture by `fits(config)` (its shared memory, from an
+    ahead-of-time compile, within the limit; every config when not given) and whose kernels spill nothing by
+    `spills(config)` (bytes, from the same compile); where all that fit spill, the last of them, since it is the
+    smallest; where none fits, the last config."""
     configs = list(ladder)
-    return next((config for config in configs[:-1] if spills(config) == 0), configs[-1])
+    smallest_fitting = None
+    for config in configs:  # in order, so a compile is spent on a rung only when those before it are ruled out
+        if fits is not None and not fits(config):
+            continue
+        if spills(config) == 0:
+            return config
+        smallest_fitting = config
+    return configs[-1] if smallest_fitting is None else smallest_fitting
 
 
 # ---- keys ----
@@ -351,14 +415,14 @@ def kernel_key(source: str, dtype: Any) -> str:
 
 
 def select(tuner: Tuner | None, kind: str, *, gpu: str, arch: str, kernel: str, B: int, H: int, Q_LEN: int,
-           KV_LEN: int, D: int, Dv: int) -> KernelConfig:
+           KV_LEN: int, D: int, Dv: int, dtype_bytes: int = 2) -> KernelConfig:
     """The config a launch uses: the tuned one for (gpu, kernel, shape bucket) if `tuner` has it, else the
-    architecture's default. Never benchmarks."""
+    architecture's default for inputs of `dtype_bytes`. Never benchmarks."""
     if tuner is not None:
         tuned = tuner.lookup(tune_key(kind, gpu=gpu, kernel=kernel, B=B, H=H, Q_LEN=Q_LEN, KV_LEN=KV_LEN, D=D, Dv=Dv))
         if tuned is not None:
             return tuned
-    return default_for(kind, arch, D, Dv)
+    return default_for(kind, arch, D, Dv, dtype_bytes)
 
 
 def tune_key(kind: str, *, gpu: str, kernel: str, B: int, H: int, Q_LEN: int, KV_LEN: int, D: int,

@@ -56,7 +56,7 @@ def launch_config(kind: str, shapes: Shapes, source: str, dtype: torch.dtype, de
     if tuned is not None:
         return tuned
     if attn is None:
-        return autotune.default_for(kind, arch, shapes.D, shapes.Dv)
+        return autotune.default_for(kind, arch, shapes.D, shapes.Dv, dtype.itemsize)
     return spill_free_default(attn, kind, arch=arch, dtype=dtype, D=shapes.D, Dv=shapes.Dv)
 
 
@@ -64,22 +64,42 @@ _SPILL_FREE: dict[tuple[Any, ...], KernelConfig] = {}
 
 
 def spill_free_default(attn: Any, kind: str, *, arch: str, dtype: torch.dtype, D: int, Dv: int) -> KernelConfig:
-    """The first config of the default ladder (`autotune.default_ladder`) whose kernel, compiled ahead of
-    time in the loop the variant runs (`aot_report`), spills nothing: a mod that gathers per score element
-    needs more registers than the largest tiles leave. Remembered per kernel source, kind, arch, dtype and
-    head dims for the life of the process."""
-    ladder = autotune.default_ladder(kind, arch, D, Dv)
+    """The first config of the default ladder for `dtype` (`autotune.default_ladder`) whose kernel, compiled
+    ahead of time in the loop the variant runs (`aot_report`), fits `arch`'s shared memory and spills nothing:
+    a mod that gathers per score element needs more registers than the largest tiles leave, and float64 tiles
+    need four times a bfloat16's shared memory. Remembered per kernel source, kind, arch, dtype and head dims
+    for the life of the process. Raises ValueError where even the smallest rung needs more shared memory than
+    `arch` has (a launch would fail)."""
+    ladder = autotune.default_ladder(kind, arch, D, Dv, dtype.itemsize)
     source = attn.source.source if kind == "forward" else attn.backward_source.source
     key = (content_hash(source), kind, arch, dtype, D, Dv)
     if key not in _SPILL_FREE:
-        def spills(config: KernelConfig) -> int:
-            return max(info["spills"] for info in _both_loops(attn, kind, config, arch, dtype, D, Dv))
-
         try:
-            _SPILL_FREE[key] = autotune.first_spill_free(ladder, spills)
+            _SPILL_FREE[key] = _first_fitting_spill_free(attn, kind, ladder, arch=arch, dtype=dtype, D=D, Dv=Dv)
         except CacheError:  # no kernel file to compile ahead of time (the cache directory cannot be written)
             _SPILL_FREE[key] = ladder[0]
     return _SPILL_FREE[key]
+
+
+def _first_fitting_spill_free(attn: Any, kind: str, ladder: Sequence[KernelConfig], *, arch: str,
+                              dtype: torch.dtype, D: int, Dv: int) -> KernelConfig:
+    """`autotune.first_spill_free` over the compile reports of both of the kernel's loops (each rung compiled
+    once); a ValueError where the rung it settles on, then the smallest, needs more shared memory than `arch`
+    has."""
+    reports = functools.cache(lambda config: _both_loops(attn, kind, config, arch, dtype, D, Dv))
+
+    def worst(config: KernelConfig, resource: str) -> int:
+        return max(info[resource] for info in reports(config))
+
+    limit = autotune.shared_memory_limit(arch)
+    chosen = autotune.first_spill_free(ladder, lambda c: worst(c, "spills"),
+                                       fits=lambda c: worst(c, "shared_memory") <= limit)
+    if worst(chosen, "shared_memory") > limit:
+        raise ValueError(f"attnc: the {kind} kernel for {str(dtype).removeprefix('torch.')} inputs with head dims "
+                         f"D={D}, Dv={Dv} needs {worst(chosen, 'shared_memory')} bytes of shared memory per block at "
+                         f"its smallest tiles ({chosen}); {arch} has {limit}. Use smaller head dims or a narrower "
+                         "dtype on this GPU")
+    return chosen
 
 
 def untuned_configs(attn: Any, *, arch: str, dtype: torch.dtype, D: int, Dv: int) -> Callable[[str], KernelConfig]:
