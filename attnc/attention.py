@@ -28,37 +28,28 @@ import torch
 
 from attnc import arguments
 from attnc.arguments import shared_kv_batch
-from attnc.codegen.backward import DKDV_KERNEL, DQ_KERNEL, BackwardSource, generate_backward
-from attnc.codegen.block_map import generate_block_map
-from attnc.codegen.decode import generate_decode
-from attnc.codegen.forward import KernelSource, generate_forward
+from attnc.codegen.backward import BackwardSource
+from attnc.codegen.forward import KernelSource
 from attnc.dsl.text import TextVariant
 from attnc.dsl.trace import StaleTrace, Traced, trace
-from attnc.ir import DType, Node, Op, Program, TensorSpec, const, load, node, var
+from attnc.ir import DType, Op, Program, TensorSpec, const, load, node, var
 from attnc.ir.divisors import DivisorCheck
-from attnc.ir.interpret import Env, evaluate
 from attnc.ir.passes import optimize
 from attnc.ir.printer import format_program
 from attnc.ir.reference import reference_attention, reference_gradients, reference_max_scores
-from attnc.ir.tiles import TileTest, kv_full_range, kv_ranges, tile_test
-from attnc.ir.transpose import q_full_range, q_ranges
-from attnc.runtime import cache as kernel_files
 from attnc.runtime import decode, graph_ops, launch, launch_backward, sparsity, tuning
 from attnc.runtime.autograd import AttentionFunction, GradientPlan, needs_grad
-from attnc.runtime.block_mask import BlockMask, as_batched, block_size_pair, build_block_mask
+from attnc.runtime.block_mask import BlockMask, as_batched, block_size_pair
 from attnc.runtime.config import (
     KernelConfig,
 )
 from attnc.runtime.deterministic import captured_gradients
-from attnc.runtime.device_block_map import device_block_classes
 from attnc.runtime.interpreter import INTERPRETER_UNAVAILABLE, interpreter_active
 from attnc.runtime.kernel_options import CallOptions, KernelOptions, check_kernel_options
+from attnc.runtime.kernels import VariantKernels
+from attnc.runtime.planner import BUILDERS, PLAN_BLOCK, BlockPlanner, evaluate_mask  # noqa: F401  (public here)
 
 BACKENDS = ("auto", "triton", "reference")
-# How a block map is built: from the mask's structure (O(blocks) on the host or device, with per-block
-# value ranges of the tensors it reads), by the generated builder kernel (pair by pair where the structure
-# leaves a block open; on a GPU, or CPU tensors through the Triton interpreter), or densely with torch.
-BUILDERS = ("auto", "structure", "kernel", "dense")
 MaskMod = Callable[..., Any]
 ScoreMod = Callable[..., Any]
 
@@ -84,61 +75,42 @@ class Attention:
         self.traced: Traced | TextVariant = trace(self.mask_mod, self.score_mod) if self.text is None else self.text
         self.program: Program = optimize(self.traced.program)
         self._divisors = DivisorCheck(self.traced.program)
-        self._source: KernelSource | None = None
-        self._kernel: Any = None
-        self._block_map_source: KernelSource | None = None
-        self._backward_source: BackwardSource | None = None
-        self._backward_kernels: tuple[Any, Any] | None = None
-        self._block_map_kernel: Any = None
-        self._decode_source: KernelSource | None = None
-        self._decode_kernel: Any = None
-        self._plan: tuple[Any, BlockMask, Any] | None = None  # (key, block map, bindings): masks reading tensors
+        self.kernels = VariantKernels(self.program)  # sources and imported kernels, each made on first use
+        self.planner = BlockPlanner(self.program, self.kernels, self._divisors, self.mask_mod)  # block maps
 
+    # the kernels (attnc.runtime.kernels), by the names the launchers, reports and tests use
     @property
     def source(self) -> KernelSource:
-        if self._source is None:
-            test, ranges = (None, None) if self.program.mask is None else _structure(self.program)
-            full = kv_full_range(self.program.mask) if ranges is not None else None
-            self._source = generate_forward(self.program, test, ranges, full)
-        return self._source
+        return self.kernels.forward_source
 
     def kernel(self) -> Any:
         """The forward kernel, generated and imported on first use."""
-        if self._kernel is None:
-            self._kernel = getattr(kernel_files.kernel_cache().module(self.source.source), self.source.kernel_name)
-        return self._kernel
+        return self.kernels.forward()
 
     @property
     def backward_source(self) -> BackwardSource:
         """The generated backward kernels (dK/dV and dQ, one module)."""
-        if self._backward_source is None:
-            test, ranges = (None, None) if self.program.mask is None else _structure(self.program)
-            key_ranges = q_ranges(self.program.mask) if ranges is not None else None
-            full_keys = kv_full_range(self.program.mask) if ranges is not None else None
-            full_queries = q_full_range(self.program.mask) if ranges is not None else None
-            self._backward_source = generate_backward(self.program, test, ranges, key_ranges, full_keys,
-                                                      full_queries)
-        return self._backward_source
+        return self.kernels.backward_source
 
     def backward_kernels(self) -> tuple[Any, Any]:
         """(dK/dV kernel, dQ kernel), generated and imported on first use."""
-        if self._backward_kernels is None:
-            module = kernel_files.kernel_cache().module(self.backward_source.source)
-            self._backward_kernels = (getattr(module, DKDV_KERNEL), getattr(module, DQ_KERNEL))
-        return self._backward_kernels
+        return self.kernels.backward()
 
     @property
     def decode_source(self) -> KernelSource:
         """The generated split-KV decode kernel (attnc.codegen.decode)."""
-        if self._decode_source is None:
-            self._decode_source = generate_decode(self.program)
-        return self._decode_source
+        return self.kernels.decode_source
 
     def decode_kernel(self) -> Any:
-        if self._decode_kernel is None:
-            source = self.decode_source
-            self._decode_kernel = getattr(kernel_files.kernel_cache().module(source.source), source.kernel_name)
-        return self._decode_kernel
+        return self.kernels.decode()
+
+    @property
+    def block_map_source(self) -> KernelSource:
+        """The generated block-map builder (for masks whose structure leaves blocks open)."""
+        return self.kernels.block_map_source
+
+    def block_map_kernel(self) -> Any:
+        return self.kernels.block_map()
 
     def decode(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None, *,
                num_splits: int = 0, layout: decode.KeyLayout | None = None,
@@ -163,21 +135,6 @@ class Attention:
                                     tensors=bindings.tensors, params=bindings.params, num_splits=num_splits,
                                     interpret=query.device.type != "cuda", layout=layout)
 
-    @property
-    def block_map_source(self) -> KernelSource:
-        """The generated block-map builder (for masks whose structure leaves blocks open)."""
-        if self._block_map_source is None:
-            if self.program.mask is None:
-                raise ValueError("attnc: this variant has no mask; it has no block map to build")
-            self._block_map_source = generate_block_map(self.program, _simplified_test(self.program))
-        return self._block_map_source
-
-    def block_map_kernel(self) -> Any:
-        if self._block_map_kernel is None:
-            source = self.block_map_source
-            self._block_map_kernel = getattr(kernel_files.kernel_cache().module(source.source), source.kernel_name)
-        return self._block_map_kernel
-
     def block_mask(self, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int, device: Any = None,
                    BLOCK_SIZE: int | tuple[int, int] = 128, *, builder: str = "auto", **values: Any) -> BlockMask:
         """The variant's block map as a BlockMask, built once and passed to every call (and layer) that
@@ -185,53 +142,7 @@ class Attention:
         structure when it decides every block's class without pair-by-pair work, else the generated kernel
         on a GPU and dense torch on the CPU. `values`: a text variant's tensors and parameters by name."""
         _check_sizes(B=B, H=H, Q_LEN=Q_LEN, KV_LEN=KV_LEN, optional=True)
-        return self._block_mask(self._bind(values), B or 1, H or 1, Q_LEN, KV_LEN, device, BLOCK_SIZE, builder)
-
-    def _block_mask(self, bindings: Any, B: int, H: int, Q_LEN: int, KV_LEN: int, device: Any,
-                    block_size: int | tuple[int, int], builder: str) -> BlockMask:
-        if builder not in BUILDERS:
-            raise ValueError(f"attnc: builder must be one of {BUILDERS}, got {builder!r}")
-        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-        q_block, kv_block = block_size_pair(block_size)
-        mask = self.program.mask
-        if builder == "auto":
-            builder = ("structure" if mask is None or sparsity.analysable(mask)
-                       else "kernel" if device.type == "cuda" else "dense")
-        tensors = [t.to(device) for t in bindings.tensors]
-        self._divisors.check((B, H, Q_LEN, KV_LEN), tensors, bindings.params, bindings.version_key(), device,
-                             score=False)
-        shape = {"B": B, "H": H, "Q_LEN": Q_LEN, "KV_LEN": KV_LEN, "q_block": q_block, "kv_block": kv_block,
-                 "device": device}
-        if builder == "structure":
-            if mask is not None and not sparsity.analysable(mask):
-                raise ValueError("attnc: this mask reads a tensor at an index argument that depends on both q and kv; "
-                                 "its structure cannot classify blocks: use builder='kernel' or 'dense'")
-            classes = sparsity.classify_blocks(self.program, tensors, bindings.params, **shape)
-        elif builder == "kernel":
-            classes = self._kernel_classes(tensors, bindings.params, shape)
-        else:
-            return self._dense_block_mask(tensors, bindings.params, shape)
-        partial, full = sparsity.split_classes(classes, Q_LEN=Q_LEN, KV_LEN=KV_LEN, q_block=q_block,
-                                               kv_block=kv_block)
-        return BlockMask.from_block_classes(partial, full, BLOCK_SIZE=(q_block, kv_block),
-                                            seq_lengths=(Q_LEN, KV_LEN), mask_mod=self.mask_mod)
-
-    def _kernel_classes(self, tensors: list[torch.Tensor], params: Any, shape: dict[str, Any]) -> torch.Tensor:
-        if self.program.mask is None:
-            return sparsity.classify_blocks(self.program, tensors, params, **shape)
-        interpret = shape["device"].type != "cuda"
-        if interpret and not interpreter_active():
-            raise RuntimeError(INTERPRETER_UNAVAILABLE)
-        launch.check_captures(tensors, shape["device"])
-        return device_block_classes(self.block_map_kernel(), tensors, params, interpret=interpret, **shape)
-
-    def _dense_block_mask(self, tensors: list[torch.Tensor], params: Any, shape: dict[str, Any]) -> BlockMask:
-        def mask_fn(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-            return evaluate_mask(self.program, b, h, q, kv, tensors, params)
-
-        return build_block_mask(mask_fn, shape["B"], shape["H"], shape["Q_LEN"], shape["KV_LEN"],
-                                device=shape["device"], BLOCK_SIZE=(shape["q_block"], shape["kv_block"]),
-                                mask_mod=self.mask_mod)
+        return self.planner.build(self._bind(values), B or 1, H or 1, Q_LEN, KV_LEN, device, BLOCK_SIZE, builder)
 
     def _bind(self, values: Mapping[str, Any] | None = None) -> Any:
         if self.text is not None:
@@ -311,7 +222,7 @@ class Attention:
         launch.check_kernel_dtype(query)
         interpret = query.device.type != "cuda"
         given = block_mask
-        block_mask = self._kernel_block_mask(query, bindings, shapes, block_mask)
+        block_mask = self.planner.for_launch(query, bindings, shapes, block_mask)
         config = kernel_options.forward_config(self._launch_config("forward", shapes, query))
         if given is not None and needs_grad(query, key, value, *bindings.tensors):
             launch.check_block_mask(block_mask, shapes, query.device)
@@ -341,14 +252,6 @@ class Attention:
             return dq, dk, dv, grads
 
         return GradientPlan(shapes, forward, backward)
-
-    def _kernel_block_mask(self, query: torch.Tensor, bindings: Any, shapes: launch.Shapes, block_mask: Any) -> Any:
-        """What every kernel launch checks first (a way to run kernels, captures on the inputs' device), and
-        the block map the kernels use: the caller's, else the one built for a mask that reads data."""
-        if query.device.type != "cuda" and not interpreter_active():
-            raise RuntimeError(INTERPRETER_UNAVAILABLE)
-        launch.check_captures(bindings.tensors, query.device)
-        return self._data_plan(bindings, shapes, query.device) if block_mask is None else block_mask
 
     def _launch_config(self, kind: str, shapes: launch.Shapes, query: torch.Tensor) -> KernelConfig:
         source = self.source.source if kind == "forward" else self.backward_source.source
@@ -390,7 +293,7 @@ class Attention:
         if block_mask is not None:
             block_mask = as_batched(block_mask)
             launch.check_block_mask(block_mask, shapes, query.device)
-        block_mask = self._kernel_block_mask(query, bindings, shapes, block_mask)
+        block_mask = self.planner.for_launch(query, bindings, shapes, block_mask)
         has_mask = self.program.mask is not None
         common = {"shapes": shapes, "dtype": query.dtype, "device": query.device, "timer": timer,
                   "configs": configs, "limit": limit, "progress": progress, "attn": self}
@@ -422,21 +325,8 @@ class Attention:
         return chosen
 
     def _data_plan(self, bindings: Any, shapes: launch.Shapes, device: torch.device) -> BlockMask | None:
-        """For a mask that reads tensors (document ids, lengths), the block map attnc builds itself from
-        per-block value ranges, reused until a captured tensor changes (its version counter) or a
-        parameter or a shape does."""
-        mask = self.program.mask
-        if mask is None or not sparsity.reads_data(mask):
-            return None
-        key = (shapes.B, shapes.Hq, shapes.Q_LEN, shapes.KV_LEN, device, tuple(bindings.params),
-               bindings.version_key())
-        if self._plan is None or self._plan[0] != key:
-            block_map = self._block_mask(bindings, sparsity.broadcast_size(mask, "b", shapes.B),
-                                         sparsity.broadcast_size(mask, "h", shapes.Hq), shapes.Q_LEN,
-                                         shapes.KV_LEN, device, PLAN_BLOCK, "auto")
-            # the bindings keep the key's tensors alive, so their ids cannot be reused by others
-            self._plan = (key, block_map, bindings)
-        return self._plan[1]
+        """The block map attnc builds for a mask that reads data (`BlockPlanner.data_plan`); None otherwise."""
+        return self.planner.data_plan(bindings, shapes, device)
 
     def tile_stats(self, B: int, H: int, Q_LEN: int, KV_LEN: int, *, BLOCK_M: int = 128,
                    BLOCK_N: int = 128, device: Any = "cpu", **values: Any) -> dict[str, int]:
@@ -532,27 +422,6 @@ def _check_sizes(*, optional: bool = False, **sizes: Any) -> None:
             arguments.check_count(name, n, optional=optional and name in ("B", "H"))
 
 
-def _structure(program: Program) -> tuple[TileTest | None, list[tuple[Any, Any]] | None]:
-    """The mask's tile test and its closed-form key ranges, for the forward kernel to find its tiles itself.
-    (None, None) for a mask that reads tensors at q- or kv-dependent positions: such a kernel is given a
-    block map (`_data_plan`) instead."""
-    assert program.mask is not None
-    if sparsity.reads_data(program.mask):
-        return None, None
-    return _simplified_test(program), kv_ranges(program.mask)
-
-
-def _simplified_test(program: Program) -> TileTest:
-    """The mask's tile test with no per-block value ranges (loads are unknowns), simplified by the passes."""
-    assert program.mask is not None
-    test = tile_test(program.mask)
-
-    def simplified(condition: Node) -> Node:
-        return optimize(program.replace(mask=condition, score=None)).mask
-
-    return TileTest(simplified(test.may_true), simplified(test.may_false))
-
-
 def _check_transposed_lists(block_mask: Any) -> None:
     if getattr(block_mask, "q_num_blocks", None) is None or getattr(block_mask, "q_indices", None) is None:
         raise ValueError("attnc: the backward needs the BlockMask's query-side lists (q_num_blocks, q_indices); "
@@ -609,16 +478,3 @@ def _div(index: Any, block: int) -> Any:
 
 def _const_int(value: int) -> Any:
     return const(value, DType.int32)
-
-
-# -- the module-level API ------------------------------------------------------------------------
-
-PLAN_BLOCK = 128
-
-
-def evaluate_mask(program: Program, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor,
-                  tensors: list[torch.Tensor], params: Any) -> torch.Tensor:
-    if program.mask is None:
-        return torch.ones((), dtype=torch.bool, device=q.device)
-    env = Env(b=b, h=h, q=q, kv=kv, score=None, tensors=tensors, params=params)
-    return evaluate(program.mask, env)

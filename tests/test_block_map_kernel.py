@@ -78,7 +78,7 @@ def test_plan_for_a_dense_mask_tensor_is_built_and_used_by_the_forward():
     q, k, v = (torch.randn(B, H, n, 32, generator=gen) for n in (Q, KV, KV))
     attn = attnc.compile(mask_mod)
     out, lse = attn(q, k, v, return_lse=True, backend="triton")
-    assert attn._plan is not None  # a block map was built for the call, from per-tile tables
+    assert attn.planner._plan is not None  # a block map was built for the call, from per-tile tables
     ref_out, ref_lse = attn(q, k, v, return_lse=True, backend="reference")
     torch.testing.assert_close(out, ref_out, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(lse, ref_lse, atol=2e-5, rtol=1e-5)

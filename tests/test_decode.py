@@ -235,10 +235,10 @@ def test_flex_attention_with_a_short_query_decodes_with_equal_results() -> None:
     want = attnc.flex_attention(q, k, v, score_mod=alibi, mask_mod=causal, enable_gqa=True, return_lse=True,
                                 backend="reference")
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
-    assert attnc.compile(causal, alibi)._decode_kernel is None  # a fresh variant has not decoded yet
+    assert not attnc.compile(causal, alibi).kernels.imported("decode")  # a fresh variant has not decoded yet
     from attnc.api import _compiled
 
-    assert _compiled(causal, alibi)._decode_kernel is not None  # flex_attention's variant took the decode path
+    assert _compiled(causal, alibi).kernels.imported("decode")  # flex_attention's variant took the decode path
     with pytest.raises(ValueError, match="enable_gqa=True"):
         attnc.flex_attention(q, k, v, mask_mod=causal, backend="triton")
 

@@ -121,11 +121,11 @@ def test_document_plan_is_reused_until_the_ids_change():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 128, 16, generator=g).to(DEVICE) for _ in range(3))
     first = attn(q, k, v, backend="triton")
-    plan = attn._plan
+    plan = attn.planner._plan
     attn(q, k, v, backend="triton")
-    assert attn._plan is plan
+    assert attn.planner._plan is plan
     docs[40:] = 7  # in place: the version counter changes, so the plan is rebuilt
     second = attn(q, k, v, backend="triton")
-    assert attn._plan is not plan
+    assert attn.planner._plan is not plan
     torch.testing.assert_close(second, attn(q, k, v, backend="reference"), atol=2e-5, rtol=2e-5)
     assert not torch.allclose(first, second)

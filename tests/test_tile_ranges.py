@@ -535,5 +535,5 @@ def test_kernel_with_a_separable_mask_matches_the_reference():
     q = torch.randn(1, 2, 100, 16, generator=g).to(DEVICE)
     k, v = (torch.randn(1, 2, 130, 16, generator=g).to(DEVICE) for _ in range(2))
     out = attn(q, k, v, backend="triton", kernel_options={"BLOCK_M": 32, "BLOCK_N": 32})
-    assert attn._plan is not None  # the block map came from the tables
+    assert attn.planner._plan is not None  # the block map came from the tables
     torch.testing.assert_close(out, attn(q, k, v, backend="reference"), atol=2e-5, rtol=2e-5, equal_nan=True)

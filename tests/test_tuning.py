@@ -110,14 +110,14 @@ def test_tune_runs_the_variants_kernels_on_its_real_sparsity(tmp_path: Path, mon
     docs = torch.tensor([0] * 70 + [1] * 60 + [2] * 70)
     attn = attnc.compile(lambda b, h, q, kv: (docs[q] == docs[kv]) & (q >= kv))
     calls: list[object] = []
-    original = attn._data_plan
+    original = attn.planner.data_plan
 
     def recording_plan(*args):
         plan = original(*args)
         calls.append(plan)
         return plan
 
-    monkeypatch.setattr(attn, "_data_plan", recording_plan)
+    monkeypatch.setattr(attn.planner, "data_plan", recording_plan)
     q, k, v = (torch.randn(1, 2, 200, 16) for _ in range(3))
     timer = CountingTimer()
     progress: list[tuple[str, KernelConfig, float | None]] = []
