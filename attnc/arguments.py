@@ -17,7 +17,10 @@ MAX_LENGTH = 2**31 - 2**16
 
 
 def check_length(name: str, n: Any) -> None:
-    """A sequence length: an int in [0, MAX_LENGTH]."""
+    """A sequence length: an int in [0, MAX_LENGTH]. A symbolic one (torch.compile with dynamic shapes) is
+    checked when the call runs with real sizes."""
+    if isinstance(n, torch.SymInt):
+        return
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"attnc: {name} must be an int, got {type(n).__name__} {n!r}")
     if not 0 <= n <= MAX_LENGTH:
@@ -27,7 +30,7 @@ def check_length(name: str, n: Any) -> None:
 
 def check_count(name: str, n: Any, *, optional: bool = False) -> None:
     """A batch size, head count or block size: a positive int (None where `optional`: broadcast)."""
-    if n is None and optional:
+    if (n is None and optional) or isinstance(n, torch.SymInt):  # symbolic: checked when the call runs
         return
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"attnc: {name} must be an int, got {type(n).__name__} {n!r}")

@@ -241,3 +241,44 @@ def test_kv_cache_decoding_compiles_once_for_every_cache_length() -> None:
         torch.testing.assert_close(compiled(q, k_cache, v_cache, lengths), step(q, k_cache, v_cache, lengths),
                                    atol=1e-5, rtol=1e-5)
     assert counter.frame_count == 1
+
+
+@pytest.mark.parametrize("dynamic", [None, True])
+def test_sequence_lengths_change_under_dynamic_shapes(dynamic) -> None:
+    """New lengths each call: symbolic sizes reach the custom op (checked when it runs), forward and backward
+    stay right, and with dynamic=True one graph serves every length."""
+    slopes = torch.tensor([0.5, 0.25], requires_grad=True)
+
+    def alibi(score, b, h, q_idx, kv_idx):
+        return score + slopes[h] * (kv_idx - q_idx)
+
+    def f(q, k, v):
+        return attnc.flex_attention(q, k, v, score_mod=alibi, mask_mod=causal, backend="triton")
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(f, backend=counter, fullgraph=True, dynamic=dynamic)
+    gen = torch.Generator().manual_seed(5)
+    for length in (12, 20, 33):
+        q, k, v = (torch.randn(1, 2, length, 16, generator=gen, requires_grad=True) for _ in range(3))
+        out, expected = compiled(q, k, v), f(q, k, v)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.autograd.grad(out.sum(), (q, k, v, slopes)),
+                                   torch.autograd.grad(expected.sum(), (q, k, v, slopes)), atol=1e-4, rtol=1e-4)
+    assert counter.frame_count == (1 if dynamic else 2)
+
+
+def test_a_zero_dim_tensor_parameter_never_recompiles() -> None:
+    """A number held in a 0-d tensor is a graph input: any new value, no new graph."""
+    window = torch.tensor(3)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
+
+    attention = attnc.compile(mask_mod)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda q: attention(q, q, q, backend="reference"), backend=counter, fullgraph=True)
+    q = qkv()[0].detach()
+    for value in (3, 5, 7, 2):
+        window.fill_(value)
+        torch.testing.assert_close(compiled(q), attention(q, q, q, backend="reference"))
+    assert counter.frame_count == 1
