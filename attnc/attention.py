@@ -22,7 +22,7 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -176,18 +176,19 @@ class Attention:
                                  "(attnc.compile(text, name=value)), not per call")
             out, lse = graph_ops.attend(self, self.mask_mod, self.score_mod, query, key, value, block_mask, options)
         else:
-            _check_call(query, key, value, options)  # the arguments' errors come before the mods'
-            out, lse = self.attend(query, key, value, self._bind(values), block_mask, options)
+            call = _checked_call(query, key, value, options)  # the arguments' errors come before the mods'
+            out, lse = self._attend(call, self._bind(values), block_mask, options)
         return (out, lse) if return_lse else out
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bindings: Any, block_mask: Any,
                options: CallOptions) -> tuple[torch.Tensor, torch.Tensor]:
         """(out, lse) for bound values: differentiable through autograd.Function when called directly, and
         the body of the custom op under torch.compile (attnc.runtime.graph_ops), where autograd is off."""
-        arguments.check_attention_tensors(query, key, value)
-        key, value = shared_kv_batch(query, key, value)
-        shapes = launch.check_inputs(query, key, value, enable_gqa=options.enable_gqa)
-        kernel_options = check_kernel_options(options.kernel_options)  # before anything launches
+        return self._attend(_checked_call(query, key, value, options), bindings, block_mask, options)
+
+    def _attend(self, call: _CheckedCall, bindings: Any, block_mask: Any,
+                options: CallOptions) -> tuple[torch.Tensor, torch.Tensor]:
+        query, key, value, shapes, kernel_options = call
         block_mask = as_batched(block_mask) if block_mask is not None else None
         self._divisors.check((shapes.B, shapes.Hq, shapes.Q_LEN, shapes.KV_LEN), bindings.tensors, bindings.params,
                              bindings.version_key(), query.device)
@@ -384,11 +385,22 @@ class Attention:
         return "\n\n".join(f"== {title} ==\n{body.rstrip()}" for title, body in sections)
 
 
-def _check_call(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, options: CallOptions) -> None:
+class _CheckedCall(NamedTuple):
+    """A call's tensors after the argument checks: key / value broadcast over the batch, the shapes, the
+    kernel options (checked before anything launches)."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    shapes: launch.Shapes
+    kernel_options: KernelOptions
+
+
+def _checked_call(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, options: CallOptions) -> _CheckedCall:
     arguments.check_attention_tensors(query, key, value)
     key, value = shared_kv_batch(query, key, value)
-    launch.check_inputs(query, key, value, enable_gqa=options.enable_gqa)
-    check_kernel_options(options.kernel_options)
+    shapes = launch.check_inputs(query, key, value, enable_gqa=options.enable_gqa)
+    return _CheckedCall(query, key, value, shapes, check_kernel_options(options.kernel_options))
 
 
 def _reference_backward(attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

@@ -201,27 +201,32 @@ _NOT_INSTANCES = (types.ModuleType, type, types.FunctionType, types.BuiltinFunct
                   functools.partial)
 
 
+_SCALARS = (bool, int, float, str)
+
+
+def _attributes(obj: Any) -> dict[str, Any] | None:
+    """An object's attributes by the names a mod reads them with (a module's parameters and buffers
+    included); None for an object without a __dict__ (slots, builtins)."""
+    try:
+        attributes = dict(vars(obj))
+    except TypeError:
+        return None
+    for extra in ("_parameters", "_buffers"):
+        if isinstance(attributes.get(extra), dict):
+            attributes.update((k, v) for k, v in attributes[extra].items() if v is not None)
+    return attributes
+
+
 def _tensor_attributes(obj: Any) -> tuple[tuple[str, int], ...]:
     """Which tensor each of an object's attributes (and a module's parameters and buffers) holds, by identity:
     a mod may read a tensor through the object (`self.bias[h]`), which the trace then holds; assigning
     another tensor to the attribute changes this, so the trace is made again instead of reading the old one."""
-    try:
-        attributes = dict(vars(obj))
-    except TypeError:  # no __dict__ (slots, builtins)
-        return ()
-    for extra in ("_parameters", "_buffers"):
-        if isinstance(attributes.get(extra), dict):
-            attributes.update({f"{extra}.{k}": v for k, v in attributes[extra].items()})
-    return tuple(sorted((name, id(v)) for name, v in attributes.items() if isinstance(v, torch.Tensor)))
+    return tuple(sorted((k, id(v)) for k, v in (_attributes(obj) or {}).items() if isinstance(v, torch.Tensor)))
 
 
 def _scalar_attributes(obj: Any) -> tuple[tuple[str, Any], ...]:
     """An object's Python scalar attributes with their values."""
-    try:
-        attributes = vars(obj)
-    except TypeError:
-        return ()
-    return tuple(sorted((k, v) for k, v in attributes.items() if v is None or isinstance(v, bool | int | float | str)))
+    return tuple(sorted((k, v) for k, v in (_attributes(obj) or {}).items() if v is None or isinstance(v, _SCALARS)))
 
 
 def _parts(obj: Any) -> _Parts | None:
@@ -250,15 +255,11 @@ def _object_parts(obj: Any) -> _Parts | None:
     """An object's data attributes (numbers, tensors, flags, strings; a module's parameters and buffers), so a
     mod reading `self.window` or `cfg.bias` sees them as it sees closure variables: numbers as runtime
     parameters, tensors as captured tensors, read again at every call. Nested objects are not looked into."""
-    try:
-        attributes = dict(vars(obj))
-    except TypeError:  # no __dict__ (slots, builtins)
+    attributes = _attributes(obj)
+    if attributes is None:
         return None
-    for extra in ("_parameters", "_buffers"):
-        if isinstance(attributes.get(extra), dict):
-            attributes.update((k, v) for k, v in attributes[extra].items() if v is not None)
     data = sorted((k, v) for k, v in attributes.items()
-                  if not k.startswith("__") and (v is None or isinstance(v, bool | int | float | str | torch.Tensor)))
+                  if not k.startswith("__") and (v is None or isinstance(v, (*_SCALARS, torch.Tensor))))
     if not data or len(data) > _MAX_ITEMS:
         return None
     names = tuple(k for k, _ in data)
