@@ -171,10 +171,14 @@ class Attention:
         `values`: a text variant's tensors and parameters by name (`slopes=t, window=128`)."""
         options = CallOptions(scale, enable_gqa, backend, kernel_options, deterministic)
         if torch.compiler.is_compiling():  # torch.compile / torch.export: the kernels as custom ops
-            if values:
-                raise ValueError("attnc: under torch.compile, a text variant's values are bound in compile() "
-                                 "(attnc.compile(text, name=value)), not per call")
-            out, lse = graph_ops.attend(self, self.mask_mod, self.score_mod, query, key, value, block_mask, options)
+            if self.text is not None:  # the values by name: graph inputs
+                out, lse = graph_ops.attend_text(self, {**self.defaults, **values}, query, key, value, block_mask,
+                                                 options)
+            else:
+                if values:
+                    self._bind(values)  # refused: Python mods capture their own values
+                out, lse = graph_ops.attend(self, self.mask_mod, self.score_mod, query, key, value, block_mask,
+                                            options)
         else:
             call = _checked_call(query, key, value, options)  # the arguments' errors come before the mods'
             out, lse = self._attend(call, self._bind(values), block_mask, options)

@@ -282,3 +282,69 @@ def test_a_zero_dim_tensor_parameter_never_recompiles() -> None:
         window.fill_(value)
         torch.testing.assert_close(compiled(q), attention(q, q, q, backend="reference"))
     assert counter.frame_count == 1
+
+
+def test_a_closure_float_stops_recompiling_once_dynamic() -> None:
+    """A captured Python float (a softcap): compiled once more when it first changes, then a graph input."""
+    cap = 20.0
+
+    def softcap(score, b, h, q_idx, kv_idx):
+        return cap * torch.tanh(score / cap)
+
+    attention = attnc.compile(score_mod=softcap)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda q, k, v: attention(q, k, v, backend="triton"), backend=counter, fullgraph=True)
+    q, k, v = qkv()
+    for cap in (20.0, 3.5, 1.25, 0.75):  # noqa: B007  (read by the mod)
+        out, expected = compiled(q, k, v), attention(q, k, v, backend="reference")
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert counter.frame_count <= 2
+
+
+SOFTCAPPED_WINDOW = """
+param window: int = 4
+param cap: float
+tensor bias: float32[L]
+mask: (q >= kv) & (q - kv < window)
+score: cap * tanh(score / cap) + bias[kv]
+"""
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_a_text_variant_takes_its_values_by_name_as_graph_inputs(backend: str) -> None:
+    """A text variant's tensors and numbers bound per call (or in compile) are graph inputs: new values run
+    the same graph after Dynamo's one recompilation for numbers, with gradients for the bound tensor."""
+    attention = attnc.compile(SOFTCAPPED_WINDOW, cap=20.0)
+
+    def f(q, k, v, bias, window, cap):
+        return attention(q, k, v, bias=bias, window=window, cap=cap, backend=backend)
+
+    graphs = AotGraphs()
+    counter = CompileCounterWithBackend(graphs.backend)
+    compiled = torch.compile(f, backend=counter, fullgraph=True)
+    q, k, v = qkv()
+    for window, cap in [(4, 20.0), (5, 10.0), (7, 2.5), (2, 0.5)]:
+        bias = torch.randn(12, requires_grad=True)
+        out, expected = compiled(q, k, v, bias, window, cap), f(q, k, v, bias, window, cap)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.autograd.grad(out.sum(), (q, k, v, bias)),
+                                   torch.autograd.grad(expected.sum(), (q, k, v, bias)), atol=1e-4, rtol=1e-4)
+    assert counter.frame_count <= 2
+    assert set(graphs.attnc_ops(graphs.forward)) == {"attnc.attention.default"}
+    defaults = torch.compile(lambda q, k, v, bias: attention(q, k, v, bias=bias, backend=backend), fullgraph=True,
+                             backend="aot_eager")  # window's default, cap from compile()
+    torch.testing.assert_close(defaults(q, k, v, bias), f(q, k, v, bias, 4, 20.0), atol=1e-5, rtol=1e-5)
+
+
+def test_a_text_variant_reports_missing_and_unknown_values_while_compiling() -> None:
+    attention = attnc.compile(SOFTCAPPED_WINDOW)
+    q, k, v = (t.detach() for t in qkv())
+    bias = torch.zeros(12)
+    missing = torch.compile(lambda q, k, v: attention(q, k, v, bias=bias, backend="reference"), fullgraph=True,
+                            backend="aot_eager")
+    with pytest.raises(Exception, match="no value for `param cap: float`"):
+        missing(q, k, v)
+    unknown = torch.compile(lambda q, k, v: attention(q, k, v, bias=bias, cap=1.0, windw=3, backend="reference"),
+                            fullgraph=True, backend="aot_eager")
+    with pytest.raises(Exception, match="unknown name `windw`"):
+        unknown(q, k, v)

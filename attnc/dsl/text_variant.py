@@ -94,10 +94,17 @@ class TextVariant:
     def bind(self, values: Mapping[str, Any]) -> Bindings:
         """The value for each slot from `values` (names to tensors and numbers), or a param's default."""
         self.check(values)
+        tensors, params = self.slot_values(values)
+        types = {d.name: d.type for d in self.params}
+        return Bindings(tuple(tensors), tuple(types[name](p) for name, p in zip(self.param_slots, params, strict=True)))
+
+    def slot_values(self, values: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
+        """The values of the tensor slots and of the parameter slots as given (a param's default where none
+        is): under torch.compile, symbolic numbers stay symbolic (converting one would fix its value)."""
         tensors = {d.name: d for d in self.tensors}
         params = {d.name: d for d in self.params}
-        return Bindings(tuple(_required(tensors[name], values) for name in self.tensor_slots),
-                        tuple(_param_value(params[name], values) for name in self.param_slots))
+        return ([_required(tensors[name], values) for name in self.tensor_slots],
+                [_param_value(params[name], values) for name in self.param_slots])
 
 
 def _listing(declared: Mapping[str, Decl]) -> str:
@@ -111,10 +118,10 @@ def _required(decl: Decl, values: Mapping[str, Any]) -> Any:
     return values[decl.name]
 
 
-def _param_value(decl: ParamDecl, values: Mapping[str, Any]) -> int | float:
+def _param_value(decl: ParamDecl, values: Mapping[str, Any]) -> Any:
     if decl.name not in values and decl.default is not None:
         return decl.default
-    return decl.type(_required(decl, values))
+    return _required(decl, values)
 
 
 def _check_value(decl: Decl, value: Any) -> None:

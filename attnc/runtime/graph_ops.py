@@ -9,7 +9,8 @@ a variant is traced once, outside the graph. Under compilation a call does three
 2. The values are read along those paths with plain attribute and item accesses (`closure.follow`): Dynamo
    makes captured tensors graph inputs and guards on the closures as it does for any user code, so new
    values of a tensor never recompile; torch operations a mod applies to captured tensors (derived values)
-   are replayed in the graph, where AOTAutograd differentiates them.
+   are replayed in the graph, where AOTAutograd differentiates them. A variant in the text syntax needs no
+   paths: its values by name are the call's own arguments (`attend_text`).
 3. One custom op, `attnc::attention`, runs the forward kernels; its fake implementation gives the output
    shapes (and checks the arguments while the graph is built); its autograd formula is a second op,
    `attnc::attention_backward`. AOTAutograd sees one op forward and one backward.
@@ -70,9 +71,6 @@ def register(attn: Any) -> int:
 
 
 def _layout(attn: Any, mask_mod: Any, score_mod: Any) -> tuple:
-    if attn.text is not None:
-        raise ValueError("attnc: under torch.compile, give the variant as Python mods; a text variant binds its "
-                         "values by name, which the graph cannot follow")
     attn.bind_mods(mask_mod, score_mod)  # traced again first if the mods changed shape since
     captures = attn.traced.captures
     layout = Layout(
@@ -157,10 +155,16 @@ def _values(layout: Layout, mask_mod: Any, score_mod: Any) -> tuple[list[Tensor]
             raise ValueError(f"attnc: a captured tensor the mod reads the shape of had shape {list(shape)} and now "
                              f"has {list(tensor.shape)}")
     tensors = [derived[index] if is_derived else inputs[index] for is_derived, index in layout.slots]
-    params = [follow(roots[path[0]], path[1:]) for path in layout.params]
-    packed = torch.tensor([float(p) for p in params], dtype=torch.float64) if params else \
-        torch.zeros(0, dtype=torch.float64)
-    return tensors, packed
+    return tensors, _packed([follow(roots[path[0]], path[1:]) for path in layout.params])
+
+
+def _packed(params: Sequence[Any]) -> Tensor:
+    """The parameters as one float64 tensor, built with tensor arithmetic so that numbers Dynamo made
+    symbolic stay graph inputs: AOTAutograd turns a symbolic float into a tensor only where torch operations
+    consume it (`torch.tensor([...])` of one would fix its value, compiling again for each new one)."""
+    if not params:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.stack([torch.zeros((), dtype=torch.float64) + p for p in params])
 
 
 def _block_mask_parts(block_mask: Any) -> tuple[list[Tensor | None], list[int]]:
@@ -175,7 +179,7 @@ def attend(attn: Any, mask_mod: Any, score_mod: Any, query: Tensor, key: Tensor,
            options: Any) -> tuple[Tensor, Tensor]:
     """`attn.attend` as graph code: (out, lse) through the custom op."""
     layout = Layout(*_layout_of(attn, mask_mod, score_mod))
-    return _call(layout, mask_mod, score_mod, query, key, value, block_mask, options)
+    return _call_mods(layout, mask_mod, score_mod, query, key, value, block_mask, options)
 
 
 def attend_mods(variant_of: Any, mask_mod: Any, score_mod: Any, query: Tensor, key: Tensor, value: Tensor,
@@ -183,17 +187,35 @@ def attend_mods(variant_of: Any, mask_mod: Any, score_mod: Any, query: Tensor, k
     """flex_attention as graph code: the variant of these mods (`variant_of(mask_mod, score_mod)`, made once)
     through the custom op."""
     layout = Layout(*_layout_of_mods(variant_of, mask_mod, score_mod))
-    return _call(layout, mask_mod, score_mod, query, key, value, block_mask, options)
+    return _call_mods(layout, mask_mod, score_mod, query, key, value, block_mask, options)
 
 
-def _call(layout: Layout, mask_mod: Any, score_mod: Any, query: Tensor, key: Tensor, value: Tensor,
+@torch._dynamo.assume_constant_result
+def _number_of(attn: Any) -> int:
+    return register(attn)
+
+
+def attend_text(attn: Any, values: dict[str, Any], query: Tensor, key: Tensor, value: Tensor, block_mask: Any,
+                options: Any) -> tuple[Tensor, Tensor]:
+    """A text variant's call as graph code: its tensors and parameters, bound by name (`values`: the
+    variant's defaults and the call's keywords), are graph inputs of the custom op."""
+    attn.text.check(values)  # while the graph is built: names, types, dtypes and ranks
+    tensors, params = attn.text.slot_values(values)
+    return _call(_number_of(attn), tensors, _packed(params), query, key, value, block_mask, options)
+
+
+def _call_mods(layout: Layout, mask_mod: Any, score_mod: Any, query: Tensor, key: Tensor, value: Tensor,
+               block_mask: Any, options: Any) -> tuple[Tensor, Tensor]:
+    tensors, params = _values(layout, mask_mod, score_mod)
+    return _call(layout.number, tensors, params, query, key, value, block_mask, options)
+
+
+def _call(number: int, tensors: list[Tensor], params: Tensor, query: Tensor, key: Tensor, value: Tensor,
           block_mask: Any, options: Any) -> tuple[Tensor, Tensor]:
     key, value = shared_kv_batch(query, key, value)  # a view: AOTAutograd sums its gradient over the batch
-    tensors, params = _values(layout, mask_mod, score_mod)
     lists, sizes = _block_mask_parts(block_mask)
     text = _options_text(options.enable_gqa, options.backend, options.kernel_options, options.deterministic)
-    return torch.ops.attnc.attention(query, key, value, tensors, params, lists, sizes, layout.number, text,
-                                     options.scale)
+    return torch.ops.attnc.attention(query, key, value, tensors, params, lists, sizes, number, text, options.scale)
 
 
 # -- the custom ops ---------------------------------------------------------------------------------------
