@@ -331,6 +331,12 @@ def test_a_text_variant_takes_its_values_by_name_as_graph_inputs(backend: str) -
                                    torch.autograd.grad(expected.sum(), (q, k, v, bias)), atol=1e-4, rtol=1e-4)
     assert counter.frame_count <= 2
     assert set(graphs.attnc_ops(graphs.forward)) == {"attnc.attention.default"}
+    always_dynamic = CompileCounterWithBackend("aot_eager")
+    dynamic = torch.compile(f, backend=always_dynamic, fullgraph=True, dynamic=True)
+    for window, cap in [(4, 20.0), (5, 10.0), (7, 2.5)]:
+        torch.testing.assert_close(dynamic(q, k, v, bias, window, cap), f(q, k, v, bias, window, cap), atol=1e-5,
+                                   rtol=1e-5)
+    assert always_dynamic.frame_count == 1  # dynamic=True: numbers are symbolic from the first graph
     defaults = torch.compile(lambda q, k, v, bias: attention(q, k, v, bias=bias, backend=backend), fullgraph=True,
                              backend="aot_eager")  # window's default, cap from compile()
     torch.testing.assert_close(defaults(q, k, v, bias), f(q, k, v, bias, 4, 20.0), atol=1e-5, rtol=1e-5)
