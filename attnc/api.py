@@ -29,10 +29,9 @@ from attnc.attention import (  # noqa: F401  (public here, as before the split)
 )
 from attnc.distributed import ring
 from attnc.dsl.text import TextVariant, text_variant
-from attnc.perf.inspection import inspect_attention
-from attnc.perf.launches import Shape, attnc_launches
-from attnc.runtime import aot, graph_ops, launch, launch_backward, tuning
-from attnc.runtime import cache as kernel_files
+from attnc.perf.inspection import inspect_attention, kernel_resources
+from attnc.perf.launches import Shape
+from attnc.runtime import graph_ops, launch, launch_backward
 from attnc.runtime.autograd import needs_grad
 from attnc.runtime.block_mask import BlockMask
 from attnc.runtime.cache import kernel_cache  # noqa: F401  (public here)
@@ -87,18 +86,8 @@ class Attention(attention.Attention):
         "_block_mask" loops). `config` / `backward_configs`: the configs to compile (default: what a launch
         on `arch` uses untuned, `tuning.spill_free_default`); `python`: an interpreter with another Triton
         to compile with."""
-        capability = aot.parse_arch(arch)
-        shape = Shape(head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype)
-        untuned = tuning.untuned_configs(self, arch=arch, dtype=dtype, D=head_dim, Dv=shape.dv)
-        launches = attnc_launches(self, shape, backward=backward, config=config, backward_configs=backward_configs,
-                                  untuned=untuned)
-        jobs = {name: launched.job(capability, disassemble=False) for name, launched in launches.items()}
-        if self.program.mask is not None:
-            builder_path = kernel_files.kernel_cache().ensure_file(self.block_map_source.source)
-            jobs["block_map"] = aot.block_map_job(builder_path, self.program, capability)
-        results = aot.compile_kernels(list(jobs.values()), python=python)
-        configs = {name: launches[name].config if name in launches else None for name in jobs}
-        return {name: {**result, "config": configs[name]} for name, result in zip(jobs, results, strict=True)}
+        return kernel_resources(self, arch=arch, shape=Shape(head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype),
+                                backward=backward, config=config, backward_configs=backward_configs, python=python)
 
     def inspect(self, arch: str = "sm_90", dtype: torch.dtype = torch.bfloat16, head_dim: int = 128,
                 head_dim_v: int | None = None, *, shape: tuple[int, int, int] = (2, 16, 4096), backward: bool = False,

@@ -1,4 +1,5 @@
-"""The package's modules import each other without circles, and none outgrows a readable size.
+"""The package's modules import each other without circles, none outgrows a readable size, and only the
+launcher launches kernels.
 
 The graph is read from the source (every `import`, at module level or inside a function, outside
 `if TYPE_CHECKING:` blocks): a circle hidden in a function-level import is still a circle. `from pkg import
@@ -113,3 +114,29 @@ def test_no_module_outgrows_a_readable_size() -> None:
     long = {name: n for name, path in module_names().items()
             if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+# The functions that launch generated kernels, and the modules that may call them: every path (eager calls,
+# custom ops, the ring, packed sequences, KV caches, tuning) runs kernels through `attnc.runtime.launcher`,
+# so the launch checks, block map and configs are chosen one way; the static reports record launches with a
+# stand-in for each kernel.
+LAUNCHES = {"launch_forward", "launch_backward", "launch_decode"}
+MAY_LAUNCH = {"attnc.runtime.launcher", "attnc.perf.launches"}
+
+
+def launching_modules() -> set[str]:
+    found = set()
+    for name, path in module_names().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+                if called in LAUNCHES:
+                    found.add(name)
+    return found
+
+
+def test_kernels_are_launched_through_the_launcher() -> None:
+    launching = launching_modules()
+    assert launching >= MAY_LAUNCH  # the scan finds the calls it is looking for
+    outside = launching - MAY_LAUNCH
+    assert not outside, f"modules that launch kernels without attnc.runtime.launcher: {sorted(outside)}"

@@ -1,5 +1,6 @@
 """`Attention.inspect` and `attnc inspect`: a variant's kernels and the yardstick, compiled in one run and
-compared (see `attnc.perf.report` for what each figure means), as a record and as text."""
+compared (see `attnc.perf.report` for what each figure means), as a record and as text; and
+`Attention.resources`, the compile figures alone (`kernel_resources`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from attnc.perf import report
 from attnc.perf.launches import Launch, Shape, attnc_launches, decode_launches, yardstick_launches
 from attnc.runtime import aot, tuning
+from attnc.runtime import cache as kernel_files
 from attnc.runtime.config import KernelConfig
 
 TMA_FROM = 90  # the first architecture with TMA: before it the yardstick loads through pointers
@@ -71,6 +73,24 @@ def inspect_attention(attn: Any, *, arch: str = "sm_90", shape: Shape | None = N
     comparisons = [report.compare(k, by_kind[report.COMPARED_WITH[k.kind]], stats[k.name]["shares"])
                    for k in kernels if report.COMPARED_WITH.get(k.kind) in by_kind]
     return Inspection(arch, shape, kernels, yardstick, comparisons, stats, triton.__version__)
+
+
+def kernel_resources(attn: Any, *, arch: str, shape: Shape, backward: bool, config: KernelConfig | None,
+                     backward_configs: Any, python: str | None) -> dict[str, dict[str, Any]]:
+    """Registers, spills and shared memory (and the config) of each kernel `attn` launches at `shape`, compiled
+    for `arch` without disassembly; for a masked variant also its block-map builder ("block_map"). See
+    `Attention.resources`."""
+    capability = aot.parse_arch(arch)
+    untuned = tuning.untuned_configs(attn, arch=arch, dtype=shape.dtype, D=shape.head_dim, Dv=shape.dv)
+    launches = attnc_launches(attn, shape, backward=backward, config=config, backward_configs=backward_configs,
+                              untuned=untuned)
+    jobs = {name: launched.job(capability, disassemble=False) for name, launched in launches.items()}
+    if attn.program.mask is not None:
+        builder_path = kernel_files.kernel_cache().ensure_file(attn.block_map_source.source)
+        jobs["block_map"] = aot.block_map_job(builder_path, attn.program, capability)
+    results = aot.compile_kernels(list(jobs.values()), python=python)
+    configs = {name: launches[name].config if name in launches else None for name in jobs}
+    return {name: {**result, "config": configs[name]} for name, result in zip(jobs, results, strict=True)}
 
 
 def _tile_stats(attn: Any, launches: Mapping[str, Launch], shape: Shape,

@@ -2,8 +2,9 @@
 by the generated builder kernel, or densely (`BUILDERS`), for `create_block_mask` and for the kernels.
 
 A mask that reads tensors at positions moving with q or kv (document ids, lengths) cannot give its kernels
-closed-form key ranges; `BlockPlanner.for_launch` builds the block map those kernels walk from per-block
-value ranges, and keeps it until a captured tensor changes (its version counter), a parameter or a shape.
+closed-form key ranges; `BlockPlanner.data_plan` builds the block map those kernels walk from per-block
+value ranges, and keeps it until a captured tensor changes (its version counter), a parameter or a shape
+(`attnc.runtime.launcher` asks for it before each launch without a caller's BlockMask).
 """
 
 from __future__ import annotations
@@ -100,14 +101,6 @@ class BlockPlanner:
             # the bindings keep the key's tensors alive, so their ids cannot be reused by others
             self._plan = (key, block_map, bindings)
         return self._plan[1]
-
-    def for_launch(self, query: torch.Tensor, bindings: Any, shapes: launch.Shapes, block_mask: Any) -> Any:
-        """What every kernel launch checks first (a way to run kernels, captures on the inputs' device), and
-        the block map the kernels use: the caller's, else the one built for a mask that reads data."""
-        if query.device.type != "cuda" and not interpreter_active():
-            raise RuntimeError(INTERPRETER_UNAVAILABLE)
-        launch.check_captures(bindings.tensors, query.device)
-        return self.data_plan(bindings, shapes, query.device) if block_mask is None else block_mask
 
 
 def evaluate_mask(program: Program, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor,

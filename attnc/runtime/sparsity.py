@@ -7,18 +7,24 @@ maxima of those reads (`tile_ranges`): reads that move with one index (document 
 O(Q_LEN + KV_LEN), separable reads whose index arguments each move with one index (block-selection
 tables `sel[h, q_idx // 64, kv_idx // 64]`) in O(Q_LEN * F + nQ * KV_LEN) for rows of F entries. Only a
 mask with a read at an argument that moves with both q and kv (`t[q_idx - kv_idx]`) is evaluated densely.
+
+`with_block_sparsity` goes the other way: a BlockMask as IR, for the dense computations (the reference
+backend, the deterministic captured gradients) that must visit exactly the blocks the kernels visit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from attnc.ir.node import Node
+from attnc.ir.dtypes import DType
+from attnc.ir.node import Node, const, load, node, var
 from attnc.ir.ops import Op
-from attnc.ir.program import Program
+from attnc.ir.program import Program, TensorSpec
 from attnc.ir.tiles import FULL, PARTIAL, classify_grid
+from attnc.runtime.block_mask import block_size_pair
 from attnc.runtime.tile_ranges import separable, tile_ranges
 
 # query-block rows classified per step, so that intermediate tensors stay small at any length
@@ -87,3 +93,21 @@ def split_classes(classes: torch.Tensor, *, Q_LEN: int, KV_LEN: int, q_block: in
     full = (classes == FULL) & inside
     partial = (classes == PARTIAL) | ((classes == FULL) & ~inside)
     return partial, full
+
+
+def with_block_sparsity(program: Program, tensors: list[torch.Tensor],
+                        block_mask: Any) -> tuple[Program, list[torch.Tensor]]:
+    """The program whose mask also requires the (q, kv) block to be listed in `block_mask` (read from its dense
+    map, one more captured tensor): dense evaluation then means exactly what the kernels compute, which visit
+    listed blocks only."""
+    q_block, kv_block = block_size_pair(block_mask.BLOCK_SIZE)
+    slot = len(tensors)
+    index = (var("b"), var("h"), _div(var("q"), q_block), _div(var("kv"), kv_block))
+    listed = node(Op.NE, DType.bool, load(slot, DType.int32, *index), const(0, DType.int32))
+    mask = listed if program.mask is None else node(Op.AND, DType.bool, program.mask, listed)
+    spec = TensorSpec(DType.int32, 4)
+    return program.replace(mask=mask, tensors=(*program.tensors, spec)), [*tensors, block_mask.to_dense()]
+
+
+def _div(index: Node, block: int) -> Node:
+    return node(Op.FLOORDIV, DType.int32, index, const(block, DType.int32))
