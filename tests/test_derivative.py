@@ -298,3 +298,18 @@ def test_random_score_mods_match_autograd(data: st.DataObject) -> None:
     env = data.draw(random_env())
     # random programs overflow, divide by zero and take logs of negatives: compare where torch's is finite
     check_against_autograd(program, env, finite_only=True)
+
+
+def test_constant_factors_fold_through_the_chain_rule() -> None:
+    """d/dscore cap * tanh(score / cap) is 1 - tanh(score / cap)^2: the chain rule's cap and 1 / cap cancel."""
+    cap = const(30.0, F32)
+    t = node(Op.TANH, F32, node(Op.TRUEDIV, F32, S, cap))
+    softcap = node(Op.MUL, F32, cap, t)
+    assert derivative(softcap, S) is node(Op.SUB, F32, ONE, node(Op.MUL, F32, t, t))
+    # factors that do not cancel fold into one constant
+    scaled = node(Op.MUL, F32, const(3.0, F32), node(Op.TRUEDIV, F32, node(Op.MUL, F32, S, G), const(4.0, F32)))
+    assert derivative(scaled, S) is node(Op.MUL, F32, const(0.75, F32), G)
+    # a factor that would not be a normal float32 once folded stays as written
+    huge = node(Op.MUL, F32, const(1e30, F32), node(Op.MUL, F32, const(1e30, F32), node(Op.MUL, F32, S, G)))
+    c = const(1e30, F32)
+    assert derivative(huge, S) is node(Op.MUL, F32, node(Op.MUL, F32, c, c), G)

@@ -33,6 +33,7 @@ from attnc.codegen.skeleton import (
     unspecialized_args,
 )
 from attnc.ir.derivative import derivative, gradient_loads
+from attnc.ir.magnitude import finite_everywhere
 from attnc.ir.node import Node, score
 from attnc.ir.program import Program
 
@@ -99,9 +100,12 @@ def _grad_lines(emitter: Emitter, program: Program, slots: tuple[int, ...]) -> l
     lines: list[str] = []
     for i, read in enumerate(gradient_loads(program.score, program.tensors)):
         body: list[str] = []
-        partial = emitter.emit(derivative(program.score, read), body)
+        partial = derivative(program.score, read)
         # the dQ kernel's p and dz are relative to the row maximum: 1 / l normalises them
-        body.append(f"g{i} = tl.where(p == 0.0, 0.0, dz * inv_l[:, None] * ({partial}))")
+        contribution = f"dz * inv_l[:, None] * ({emitter.emit(partial, body)})"
+        if not finite_everywhere(partial):  # where p is 0 the pair contributes nothing, even if this is not finite
+            contribution = f"tl.where(p == 0.0, 0.0, {contribution})"
+        body.append(f"g{i} = {contribution}")
         address = _address(emitter, read)
         moving = read.deps & {"q", "kv"}
         if not moving:
@@ -156,6 +160,9 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
     common = common_holes(captures, unspecialized)
     common["constants"].append(f"HAS_SCORE_MOD = tl.constexpr({program.score is not None})")
     common["constants"].append(f"AFFINE_BIAS = tl.constexpr({bias is not None})")
+    # dz/dscore finite for every score (a softcap's): the kernels need not zero it where p is 0
+    dscore_finite = program.score is not None and finite_everywhere(derivative(program.score, score()))
+    common["constants"].append(f"DSCORE_FINITE = tl.constexpr({dscore_finite})")
     holes = {
         **common,
         "grad_args": [f"{name}," for name in grad_signature],

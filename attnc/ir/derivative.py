@@ -103,13 +103,51 @@ def _mul(a: Node, b: Node) -> Node:
         return b if _is(a, 1.0) else a
     if _is(a, -1.0) or _is(b, -1.0):
         return _neg(b if _is(a, -1.0) else a)
+    if a.op is Op.CONST or b.op is Op.CONST:
+        c, x = (a, b) if a.op is Op.CONST else (b, a)
+        return _scaled(x, float(c.arg))
     return node(Op.MUL, F32, a, b)
 
 
 def _div(a: Node, b: Node) -> Node:
     if _is(a, 0.0):
         return ZERO
+    if b.op is Op.CONST and b.arg != 0.0 and math.isfinite(b.arg):
+        return _scaled(a, 1.0 / b.arg)
     return a if _is(b, 1.0) else node(Op.TRUEDIV, F32, a, b)
+
+
+def _scaled(x: Node, factor: float) -> Node:
+    """x * factor, with the constant factors of a float32 product or quotient x folded into one: the chain rule
+    through `cap * tanh(score / cap)` gives cap * (1 - t^2) / cap, which is 1 - t^2 (a multiply per element
+    fewer, and less rounding). Left unfolded where the folded factor is not a normal float32."""
+    inner, folded = x, factor
+    while (split := _constant_factor(inner)) is not None:
+        folded, inner = folded * split[0], split[1]
+    if not _normal(folded):
+        inner, folded = x, factor
+    elif inner.op is Op.CONST and inner.dtype is F32 and _normal(folded * float(inner.arg)):
+        return const(folded * float(inner.arg), F32)  # a product of constants (a chain rule's factors)
+    if folded == 1.0:
+        return inner
+    return _neg(inner) if folded == -1.0 else node(Op.MUL, F32, const(folded, F32), inner)
+
+
+def _normal(value: float) -> bool:
+    """A normal float32 number (no overflow to inf, no loss to a subnormal)."""
+    return 2.0**-126 <= abs(value) <= 2.0**127
+
+
+def _constant_factor(n: Node) -> tuple[float, Node] | None:
+    """(c, x) with n = c * x when n is x * c, c * x or x / c in float32, for a finite nonzero constant c."""
+    if n.dtype is not F32 or n.op not in (Op.MUL, Op.TRUEDIV):
+        return None
+    a, b = n.src
+    if b.op is Op.CONST and float(b.arg) != 0.0 and math.isfinite(b.arg):
+        return (float(b.arg) if n.op is Op.MUL else 1.0 / float(b.arg)), a
+    if n.op is Op.MUL and a.op is Op.CONST and float(a.arg) != 0.0 and math.isfinite(a.arg):
+        return float(a.arg), b
+    return None
 
 
 def _where(cond: Node, a: Node, b: Node) -> Node:

@@ -130,9 +130,11 @@ def _dkdv_tile(
         pt = tl.exp2(score - m2[None, :])
     dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PRECISION)
     dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-    if HAS_SCORE_MOD and not AFFINE_BIAS:  # an affine bias has dz/dscore = 1
+    if HAS_SCORE_MOD and not AFFINE_BIAS and not DSCORE_FINITE:  # an affine bias has dz/dscore = 1
         # where p is 0 the pair contributes nothing, even where dz/dscore is not finite (a masked pair)
         dst = tl.where(pt == 0.0, 0.0, pt * (dpt - delta[None, :]) * dscore)
+    elif HAS_SCORE_MOD and not AFFINE_BIAS:  # dz/dscore finite everywhere: 0 where p is
+        dst = pt * (dpt - delta[None, :]) * dscore
     else:
         dst = pt * (dpt - delta[None, :])
     dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PRECISION)
@@ -405,9 +407,9 @@ def _dq_tile(
     dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
     if HAS_SCORE_MOD and not AFFINE_BIAS:
         # dp - delta is finite, so dz is 0 where p is; where p is 0 the pair contributes nothing, even where
-        # dz/dscore is not finite (a masked pair)
+        # dz/dscore is not finite (a masked pair), unless dz/dscore is finite everywhere
         dz = p * (dp - delta[:, None])
-        ds = tl.where(p == 0.0, 0.0, dz * dscore)
+        ds = dz * dscore if DSCORE_FINITE else tl.where(p == 0.0, 0.0, dz * dscore)
     else:  # no mod, or an affine bias (dz/dscore = 1)
         ds = p * (dp - delta[:, None])
         dz = ds

@@ -1,0 +1,97 @@
+"""Compile-time bounds on float expressions (attnc.ir.magnitude): which score mods' derivatives are finite
+for every score, so that the backward kernels need not zero them where p is 0."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attnc.dsl.trace import trace
+from attnc.ir import DType, Op, const, load, node, param, score, var
+from attnc.ir.derivative import derivative
+from attnc.ir.magnitude import finite_everywhere, magnitude
+
+F32 = DType.float32
+S = score()
+
+
+def dscore(score_mod) -> bool:
+    program = trace(None, score_mod).program
+    return finite_everywhere(derivative(program.score, S))
+
+
+def softcap(score, b, h, q_idx, kv_idx):
+    return 30.0 * torch.tanh(score / 30.0)
+
+
+def sigmoid_gate(score, b, h, q_idx, kv_idx):
+    return torch.sigmoid(score) * 4.0 - 1.0
+
+
+def relative(score, b, h, q_idx, kv_idx):
+    return score / (kv_idx - q_idx + 0.5)
+
+
+def squared(score, b, h, q_idx, kv_idx):
+    return score * score
+
+
+def exponential(score, b, h, q_idx, kv_idx):
+    return torch.exp(score)
+
+
+def periodic(score, b, h, q_idx, kv_idx):
+    return torch.sin(score)
+
+
+@pytest.mark.parametrize(("score_mod", "finite"), [(softcap, True), (sigmoid_gate, True), (relative, False),
+                                                   (squared, False), (exponential, False), (periodic, False)])
+def test_which_derivatives_are_finite_for_every_score(score_mod, finite: bool) -> None:
+    assert dscore(score_mod) is finite
+
+
+def test_bounds_follow_the_arithmetic() -> None:
+    t = node(Op.TANH, F32, S)
+    assert magnitude(node(Op.SUB, F32, const(1.0, F32), node(Op.MUL, F32, t, t))).bound == 2.0
+    assert magnitude(node(Op.TRUEDIV, F32, t, const(-4.0, F32))).bound == 0.25
+    assert magnitude(node(Op.CAST, F32, var("q"))).finite  # an index converted to a float
+    assert not magnitude(node(Op.TRUEDIV, F32, t, param(0, F32))).finite  # divided by a runtime value
+    assert not magnitude(load(0, F32, var("h"))).finite  # a captured tensor may hold any value
+    assert not magnitude(const(math.nan, F32)).nan_free
+    # inf - inf needs two unbounded operands; 0 * inf one unbounded factor
+    assert magnitude(node(Op.SUB, F32, S, t)).nan_free and not magnitude(node(Op.SUB, F32, S, S)).nan_free
+    assert not magnitude(node(Op.MUL, F32, S, t)).nan_free
+
+
+def test_an_overflowing_bound_is_infinite_even_when_divided_back() -> None:
+    big = node(Op.MUL, F32, const(1e30, F32), node(Op.MUL, F32, const(1e30, F32), node(Op.TANH, F32, S)))
+    assert not magnitude(node(Op.TRUEDIV, F32, big, const(1e30, F32))).finite
+
+
+@pytest.mark.parametrize(("score_mod", "finite"), [(softcap, True), (relative, False)])
+def test_the_backward_kernels_zero_dscore_at_masked_pairs_only_when_it_may_not_be_finite(score_mod, finite) -> None:
+    import attnc
+
+    source = attnc.compile(score_mod=score_mod).backward_source.source
+    assert f"DSCORE_FINITE = tl.constexpr({finite})" in source
+
+
+def test_a_softcap_backward_without_the_select_keeps_masked_rows_at_zero() -> None:
+    """Causal with a softcap and rows past the keys (fully masked): the kernels' gradients are finite and
+    match the reference's."""
+    import attnc
+
+    def late_causal(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx + 4) & (kv_idx < 9)
+
+    attn = attnc.compile(late_causal, softcap)
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 11, 16, generator=gen, requires_grad=True) for _ in range(3))
+    grads = []
+    for backend in ("triton", "reference"):
+        out = attn(q, k, v, backend=backend)
+        grads.append(torch.autograd.grad(out.sum(), (q, k, v)))
+    assert all(torch.isfinite(g).all() for g in grads[0])
+    torch.testing.assert_close(grads[0], grads[1], atol=2e-4, rtol=2e-4)
