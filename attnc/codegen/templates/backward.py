@@ -39,7 +39,6 @@
 import triton
 import triton.language as tl
 
-LOG2E = tl.constexpr(1.4426950408889634)
 # How the visit functions treat a tile: inside the full range (no test, no mask), beside it (masked, no
 # test), or anywhere else (the tile test decides).
 OFF_BAND = tl.constexpr(0)

@@ -28,19 +28,10 @@
 import triton
 import triton.language as tl
 
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
-
 # HOLE: constants
 
 
 # HOLE: helpers
-
-
-@triton.jit
-def _finite_max(m):
-    # A row that has seen no allowed key keeps m = -inf; subtracting 0 instead keeps its exponents finite.
-    return tl.where(m == float("-inf"), 0.0, m)
 
 
 @triton.jit

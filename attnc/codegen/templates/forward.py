@@ -37,8 +37,6 @@
 import triton
 import triton.language as tl
 
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
 # How _visit_tile treats a tile: inside the full range (no test, no mask), beside it (masked, no test),
 # or anywhere else (the tile test decides).
 OFF_BAND = tl.constexpr(0)
@@ -49,13 +47,6 @@ TESTED = tl.constexpr(2)
 
 
 # HOLE: helpers
-
-
-@triton.jit
-def _finite_max(m):
-    # A row that has seen no allowed key keeps m = -inf; subtracting 0 instead keeps its exponents finite,
-    # so such rows accumulate exact zeros instead of NaN.
-    return tl.where(m == float("-inf"), 0.0, m)
 
 
 @triton.jit

@@ -1,5 +1,6 @@
-# Scalar helpers the generated expressions call. Python semantics where Triton's differ: Triton's
-# integer `//` and `%` truncate toward zero, Python's (and PyTorch's floor modes) round toward -inf.
+# What every kernel template shares (its `helpers` hole): the base-2 softmax constants and scalar helpers
+# the generated expressions call. Python semantics where Triton's differ: Triton's integer `//` and `%`
+# truncate toward zero, Python's (and PyTorch's floor modes) round toward -inf.
 import triton
 import triton.language as tl
 
@@ -7,6 +8,16 @@ import triton.language as tl
 # that say so with a FAST_MATH constexpr of their own: on a GPU, for 16-bit inputs. This module-level
 # value is what kernels without that parameter (the block-map builder) see.
 FAST_MATH = tl.constexpr(False)
+# Every kernel's online softmax runs in base 2: exp(x) = 2^(x log2(e)), log(l) = log2(l) ln(2)
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def _finite_max(m):
+    # A row that has seen no allowed key keeps m = -inf; subtracting 0 instead keeps its exponents finite,
+    # so such rows accumulate exact zeros instead of NaN.
+    return tl.where(m == float("-inf"), 0.0, m)
 
 
 @triton.jit
