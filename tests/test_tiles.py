@@ -590,6 +590,23 @@ def test_kv_ranges_cover_the_keys_a_query_tile_attends(name: str) -> None:
         assert allowed <= covered
 
 
+def test_a_disjunct_without_the_key_allows_every_key_or_none() -> None:
+    """`q < 10` reads no key: a query tile past it gets no keys from it (its other disjuncts still count),
+    one before it every key. The ranges are then exactly the keys each tile attends to."""
+
+    def early_queries_see_everything(b, h, q_idx, kv_idx):
+        return (q_idx < 10) | ((q_idx >= kv_idx) & (q_idx - kv_idx < 5))
+
+    def early_queries_only(b, h, q_idx, kv_idx):
+        return q_idx < 10
+
+    for mask_mod in (early_queries_see_everything, early_queries_only):
+        for block in (4, 8, 16):
+            for allowed, covered in _kv_sets(traced(mask_mod), 40, 40, block):
+                assert allowed == covered
+    assert len(kv_ranges(traced(early_queries_see_everything).mask)) == 1  # one loop, no tile test
+
+
 def test_kv_ranges_name_each_disjunct() -> None:
     assert kv_ranges(traced(causal).mask) == [(None, var("q_hi"))]
     ranges = kv_ranges(traced(sinks(4, 30)).mask)  # the sinks [.., S - 1] and the window [q_lo - w + 1, q_hi]

@@ -46,6 +46,7 @@ from attnc.ir.tiles.forms import (
     any_,
     div,
     emit,
+    emit_ge0,
     free_vars,
     guard_holds,
     lin_of,
@@ -145,8 +146,60 @@ def kv_ranges(mask: Node) -> list[tuple[Node | None, Node | None]]:
     # do not hold; keys where key-side arithmetic may wrap get a range of their own
     ok = all_([*(guard_holds(g) for g in guards if g not in key_guards), *checks])
     disjuncts = f.parts if isinstance(f, Or) else (f,)
-    ranges = _merge([_kv_bounds(d, low.box) for d in disjuncts] + [_wrap_range(g) for g in key_guards])
+    keyed = [d for d in disjuncts if _reads_key(d)]
+    ranges = _merge([_kv_bounds(d, low.box) for d in keyed] + [_wrap_range(g) for g in key_guards])
+    # a disjunct that does not read the key (prefix LM's `kv < prefix`, seen from a key tile) allows every
+    # key where some query of the tile satisfies it, and none elsewhere
+    ranges = _with_keyless(ranges, any_(_may_hold(d, low.box) for d in disjuncts if d not in keyed))
     return [(_index_bound(lo, ok, INT32_MIN), _index_bound(hi, ok, INT32_MAX)) for lo, hi in ranges]
+
+
+def _reads_key(f: Formula) -> bool:
+    """Whether a formula may change with the key (its atoms' unknowns, its conditions' key-tile bounds)."""
+    if isinstance(f, Atom):
+        return any(("kv" in k.deps) if isinstance(k, Node) else KV in free_vars(lin_of(k)) for k in f.lin.terms)
+    if isinstance(f, Cond):
+        return "kv" in f.node.deps
+    if isinstance(f, And | Or):
+        return any(_reads_key(p) for p in f.parts)
+    return True  # known through the whole tile's bounds only
+
+
+def _may_hold(f: Formula, box: Box) -> Node:
+    """IR: some query of the tile may satisfy `f`, a formula that does not read the key (True where unknown:
+    And is taken part by part, which can only say True more often)."""
+    if isinstance(f, Atom):
+        most = _over_query_tile(f.lin, maximise=True, box=box)
+        return TRUE_N if most is None else emit_ge0(most)
+    if isinstance(f, Cond):
+        return f.node
+    if isinstance(f, And):
+        return all_(_may_hold(p, box) for p in f.parts)
+    if isinstance(f, Or):
+        return any_(_may_hold(p, box) for p in f.parts)
+    return TRUE_N
+
+
+# The bounds of a range without keys: far apart in int32 but such that the kernels' tile arithmetic on them
+# (range starts rounded to tiles, band ends, counts of tiles between them) cannot overflow.
+_NO_KEYS = (2**30, -1)
+
+
+def _with_keyless(ranges: list[tuple[Bound, Bound]], some: Node) -> list[tuple[Bound, Bound]]:
+    """`ranges` united with every key where `some` holds (a keyless disjunct satisfied by the tile)."""
+    if some is FALSE_N:
+        return ranges
+    if some is TRUE_N:
+        return [(None, None)]
+    if not ranges:  # every key, or none
+        return [(_either(some, INT32_MIN, number(_NO_KEYS[0])), _either(some, INT32_MAX, number(_NO_KEYS[1])))]
+    return [(None if lo is None else _either(some, INT32_MIN, lo), None if hi is None else _either(some, INT32_MAX, hi))
+            for lo, hi in ranges]
+
+
+def _either(some: Node, everything: int, bound: Lin) -> Lin:
+    """`everything` where `some` holds, else `bound`, as a tile-constant form."""
+    return sym(node(Op.WHERE, I64, some, const(everything, I64), _cast(emit(bound), I64)))
 
 
 def kv_full_range(mask: Node) -> tuple[Node | None, Node | None] | None:
