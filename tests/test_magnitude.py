@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from attnc.dsl.trace import trace
 from attnc.ir import DType, Op, const, load, node, param, score, var
@@ -95,3 +97,43 @@ def test_a_softcap_backward_without_the_select_keeps_masked_rows_at_zero() -> No
         grads.append(torch.autograd.grad(out.sum(), (q, k, v)))
     assert all(torch.isfinite(g).all() for g in grads[0])
     torch.testing.assert_close(grads[0], grads[1], atol=2e-4, rtol=2e-4)
+
+
+EXTREMES = torch.tensor([math.inf, -math.inf, 3.4e38, -3.4e38, 1e30, -7.5, 0.0, -0.0, 1e-40, 0.5])
+
+
+def _extreme_env(seed: int, int_param: int, float_param: float):
+    """Scores, tables and parameters at every magnitude the analysis allows them (infinities included, no
+    NaN), on small index grids."""
+    from attnc.ir.interpret import Env, index_grids
+    from tests import ir_strategies
+
+    generator = torch.Generator().manual_seed(seed)
+
+    def pick(*shape: int) -> torch.Tensor:
+        return EXTREMES[torch.randint(0, len(EXTREMES), shape, generator=generator)]
+
+    tables = [torch.randint(-(2**31), 2**31 - 1, ir_strategies.TABLE_SHAPES[0], dtype=torch.int32,
+                            generator=generator),
+              pick(*ir_strategies.TABLE_SHAPES[1]), torch.randint(0, 2, (4,), generator=generator).bool()]
+    return Env(*index_grids(2, 3, 4, 5), score=pick(2, 3, 4, 5), tensors=tables, params=(int_param, float_param))
+
+
+@settings(max_examples=150, derandomize=True, deadline=None)
+@given(st.data())
+def test_a_derivative_called_finite_is_finite_at_every_input(data: st.DataObject) -> None:
+    """Random score mods: wherever the analysis says dz/dscore (or dz/dL of a float table) is finite for every
+    input, it is, in float32, at infinite, huge, tiny and signed-zero scores, tables and parameters."""
+    from attnc.ir.derivative import gradient_loads
+    from attnc.ir.interpret import evaluate
+    from tests import ir_strategies
+
+    root = data.draw(ir_strategies.score_mods(depth=4))
+    wrt = [S, *gradient_loads(root, ir_strategies.TENSORS)]
+    proven = [d for d in (derivative(root, x) for x in wrt) if finite_everywhere(d)]
+    assume(proven)
+    env = _extreme_env(data.draw(st.integers(0, 2**32 - 1)), data.draw(ir_strategies.int32_values),
+                       data.draw(st.sampled_from([math.inf, -math.inf, 3.4e38, -2.0, 0.0])))
+    for d in proven:
+        value = evaluate(d, env)
+        assert torch.isfinite(torch.as_tensor(value)).all(), d
