@@ -260,3 +260,24 @@ def test_one_program_per_kv_head_and_split_reads_the_group_once() -> None:
     decode.launch_decode(Recorder(), q, k, k, lists, shapes=shapes, scale=None, tensors=[], params=[], num_splits=2,
                          interpret=True)
     assert grids == [(3 * 2, 2, 1)]  # 4 query heads x 4 tokens = 16 rows: one row block per kv head
+
+
+def test_a_decoding_step_reads_nothing_back_from_the_device() -> None:
+    """The split count comes from what the tile lists can hold, and each program shares its own list's live
+    tiles with the other splits: the launch never waits for the lists' lengths (here on the meta device,
+    where reading one back fails), so a decoding step can be captured in a CUDA graph."""
+    grids = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return lambda *args, **kwargs: None
+
+    shapes = Shapes(1, 4, 1, 1, 4096, 16, 16)
+    q, k = torch.zeros(1, 4, 1, 16), torch.zeros(1, 1, 4096, 16)
+    lists = decode.TileLists(torch.zeros(1, 1, 64, dtype=torch.int32), torch.zeros(1, 1, 64, dtype=torch.int8),
+                             torch.empty(1, 1, dtype=torch.int32, device="meta"))
+    out, lse = decode.launch_decode(Recorder(), q, k, k, lists, shapes=shapes, scale=None, tensors=[], params=[],
+                                    num_splits=0, interpret=True)
+    assert grids == [(1, decode.choose_splits(64, shapes, 1, torch.device("cpu"), 0), 1)]
+    assert out.shape == (1, 4, 1, 16) and lse.shape == (1, 4, 1)

@@ -96,7 +96,7 @@ def tile_lists(program: Program, tensors: Sequence[torch.Tensor], params: Sequen
 
 def choose_splits(most_tiles: int, shapes: Shapes, row_blocks: int, device: torch.device, num_splits: int) -> int:
     """`num_splits` when positive; otherwise enough splits that batch x kv heads x row blocks x splits fills the
-    device's SMs, with at least MIN_TILES_PER_SPLIT of the `most_tiles` of the longest tile list per split."""
+    device's SMs, with at least MIN_TILES_PER_SPLIT of the `most_tiles` a tile list may hold per split."""
     if num_splits > 0:
         return num_splits
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else INTERPRETER_SMS
@@ -147,10 +147,10 @@ def launch_decode(kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     rows = shapes.gqa_group * shapes.Q_LEN
     block_m = rows_per_program(shapes)
     row_blocks = triton.cdiv(rows, block_m)
-    # the one read back from the device: how many tiles the longest list holds
-    most_tiles = int(lists.counts.max()) if lists.counts.numel() else 0
-    splits = choose_splits(most_tiles, shapes, row_blocks, q.device, num_splits)
-    tiles_per_split = max(triton.cdiv(most_tiles, splits), 1)
+    # Splits chosen from what a list can hold, not from its live tiles: reading the longest list's length back
+    # from the device would make every decoding step wait for it (and could not be captured in a CUDA graph).
+    # Each program shares its own list's live tiles with the other splits (the kernel divides N_TILES).
+    splits = choose_splits(lists.tiles.shape[-1], shapes, row_blocks, q.device, num_splits)
     acc = compute_dtype(q.dtype)
     out_parts = torch.empty(splits, shapes.B, shapes.Hq, shapes.Q_LEN, shapes.Dv, dtype=acc, device=q.device)
     lse_parts = torch.empty(splits, shapes.B, shapes.Hq, shapes.Q_LEN, dtype=acc, device=q.device)
@@ -165,7 +165,7 @@ def launch_decode(kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
             *q.stride(), *k.stride(), *v.stride(), *out_parts.stride(), *lse_parts.stride(),
             *lists.tiles.stride(), *lists.counts.stride(), *table.stride(), k.shape[0] if paged else 0,
             scalar_argument(float(sm_scale), q.dtype), shapes.Hkv, shapes.gqa_group, shapes.Q_LEN, shapes.KV_LEN,
-            tiles_per_split, *capture_args(tensors, [scalar_argument(p, q.dtype) for p in params]),
+            *capture_args(tensors, [scalar_argument(p, q.dtype) for p in params]),
             **decode_constexprs(shapes, q.dtype, block_m, sm_scale, interpret, has_lengths=layout.lengths is not None,
                                 page_size=k.shape[2] if paged else None),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES,

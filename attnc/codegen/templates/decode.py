@@ -6,8 +6,9 @@
 # One program owns one (batch, kv head, split) and BLOCK_M rows of its group: the rows are the pairs (query
 # head of the GQA group, query row), row r being head `kv_head * GQA_GROUP + r // Q_LEN` at query row
 # `r % Q_LEN`, so a tile of K and V is loaded once for every query head that reads it. The key tiles come from
-# a list per (batch, kv head) (TILES, the live tiles in key order, and N_TILES, how many): split s visits list
-# entries [s * TILES_PER_SPLIT, (s + 1) * TILES_PER_SPLIT), so a split only reads the tiles the mask keeps.
+# a list per (batch, kv head) (TILES, the live tiles in key order, and N_TILES, how many): the grid's splits
+# share each list's live entries evenly (split s of S visits entries [s * per, (s + 1) * per), per =
+# ceil(N_TILES / S)), so a split only reads tiles the mask keeps and the host never needs the lists' lengths.
 # TILE_FULL says which listed tiles are full for every row of the group: those never evaluate the mask.
 # SEQ_LENS (HAS_SEQ_LENS) bounds each sequence's keys, so nothing past its length is loaded. PAGED: K and V are
 # page pools read through BLOCK_TABLE [B, max_pages] inside the kernel (pages of PAGE_SIZE keys, any order).
@@ -113,7 +114,7 @@ def attnc_decode(
     stride_tb, stride_th, stride_tn,
     stride_cb, stride_ch,
     stride_btb, stride_btp, NUM_PAGES,
-    sm_scale, H_KV, GQA_GROUP, Q_LEN, KV_LEN, TILES_PER_SPLIT,
+    sm_scale, H_KV, GQA_GROUP, Q_LEN, KV_LEN,
     # HOLE: capture_args
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, HAS_SEQ_LENS: tl.constexpr,
@@ -164,8 +165,10 @@ def attnc_decode(
     qk_scale = sm_scale * LOG2E
 
     n_tiles = tl.load(N_TILES + off_b * stride_cb + off_hkv * stride_ch)
-    first = split * TILES_PER_SPLIT
-    last = tl.minimum(first + TILES_PER_SPLIT, n_tiles)
+    splits = tl.num_programs(1)
+    per_split = (n_tiles + splits - 1) // splits
+    first = split * per_split
+    last = tl.minimum(first + per_split, n_tiles)
     tile_list = off_b.to(tl.int64) * stride_tb + off_hkv.to(tl.int64) * stride_th
     for t in tl.range(first, last):
         tile = tl.load(TILES + tile_list + t * stride_tn)
