@@ -137,3 +137,45 @@ def test_a_derivative_called_finite_is_finite_at_every_input(data: st.DataObject
     for d in proven:
         value = evaluate(d, env)
         assert torch.isfinite(torch.as_tensor(value)).all(), d
+
+
+def test_a_runtime_cap_cancels_and_its_backward_relies_on_a_finite_nonzero_cap() -> None:
+    """V.softcap(cap) captures cap as a runtime parameter: the chain rule's cap / cap cancels, the derivative
+    is finite for any finite nonzero cap, and a launch with cap = 0 takes the module that keeps the select."""
+    import attnc
+    from attnc import variants as V
+
+    attn = attnc.compile(V.causal(), V.softcap(30.0))
+    dscore_node = derivative(attn.program.score, S)
+    assert not finite_everywhere(dscore_node) and finite_everywhere(dscore_node, params_finite_nonzero=True)
+    source = attn.kernels.backward_source
+    assert source.assumes_params and "DSCORE_FINITE = tl.constexpr(True)" in source.source
+    assert attn.kernels.backward_source_for([30.0]) is source
+    for bad in (0.0, math.inf, math.nan):
+        fallback = attn.kernels.backward_source_for([bad])
+        assert fallback is not source and "DSCORE_FINITE = tl.constexpr(False)" in fallback.source
+
+
+@pytest.mark.parametrize("cap", [30.0, 0.0])
+def test_a_runtime_softcap_backward_matches_the_reference_or_stays_finite(cap: float) -> None:
+    """Rows past every key (fully masked) included: with cap = 30 the kernels' gradients are the reference's;
+    with cap = 0 (a mod without V.softcap's check) the launch takes the guarded module and stays finite."""
+    import attnc
+
+    def late_causal(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx + 4) & (kv_idx < 9)
+
+    def capped(score, b, h, q_idx, kv_idx):
+        return cap * torch.tanh(score / cap)
+
+    attn = attnc.compile(late_causal, capped)
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 11, 16, generator=gen, requires_grad=True) for _ in range(3))
+    out = attn(q, k, v, backend="triton")
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert all(torch.isfinite(g).all() for g in grads)
+    if cap:
+        expected = attn(q, k, v, backend="reference")
+        torch.testing.assert_close(grads, torch.autograd.grad(expected.sum(), (q, k, v)), atol=2e-4, rtol=2e-4)
+    else:
+        assert attn.kernels.imported("backward_any_params") and not attn.kernels.imported("backward")

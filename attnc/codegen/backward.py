@@ -52,6 +52,16 @@ class BackwardSource:
     grad_args: tuple[str, ...]  # per differentiable tensor: buffer pointer and strides (constexpr flags apart)
     grad_slots: tuple[int, ...]  # captured tensors the score mod reads as floats, in argument order
     do_not_specialize: tuple[str, ...]
+    # the kernels leave out the masked-pair select on the premise that the runtime parameters are finite and not
+    # 0 (`dscore_finite`): a launch with other values takes the module generated without that premise
+    assumes_params: bool = False
+
+
+def dscore_finite(program: Program, *, params_finite_nonzero: bool) -> bool:
+    """Whether the score mod's dz/dscore is finite at every score (`attnc.ir.magnitude`), so that the kernels
+    need not zero it where p is 0; `params_finite_nonzero`: for parameter values that are finite and not 0."""
+    return program.score is not None and finite_everywhere(derivative(program.score, score()),
+                                                           params_finite_nonzero=params_finite_nonzero)
 
 
 def grad_slots(program: Program) -> tuple[int, ...]:
@@ -122,10 +132,11 @@ def _grad_lines(emitter: Emitter, program: Program, slots: tuple[int, ...]) -> l
 
 def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ranges: list[Range] | None = None,
                       q_ranges: list[Range] | None = None, kv_full: Range | None = None,
-                      q_full: Range | None = None) -> BackwardSource:
+                      q_full: Range | None = None, *, params_finite_nonzero: bool = True) -> BackwardSource:
     """Both backward kernels for `program`, in one module. `tile_test`, `kv_ranges` and `q_ranges` (from
     attnc.ir.tiles / attnc.ir.transpose) let them find their tiles from the mask's structure; `kv_full` and
-    `q_full` (the full ranges) give them off-band loops, as in the forward."""
+    `q_full` (the full ranges) give them off-band loops, as in the forward. `params_finite_nonzero`: the module
+    may rely on the runtime parameters being finite and not 0 (`BackwardSource.assumes_params` says if it does)."""
     tensor_args, param_args = capture_arg_names(program)
     captures = tensor_args + param_args
     slots = grad_slots(program)
@@ -161,8 +172,9 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
     common["constants"].append(f"HAS_SCORE_MOD = tl.constexpr({program.score is not None})")
     common["constants"].append(f"AFFINE_BIAS = tl.constexpr({bias is not None})")
     # dz/dscore finite for every score (a softcap's): the kernels need not zero it where p is 0
-    dscore_finite = program.score is not None and finite_everywhere(derivative(program.score, score()))
-    common["constants"].append(f"DSCORE_FINITE = tl.constexpr({dscore_finite})")
+    finite = dscore_finite(program, params_finite_nonzero=params_finite_nonzero)
+    assumes_params = finite and not dscore_finite(program, params_finite_nonzero=False)
+    common["constants"].append(f"DSCORE_FINITE = tl.constexpr({finite})")
     holes = {
         **common,
         "grad_args": [f"{name}," for name in grad_signature],
@@ -194,4 +206,4 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
     }
     source = fill((TEMPLATES / "backward.py").read_text(), holes)
     grad_pointers = tuple(name for name in grad_call if not name.startswith("GRAD"))
-    return BackwardSource(source, tuple(captures), grad_pointers, slots, tuple(unspecialized))
+    return BackwardSource(source, tuple(captures), grad_pointers, slots, tuple(unspecialized), assumes_params)

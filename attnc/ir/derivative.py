@@ -114,6 +114,10 @@ def _div(a: Node, b: Node) -> Node:
         return ZERO
     if b.op is Op.CONST and b.arg != 0.0 and math.isfinite(b.arg):
         return _scaled(a, 1.0 / b.arg)
+    if a.op is Op.MUL and b in a.src and a.dtype is F32:
+        # (b * x) / b is x: the chain rule through `cap * tanh(score / cap)` for a runtime cap. Equal wherever b is
+        # finite and not 0; where it is not, the quotient would be NaN and x is the better value
+        return a.src[1] if a.src[0] is b else a.src[0]
     return a if _is(b, 1.0) else node(Op.TRUEDIV, F32, a, b)
 
 

@@ -42,24 +42,28 @@ _SATURATING = {Op.TANH: 1.0, Op.SIGMOID: 1.0, Op.ERF: 1.0, Op.ATAN: math.pi / 2,
 _PERIODIC = {Op.SIN, Op.COS}  # bounded, but NaN on an infinite argument
 
 
-def finite_everywhere(n: Node) -> bool:
-    """True when `n` is finite and not NaN for every input (see the module docstring for what inputs are)."""
-    return magnitude(n).finite
+def finite_everywhere(n: Node, *, params_finite_nonzero: bool = False) -> bool:
+    """True when `n` is finite and not NaN for every input (see the module docstring for what inputs are);
+    with `params_finite_nonzero`, for every input where the runtime parameters are finite and not zero (a
+    softcap's cap, a temperature: what a variant divides by)."""
+    return magnitude(n, params_finite_nonzero=params_finite_nonzero).finite
 
 
-def magnitude(n: Node, memo: dict[Node, Magnitude] | None = None) -> Magnitude:
+def magnitude(n: Node, memo: dict[Node, Magnitude] | None = None, *,
+              params_finite_nonzero: bool = False) -> Magnitude:
     memo = {} if memo is None else memo
     if n not in memo:
         if not n.dtype.is_float:
             memo[n] = _INT
         else:
-            found = _magnitude(n, [magnitude(s, memo) for s in n.src])
+            args = [magnitude(s, memo, params_finite_nonzero=params_finite_nonzero) for s in n.src]
+            found = _magnitude(n, args, params_finite_nonzero)
             largest = float(torch.finfo(n.dtype.torch).max)
             memo[n] = found if found.bound <= largest else Magnitude(math.inf, found.nan_free)
     return memo[n]
 
 
-def _magnitude(n: Node, args: list[Magnitude]) -> Magnitude:
+def _magnitude(n: Node, args: list[Magnitude], params_finite_nonzero: bool) -> Magnitude:
     op = n.op
     if op is Op.CONST:
         value = float(n.arg)
@@ -83,6 +87,8 @@ def _magnitude(n: Node, args: list[Magnitude]) -> Magnitude:
         if divisor >= 2.0**-64 and math.isfinite(divisor):
             return Magnitude(args[0].bound / divisor, args[0].nan_free)
         return UNKNOWN
+    if op is Op.TRUEDIV and n.src[1].op is Op.PARAM and params_finite_nonzero:
+        return Magnitude(math.inf, args[0].nan_free)  # x / p: NaN only where x is, p being finite and not 0
     if op in (Op.MIN, Op.MAX):
         return Magnitude(max(a.bound for a in args), all(a.nan_free for a in args))
     if op is Op.WHERE:

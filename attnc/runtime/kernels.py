@@ -12,6 +12,8 @@ tensors at positions that move with q or kv; then it is given a block map (`attn
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 from attnc.codegen.backward import DKDV_KERNEL, DQ_KERNEL, BackwardSource, generate_backward
@@ -44,15 +46,26 @@ class VariantKernels:
 
     @property
     def backward_source(self) -> BackwardSource:
-        """The dK/dV and dQ kernels' module."""
-        if "backward" not in self._sources:
+        """The dK/dV and dQ kernels' module, for runtime parameters that are finite and not 0 (every launch but
+        the rare one `backward_for` gives the module that assumes nothing of them)."""
+        return self._backward_source("backward", params_finite_nonzero=True)
+
+    def backward_source_for(self, params: Sequence[int | float]) -> BackwardSource:
+        """The backward module a launch with these parameter values runs."""
+        source = self.backward_source
+        if source.assumes_params and not all(math.isfinite(p) and p != 0 for p in params):
+            return self._backward_source("backward_any_params", params_finite_nonzero=False)
+        return source
+
+    def _backward_source(self, key: str, *, params_finite_nonzero: bool) -> BackwardSource:
+        if key not in self._sources:
             test, ranges = (None, None) if self.program.mask is None else structure(self.program)
             key_ranges = q_ranges(self.program.mask) if ranges is not None else None
             full_keys = kv_full_range(self.program.mask) if ranges is not None else None
             full_queries = q_full_range(self.program.mask) if ranges is not None else None
-            self._sources["backward"] = generate_backward(self.program, test, ranges, key_ranges, full_keys,
-                                                          full_queries)
-        return self._sources["backward"]
+            self._sources[key] = generate_backward(self.program, test, ranges, key_ranges, full_keys, full_queries,
+                                                   params_finite_nonzero=params_finite_nonzero)
+        return self._sources[key]
 
     @property
     def block_map_source(self) -> KernelSource:
@@ -71,13 +84,14 @@ class VariantKernels:
     def forward(self) -> Any:
         return self._imported("forward", self.forward_source, self.forward_source.kernel_name)
 
-    def backward(self) -> tuple[Any, Any]:
-        """(dK/dV kernel, dQ kernel): one pair for the variant's life."""
-        if "backward" not in self._kernels:
-            source = self.backward_source
-            self._kernels["backward"] = (self._imported("dkdv", source, DKDV_KERNEL),
-                                         self._imported("dq", source, DQ_KERNEL))
-        return self._kernels["backward"]
+    def backward(self, params: Sequence[int | float] = ()) -> tuple[Any, Any]:
+        """(dK/dV kernel, dQ kernel) for a launch with these parameter values (`backward_source_for`)."""
+        source = self.backward_source_for(params)
+        key = "backward" if source is self.backward_source else "backward_any_params"
+        if key not in self._kernels:
+            self._kernels[key] = (self._imported(f"dkdv:{key}", source, DKDV_KERNEL),
+                                  self._imported(f"dq:{key}", source, DQ_KERNEL))
+        return self._kernels[key]
 
     def block_map(self) -> Any:
         return self._imported("block_map", self.block_map_source, self.block_map_source.kernel_name)
@@ -86,7 +100,8 @@ class VariantKernels:
         return self._imported("decode", self.decode_source, self.decode_source.kernel_name)
 
     def imported(self, key: str) -> bool:
-        """Whether kernel `key` ("forward", "backward", "block_map", "decode") has been imported yet."""
+        """Whether kernel `key` ("forward", "backward", "backward_any_params", "block_map", "decode") has been
+        imported yet."""
         return key in self._kernels
 
     def _imported(self, key: str, source: Any, name: str) -> Any:

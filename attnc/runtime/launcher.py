@@ -117,7 +117,7 @@ class Launcher:
                  grad_wanted: list[bool]) -> Any:
         """(dq, dk, dv, {slot: gradient}) from the dK/dV and dQ kernels; `grad_wanted` per gradient slot of
         the backward source."""
-        dkdv, dq_kernel = self.kernels.backward()
+        dkdv, dq_kernel = self.kernels.backward(params)
         return launch_backward.launch_backward(
             dkdv, dq_kernel, q, k, v, out, lse, dout, dlse, shapes=shapes, scale=scale, tensors=tensors,
             params=params, grad_slots=self.kernels.backward_source.grad_slots, grad_wanted=grad_wanted,
