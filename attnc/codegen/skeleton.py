@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from attnc.codegen.emit import COMPUTE, RENDER, literal, tl_type
+from attnc.codegen.intervals import Interval, Term, conjunction_terms
 from attnc.ir.dtypes import DType
 from attnc.ir.int_range import fits_int32
 from attnc.ir.node import Node, const, node
@@ -90,6 +91,8 @@ class Emitter:
         self.tile_reads: set[Node] = set()
         self._tile_lines: list[str] = []
         self.magic: dict[Node, tuple[str, str]] = {}  # divisor -> names of its magic multiplier and shift
+        self.widths: dict[Node, str] = {}  # an interval's int64 width -> the name of its uint32 copy
+        self._terms: dict[Node, list[Term] | None] = {}  # a per-element AND -> its terms with intervals paired
 
     def expr(self, n: Node) -> str:
         if n.op is Op.VAR:
@@ -105,7 +108,7 @@ class Emitter:
 
     def emit(self, root: Node, tile_lines: list[str]) -> str:
         """Emit every node of `root`'s DAG not yet emitted; return the root's expression."""
-        for n in root.walk():
+        for n in self._walk(root):
             if n in self.names or n.op in (Op.VAR, Op.SCORE, Op.CONST, Op.PARAM):
                 continue
             self.names[n] = f"{self.prefix}{len(self.names)}"
@@ -114,10 +117,47 @@ class Emitter:
             lvl = self.level_of(n)
             (tile_lines if lvl is Level.TILE else self.lines[lvl]).append(code)
             if lvl is Level.TILE:
-                self.tile_reads.update(s for s in n.src if s in self.names and self.level_of(s) is not Level.TILE)
+                self.tile_reads.update(s for s in self._reads(n)
+                                       if s in self.names and self.level_of(s) is not Level.TILE)
         if root in self.names and self.level_of(root) is not Level.TILE:
             self.tile_reads.add(root)
         return self.expr(root)
+
+    def _conjunction(self, n: Node) -> list[Term] | None:
+        """`n`'s terms with its two-sided bounds paired into intervals, if `n` is a per-element AND with such
+        a pair (see attnc.codegen.intervals)."""
+        if n not in self._terms:
+            self._terms[n] = conjunction_terms(n, lambda m: self.level_of(m) is Level.TILE)
+        return self._terms[n]
+
+    def _operands(self, n: Node) -> tuple[Node, ...]:
+        """What rendering `n` reads: its sources, or for a conjunction with intervals, its other terms and
+        each interval's x, base and width (its paired comparisons are never computed)."""
+        terms = self._conjunction(n) if n.op is Op.AND else None
+        if terms is None:
+            return n.src
+        return tuple(m for t in terms for m in ((t.x, t.base, t.width) if isinstance(t, Interval) else (t,)))
+
+    def _reads(self, n: Node) -> tuple[Node, ...]:
+        """The values `n`'s line reads (an interval's width through its uint32 copy, in `self.widths`)."""
+        return tuple(m for m in self._operands(n) if m not in self.widths)
+
+    def _walk(self, root: Node) -> list[Node]:
+        """`root.walk()` through `_operands`: every node rendering needs once, operands before users."""
+        seen: set[Node] = set()
+        order: list[Node] = []
+        stack: list[tuple[Node, bool]] = [(root, False)]
+        while stack:
+            n, expanded = stack.pop()
+            if expanded:
+                order.append(n)
+                continue
+            if n in seen:
+                continue
+            seen.add(n)
+            stack.append((n, True))
+            stack.extend((s, False) for s in reversed(self._operands(n)) if s not in seen)
+        return order
 
     def emit_inline(self, roots: list[Node]) -> tuple[list[str], list[str]]:
         """Emit `roots` as one straight-line block (levels in order, which is a topological order);
@@ -129,6 +169,12 @@ class Emitter:
     def render(self, n: Node) -> str:
         if n.op is Op.LOAD:
             return render_load(n, [self.expr(s) for s in n.src])
+        terms = self._conjunction(n) if n.op is Op.AND else None
+        if terms is not None:
+            # lo <= x <= hi with lo, hi hoisted: one subtract and one unsigned compare per element instead of two
+            # compares and a select
+            parts = [self._interval_test(t) if isinstance(t, Interval) else self.expr(t) for t in terms]
+            return f"({' & '.join(parts)})"
         if self._converts_a_split_sum(n):
             # float(a ± b) with a and b known at different levels (kv - q in ALiBi and relative biases):
             # float(a) ± float(b), each converted where it is known, one float add per element instead of an
@@ -178,6 +224,17 @@ class Emitter:
             if divisor in self.names:
                 self.tile_reads.add(divisor)
         return self.magic[divisor]
+
+    def _interval_test(self, interval: Interval) -> str:
+        """`(x - base) as uint32 < width`, the width converted to uint32 once where it is computed."""
+        width = interval.width
+        if width not in self.widths:
+            name = self.widths[width] = f"{self.prefix}width{len(self.widths)}"
+            self.lines[self.level_of(width)].append(f"{name} = tl.cast({self.expr(width)}, tl.uint32)")
+        offset = self.expr(interval.x)
+        if interval.base is not const(0, DType.int32):
+            offset = f"{offset} - {self.expr(interval.base)}"
+        return f"(tl.cast({offset}, tl.uint32) < {self.widths[width]})"
 
     def _divides_by_hoisted(self, n: Node) -> bool:
         if n.op is not Op.TRUEDIV or not n.dtype.is_float or n.src[1].op is Op.CONST:
@@ -323,10 +380,10 @@ def mask_lines(emitter: Emitter, root: Node | None) -> list[str]:
 
 
 def hoisted_names(emitter: Emitter) -> list[str]:
-    """The hoisted values tile-level lines read, in emission order, then the divisors' magic numbers: the
-    tile function's extra parameters."""
+    """The hoisted values tile-level lines read, in emission order, then the divisors' magic numbers and the
+    intervals' widths: the tile function's extra parameters."""
     named = sorted((emitter.names[n] for n in emitter.tile_reads), key=lambda name: int(name[len(emitter.prefix):]))
-    return named + [name for pair in emitter.magic.values() for name in pair]
+    return named + [name for pair in emitter.magic.values() for name in pair] + list(emitter.widths.values())
 
 
 # The attention kernels' own float scalars. A float64 kernel gets each as its 64 bits in an int64
