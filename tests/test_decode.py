@@ -243,41 +243,40 @@ def test_flex_attention_with_a_short_query_decodes_with_equal_results() -> None:
         attnc.flex_attention(q, k, v, mask_mod=causal, backend="triton")
 
 
+class GridRecorder:
+    """A stand-in kernel: records each launch's grid and runs nothing."""
+
+    def __init__(self) -> None:
+        self.grids: list[tuple[int, ...]] = []
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return lambda *args, **kwargs: None
+
+
 def test_one_program_per_kv_head_and_split_reads_the_group_once() -> None:
     """The grid is (B x Hkv, splits, row blocks): every query head of a group (and every new token) is a row of
     the program that reads the group's K/V tiles, not a program of its own."""
-    grids = []
-
-    class Recorder:
-        def __getitem__(self, grid):
-            grids.append(grid)
-            return lambda *args, **kwargs: None
-
+    recorder = GridRecorder()
     shapes = Shapes(3, 8, 2, 4, 640, 16, 16)
     q, k = torch.zeros(3, 8, 4, 16), torch.zeros(3, 2, 640, 16)
     lists = decode.TileLists(torch.zeros(3, 2, 10, dtype=torch.int32), torch.zeros(3, 2, 10, dtype=torch.int8),
                              torch.full((3, 2), 10, dtype=torch.int32))
-    decode.launch_decode(Recorder(), q, k, k, lists, shapes=shapes, scale=None, tensors=[], params=[], num_splits=2,
+    decode.launch_decode(recorder, q, k, k, lists, shapes=shapes, scale=None, tensors=[], params=[], num_splits=2,
                          interpret=True)
-    assert grids == [(3 * 2, 2, 1)]  # 4 query heads x 4 tokens = 16 rows: one row block per kv head
+    assert recorder.grids == [(3 * 2, 2, 1)]  # 4 query heads x 4 tokens = 16 rows: one row block per kv head
 
 
 def test_a_decoding_step_reads_nothing_back_from_the_device() -> None:
     """The split count comes from what the tile lists can hold, and each program shares its own list's live
     tiles with the other splits: the launch never waits for the lists' lengths (here on the meta device,
     where reading one back fails), so a decoding step can be captured in a CUDA graph."""
-    grids = []
-
-    class Recorder:
-        def __getitem__(self, grid):
-            grids.append(grid)
-            return lambda *args, **kwargs: None
-
+    recorder = GridRecorder()
     shapes = Shapes(1, 4, 1, 1, 4096, 16, 16)
     q, k = torch.zeros(1, 4, 1, 16), torch.zeros(1, 1, 4096, 16)
     lists = decode.TileLists(torch.zeros(1, 1, 64, dtype=torch.int32), torch.zeros(1, 1, 64, dtype=torch.int8),
                              torch.empty(1, 1, dtype=torch.int32, device="meta"))
-    out, lse = decode.launch_decode(Recorder(), q, k, k, lists, shapes=shapes, scale=None, tensors=[], params=[],
+    out, lse = decode.launch_decode(recorder, q, k, k, lists, shapes=shapes, scale=None, tensors=[], params=[],
                                     num_splits=0, interpret=True)
-    assert grids == [(1, decode.choose_splits(64, shapes, 1, torch.device("cpu"), 0), 1)]
+    assert recorder.grids == [(1, decode.choose_splits(64, shapes, 1, torch.device("cpu"), 0), 1)]
     assert out.shape == (1, 4, 1, 16) and lse.shape == (1, 4, 1)

@@ -108,7 +108,7 @@ class Emitter:
 
     def emit(self, root: Node, tile_lines: list[str]) -> str:
         """Emit every node of `root`'s DAG not yet emitted; return the root's expression."""
-        for n in self._walk(root):
+        for n in root.walk(self._operands):  # an interval's terms replace its two comparisons
             if n in self.names or n.op in (Op.VAR, Op.SCORE, Op.CONST, Op.PARAM):
                 continue
             self.names[n] = f"{self.prefix}{len(self.names)}"
@@ -141,23 +141,6 @@ class Emitter:
     def _reads(self, n: Node) -> tuple[Node, ...]:
         """The values `n`'s line reads (an interval's width through its uint32 copy, in `self.widths`)."""
         return tuple(m for m in self._operands(n) if m not in self.widths)
-
-    def _walk(self, root: Node) -> list[Node]:
-        """`root.walk()` through `_operands`: every node rendering needs once, operands before users."""
-        seen: set[Node] = set()
-        order: list[Node] = []
-        stack: list[tuple[Node, bool]] = [(root, False)]
-        while stack:
-            n, expanded = stack.pop()
-            if expanded:
-                order.append(n)
-                continue
-            if n in seen:
-                continue
-            seen.add(n)
-            stack.append((n, True))
-            stack.extend((s, False) for s in reversed(self._operands(n)) if s not in seen)
-        return order
 
     def emit_inline(self, roots: list[Node]) -> tuple[list[str], list[str]]:
         """Emit `roots` as one straight-line block (levels in order, which is a topological order);

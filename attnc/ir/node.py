@@ -9,7 +9,7 @@ variant's root is a stable fingerprint. `repr(node)` is Python code that rebuild
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 from attnc.ir.dtypes import INDEX, SCORE, DType
@@ -66,8 +66,9 @@ class Node:
     def __reduce__(self):  # pickling re-interns
         return (Node.make, (self.op, self.dtype, self.src, self.arg))
 
-    def walk(self) -> Iterator[Node]:
-        """Every node of the DAG once, operands before users (topological order)."""
+    def walk(self, operands: Callable[[Node], Sequence[Node]] | None = None) -> Iterator[Node]:
+        """Every node of the DAG once, operands before users (topological order). `operands`: what a node's
+        operands are taken to be (default: its `src`), for a walk through a rewritten view of the DAG."""
         seen: set[int] = set()
         order: list[Node] = []
         stack: list[tuple[Node, bool]] = [(self, False)]
@@ -80,7 +81,8 @@ class Node:
                 continue
             seen.add(id(node))
             stack.append((node, True))
-            stack.extend((s, False) for s in reversed(node.src) if id(s) not in seen)
+            below = node.src if operands is None else operands(node)
+            stack.extend((s, False) for s in reversed(below) if id(s) not in seen)
         return iter(order)
 
     def depth(self) -> int:
