@@ -84,23 +84,8 @@ def _attend_tile(
         score = tl.where(mask, score, float("-inf"))
     if CHECK_KV:
         score = tl.where(kv_in[None, :], score, float("-inf"))
-    if HAS_SCORE_MOD:
-        m_new = tl.maximum(m_i, tl.max(score, 1) * LOG2E)
-        m_safe = _finite_max(m_new)
-        p = tl.exp2(score * LOG2E - m_safe[:, None])
-    elif SCALE_POSITIVE:  # the scaled maximum is the maximum of the scaled scores
-        m_new = tl.maximum(m_i, tl.max(score, 1) * qk_scale)
-        m_safe = _finite_max(m_new)
-        p = tl.exp2(score * qk_scale - m_safe[:, None])
-    else:
-        m_new = tl.maximum(m_i, tl.max(score, 1))
-        m_safe = _finite_max(m_new)
-        p = tl.exp2(score - m_safe[:, None])
-    alpha = tl.exp2(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
-    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-    return acc, l_i, m_new
+    return _online_softmax(acc, l_i, m_i, score, v, qk_scale, 0.0, False, HAS_SCORE_MOD, SCALE_POSITIVE,
+                           DOT_PRECISION)
 
 
 @triton.jit(do_not_specialize=DO_NOT_SPECIALIZE)

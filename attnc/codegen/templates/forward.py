@@ -90,8 +90,9 @@ def _attend_tile(
         v = v.to(COMPUTE)
     if tile_live:
         qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
-        # Online softmax in base 2: the running maximum m_i and the exponents are logits times log2(e), and
-        # the scale (with log2(e)) reaches each score in the same multiply-add that subtracts the maximum.
+        # Online softmax in base 2 (`_online_softmax`): the scale (with log2(e)) reaches each score in the same
+        # multiply-add that subtracts the maximum.
+        tile_bias = 0.0
         if AFFINE_BIAS:
             # an affine bias (attnc.codegen.bias): its per-column term rides on the multiply-add that scales the
             # score, its value for this tile joins the row maximum, its per-row term waits for the epilogue
@@ -107,27 +108,8 @@ def _attend_tile(
             score = tl.where(mask, score, float("-inf"))
         if CHECK_KV:
             score = tl.where(kv_in[None, :], score, float("-inf"))
-        if AFFINE_BIAS:
-            m_new = tl.maximum(m_i, tl.max(score, 1) + tile_bias)
-            m_safe = _finite_max(m_new)
-            p = tl.exp2(score - (m_safe - tile_bias)[:, None])
-        elif HAS_SCORE_MOD:
-            m_new = tl.maximum(m_i, tl.max(score, 1) * LOG2E)
-            m_safe = _finite_max(m_new)
-            p = tl.exp2(score * LOG2E - m_safe[:, None])
-        elif SCALE_POSITIVE:  # the scaled maximum is the maximum of the scaled scores
-            m_new = tl.maximum(m_i, tl.max(score, 1) * qk_scale)
-            m_safe = _finite_max(m_new)
-            p = tl.exp2(score * qk_scale - m_safe[:, None])
-        else:
-            m_new = tl.maximum(m_i, tl.max(score, 1))
-            m_safe = _finite_max(m_new)
-            p = tl.exp2(score - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-        m_i = m_new
+        acc, l_i, m_i = _online_softmax(acc, l_i, m_i, score, v, qk_scale, tile_bias, AFFINE_BIAS, HAS_SCORE_MOD,
+                                        SCALE_POSITIVE, DOT_PRECISION)
     return acc, l_i, m_i
 
 

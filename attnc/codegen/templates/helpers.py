@@ -21,6 +21,36 @@ def _finite_max(m):
 
 
 @triton.jit
+def _online_softmax(acc, l_i, m_i, score, v, qk_scale, tile_bias, AFFINE_BIAS: tl.constexpr,
+                    HAS_SCORE_MOD: tl.constexpr, SCALE_POSITIVE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    # One key tile of the online softmax in base 2: the running maximum m_i and the exponents are logits times
+    # log2(e), and whatever scale the score still lacks reaches it in the multiply-add that subtracts the
+    # maximum. `score`: with an affine bias, scaled and biased per column (`tile_bias`, the tile's own term,
+    # joins the maximum); with a score mod, the modified score; else q.k, scaled unless SCALE_POSITIVE.
+    if AFFINE_BIAS:
+        m_new = tl.maximum(m_i, tl.max(score, 1) + tile_bias)
+        m_safe = _finite_max(m_new)
+        p = tl.exp2(score - (m_safe - tile_bias)[:, None])
+    elif HAS_SCORE_MOD:
+        m_new = tl.maximum(m_i, tl.max(score, 1) * LOG2E)
+        m_safe = _finite_max(m_new)
+        p = tl.exp2(score * LOG2E - m_safe[:, None])
+    elif SCALE_POSITIVE:  # the scaled maximum is the maximum of the scaled scores
+        m_new = tl.maximum(m_i, tl.max(score, 1) * qk_scale)
+        m_safe = _finite_max(m_new)
+        p = tl.exp2(score * qk_scale - m_safe[:, None])
+    else:
+        m_new = tl.maximum(m_i, tl.max(score, 1))
+        m_safe = _finite_max(m_new)
+        p = tl.exp2(score - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.jit
 def _float_argument(x, compute: tl.constexpr):
     # A float scalar argument (the scale, a mod's float parameter) for a kernel computing in `compute`. Triton
     # passes every Python float as a float32, so for float64 the launcher sends a double's 64 bits as an integer

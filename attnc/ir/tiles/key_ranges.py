@@ -146,11 +146,13 @@ def kv_ranges(mask: Node) -> list[tuple[Node | None, Node | None]]:
     # do not hold; keys where key-side arithmetic may wrap get a range of their own
     ok = all_([*(guard_holds(g) for g in guards if g not in key_guards), *checks])
     disjuncts = f.parts if isinstance(f, Or) else (f,)
-    keyed = [d for d in disjuncts if _reads_key(d)]
+    reads_key = [_reads_key(d) for d in disjuncts]
+    keyed = [d for d, reads in zip(disjuncts, reads_key, strict=True) if reads]
     ranges = _merge([_kv_bounds(d, low.box) for d in keyed] + [_wrap_range(g) for g in key_guards])
     # a disjunct that does not read the key (prefix LM's `kv < prefix`, seen from a key tile) allows every
     # key where some query of the tile satisfies it, and none elsewhere
-    ranges = _with_keyless(ranges, any_(_may_hold(d, low.box) for d in disjuncts if d not in keyed))
+    keyless = (d for d, reads in zip(disjuncts, reads_key, strict=True) if not reads)
+    ranges = _with_keyless(ranges, any_(_may_hold(d, low.box) for d in keyless))
     return [(_index_bound(lo, ok, INT32_MIN), _index_bound(hi, ok, INT32_MAX)) for lo, hi in ranges]
 
 
