@@ -191,3 +191,10 @@ def test_decode_with_an_interval_mask_matches_the_reference() -> None:
     ref_out, ref_lse = attn(q, k, v, return_lse=True, backend="reference")
     torch.testing.assert_close(out, ref_out, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(lse, ref_lse, atol=2e-5, rtol=2e-5)
+
+
+def test_other_terms_choose_the_width_of_one_interval() -> None:
+    # NATTEN's two axes: one interval test per pair, the other axis choosing its width (one select on the score)
+    attn = attnc.compile(attnc.variants.natten((3, 64), 3))
+    masked = [line for line in attn.source.source.splitlines() if "tl.uint32) < tl.where(" in line]
+    assert len(masked) == 1 and masked[0].count("tl.where(") == 1

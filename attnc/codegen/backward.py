@@ -22,6 +22,7 @@ from attnc.codegen.skeleton import (
     TEMPLATES,
     Emitter,
     Level,
+    TileIndex,
     capture_arg_names,
     common_holes,
     fill,
@@ -55,6 +56,10 @@ class BackwardSource:
     # the kernels leave out the masked-pair select on the premise that the runtime parameters are finite and not
     # 0 (`dscore_finite`): a launch with other values takes the module generated without that premise
     assumes_params: bool = False
+    # parameter slots dividing the tile index in tile-aligned divisions (`attnc.codegen.skeleton.TileIndex`):
+    # the dK/dV kernel's (q, by BLOCK_M) and the dQ kernel's (kv, by BLOCK_N)
+    dkdv_tile_divisors: tuple[int, ...] = ()
+    dq_tile_divisors: tuple[int, ...] = ()
 
 
 def dscore_finite(program: Program, *, params_finite_nonzero: bool) -> bool:
@@ -85,9 +90,13 @@ def _score_lines(emitter: Emitter, program: Program) -> list[str]:
         return []
     lines: list[str] = []
     dscore = emitter.emit(derivative(program.score, score()), lines)
+    aligned_before = emitter.aligned_forms
     result = emitter.emit(program.score, lines)
-    broadcast = "" if {"q", "kv"} <= program.score.deps else " + tl.zeros_like(raw_score)"
-    return [*lines, f"dscore = {dscore}", f"score = {result}{broadcast}"]
+    if not {"q", "kv"} <= program.score.deps:
+        result = f"{result} + tl.zeros_like(raw_score)"
+    elif emitter.aligned_forms > aligned_before:  # one value per tile where it reads a tile-aligned division
+        result = f"tl.broadcast_to({result}, raw_score.shape)"
+    return [*lines, f"dscore = {dscore}", f"score = {result}"]
 
 
 def _address(emitter: Emitter, read: Node) -> str:
@@ -143,11 +152,15 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
     grad_signature, grad_call = _grad_arg_names(program, slots)
 
     bias = affine_bias(program.score)  # then the kernels add the bias themselves, no score mod per element
-    by_query = Emitter(score_name="raw_score")
+    # tile-aligned divisions (`TileIndex`) in both kernels, but not in the dQ kernel of a mod with gradients to
+    # scatter: their addresses need an index per pair
+    dq_tiles = None if slots and program.score is not None else TileIndex("kv", "start_n", "BLOCK_N")
+    by_query = Emitter(score_name="raw_score", tile_index=dq_tiles, unscaled="qk")
     score_q = _score_lines(by_query, program) if bias is None else []
     mask_q = mask_lines(by_query, program.mask)
     grads = _grad_lines(by_query, program, slots)
-    by_key = Emitter(level_of=key_major_level, score_name="raw_score")
+    by_key = Emitter(level_of=key_major_level, score_name="raw_score",
+                     tile_index=TileIndex("q", "start_m", "BLOCK_M"), unscaled="qkt")
     score_kv = _score_lines(by_key, program) if bias is None else []
     mask_kv = mask_lines(by_key, program.mask)
     hoisted_q, hoisted_kv = hoisted_names(by_query), hoisted_names(by_key)
@@ -159,14 +172,14 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
                 "q_origin, bias_cols, bias_a,",
                 *(f"{name}," for name in captures + grad_call + hoisted_q + test_q.params),
                 "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
-                "SCALE_POSITIVE, FAST_MATH, COMPUTE,"]
+                "SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,"]
     dkdv_visit = ["dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,",
                   "stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,",
                   "start_m, b_idx, h_idx, kv_idx, kv_lo, kv_hi, sm_scale, qk_scale, Q_LEN,",
                   "kv_origin, bias_rows, bias_b, bias_at_origin,",
                   *(f"{name}," for name in captures + hoisted_kv + test_kv.params),
                   "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
-                  "SCALE_POSITIVE, FAST_MATH, COMPUTE,"]
+                  "SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,"]
     unspecialized = unspecialized_args(param_args)
     common = common_holes(captures, unspecialized)
     common["constants"].append(f"HAS_SCORE_MOD = tl.constexpr({program.score is not None})")
@@ -206,4 +219,5 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
     }
     source = fill((TEMPLATES / "backward.py").read_text(), holes)
     grad_pointers = tuple(name for name in grad_call if not name.startswith("GRAD"))
-    return BackwardSource(source, tuple(captures), grad_pointers, slots, tuple(unspecialized), assumes_params)
+    return BackwardSource(source, tuple(captures), grad_pointers, slots, tuple(unspecialized), assumes_params,
+                          tuple(sorted(by_key.tile_divisors)), tuple(sorted(by_query.tile_divisors)))

@@ -27,7 +27,7 @@ DECODE_KERNEL_NAME = "attnc_decode"
 
 def generate_decode(program: Program) -> KernelSource:
     """The split-KV decode kernel for `program` (its key tiles come from per-(batch, kv head) lists)."""
-    emitter = Emitter()
+    emitter = Emitter(unscaled="qk")
     score = score_lines(emitter, program.score)
     mask = mask_lines(emitter, program.mask)
     hoisted = hoisted_names(emitter)

@@ -15,6 +15,7 @@ from attnc.codegen.skeleton import (
     Emitter,
     KernelSource,
     Level,
+    TileIndex,
     capture_arg_names,
     common_holes,
     fill,
@@ -37,10 +38,15 @@ def score_lines(emitter: Emitter, root: Node | None) -> list[str]:
     if root is None:
         return []
     lines: list[str] = []
+    aligned_before = emitter.aligned_forms
     result = emitter.emit(root, lines)
-    # A score mod that ignores the key index still yields one value per (q, kv) pair.
-    broadcast = "" if "kv" in root.deps else " + tl.zeros_like(score)"
-    return [*lines, f"score = {result}{broadcast}"]
+    # A score mod that ignores the key index still yields one value per (q, kv) pair; so does one that reads
+    # it through tile-aligned divisions only (one value per tile in that form).
+    if "kv" not in root.deps:
+        return [*lines, f"score = {result} + tl.zeros_like(score)"]
+    if emitter.aligned_forms > aligned_before:
+        return [*lines, f"score = tl.broadcast_to({result}, score.shape)"]
+    return [*lines, f"score = {result}"]
 
 
 def _visit_args(captures: list[str], hoisted: list[str], test_params: list[str]) -> list[str]:
@@ -49,7 +55,7 @@ def _visit_args(captures: list[str], hoisted: list[str], test_params: list[str])
             "q_origin, bias_cols, bias_kv, bias_at_q0,",
             *(f"{name}," for name in captures + hoisted + test_params),
             "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
-            "SCALE_POSITIVE, FAST_MATH, COMPUTE,"]
+            "SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,"]
 
 
 def generate_forward(program: Program, tile_test: TileTest | None = None,
@@ -59,7 +65,7 @@ def generate_forward(program: Program, tile_test: TileTest | None = None,
     find its key tiles from the mask's structure when no BlockMask is given; without them it visits
     every tile and masks each. `kv_full` (`attnc.ir.tiles.kv_full_range`) splits a single key range into
     on-band tiles (tested, masked) and off-band tiles (neither)."""
-    emitter = Emitter()
+    emitter = Emitter(tile_index=TileIndex("kv", "start_n", "BLOCK_N"), unscaled="qk")
     bias = affine_bias(program.score)
     score = score_lines(emitter, program.score) if bias is None else []
     mask = mask_lines(emitter, program.mask)
@@ -94,4 +100,5 @@ def generate_forward(program: Program, tile_test: TileTest | None = None,
         "per tile (kv, score)": tuple(score[:-1]),
         "per partial tile only (mask)": tuple(mask[:-1]),
     }
-    return KernelSource(source, KERNEL_NAME, tuple(captures), tuple(unspecialized), placement)
+    return KernelSource(source, KERNEL_NAME, tuple(captures), tuple(unspecialized), placement,
+                        tuple(sorted(emitter.tile_divisors)))

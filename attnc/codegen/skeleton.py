@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 TEMPLATES = Path(__file__).parent / "templates"
 # Part of every cached kernel file's header: bump it when generated code changes meaning.
-CODEGEN_VERSION = "4"
+CODEGEN_VERSION = "5"
 _HOLE = re.compile(r"(?P<indent>[ \t]*)# HOLE: (?P<name>\w+)")
 
 
@@ -62,6 +62,9 @@ class KernelSource:
     capture_args: tuple[str, ...]  # generated arguments, in signature order
     do_not_specialize: tuple[str, ...]
     placement: dict[str, tuple[str, ...]]  # level name -> the generated lines computed there
+    # parameter slots that divide the key index in tile-aligned divisions (`TileIndex`): the launch passes
+    # TILE_DIVISORS_ALIGNED when each is positive and a multiple of the key tile's length
+    tile_divisors: tuple[int, ...] = ()
 
     def describe_placement(self) -> str:
         return "\n".join(f"{level}:\n" + "\n".join(f"  {line}" for line in lines) if lines else f"{level}: -"
@@ -78,12 +81,34 @@ def capture_arg_names(program: Program) -> tuple[list[str], list[str]]:
     return tensor_args, [f"param{slot}" for slot in range(len(program.params))]
 
 
+@dataclasses.dataclass(frozen=True)
+class TileIndex:
+    """The index a tile function's tiles walk (kv, or q in the dK/dV kernel): its name in the IR, the variable
+    holding the tile's first index (a multiple of the tile length in every loop) and the tile length."""
+
+    var: str
+    start: str
+    block: str
+
+
+# The constexpr a launch sets when every parameter dividing the tile index is positive and a multiple of the
+# tile's length (`attnc.runtime.launch.tile_divisors_aligned`).
+ALIGNED_FLAG = "TILE_DIVISORS_ALIGNED"
+
+
 class Emitter:
-    """Names every interior node once and renders it at its level."""
+    """Names every interior node once and renders it at its level. With `tile_index`, divisions of that index
+    by a hoisted divisor get a tile-aligned form too (`_tile_aligned_division`)."""
 
     def __init__(self, prefix: str = "t", level_of: Callable[[Node], Level] = level,
-                 score_name: str = "score") -> None:
+                 score_name: str = "score", tile_index: TileIndex | None = None, unscaled: str | None = None) -> None:
         self.prefix = prefix
+        self.tile_index = tile_index
+        self.unscaled = unscaled  # the variable holding q.k before the scale (`score` is q.k * sm_scale)
+        self.factors: dict[tuple[Op, Node], str] = {}  # (MUL or TRUEDIV, hoisted operand) -> sm_scale's product
+        self.tile_divisors: set[int] = set()  # parameter slots of tile-aligned divisions
+        self.aligned_forms = 0  # tile-aligned divisions emitted: their values may be one per tile, not per pair
+        self.tile_uniform: set[Node] = set()  # tile-aligned quotients: one value per tile in that form
         self.level_of = level_of
         self.score_name = score_name  # the variable holding the unmodified (scaled) score
         self.names: dict[Node, str] = {}
@@ -155,9 +180,14 @@ class Emitter:
         terms = self._conjunction(n) if n.op is Op.AND else None
         if terms is not None:
             # lo <= x <= hi with lo, hi hoisted: one subtract and one unsigned compare per element instead of two
-            # compares and a select
-            parts = [self._interval_test(t) if isinstance(t, Interval) else self.expr(t) for t in terms]
-            return f"({' & '.join(parts)})"
+            # compares and a select. The other terms choose the width of one interval (0 where they fail: no
+            # unsigned value is below it), so the pair's mask needs one select on the score, not one per term;
+            # with a tile-aligned division (a NATTEN row) those terms are one value per row.
+            carrier = next((t for t in terms if isinstance(t, Interval) and t.x not in self.tile_uniform),
+                           next(t for t in reversed(terms) if isinstance(t, Interval)))
+            others = [self._interval_test(t) if isinstance(t, Interval) else self.expr(t)
+                      for t in terms if t is not carrier]
+            return self._interval_test(carrier, " & ".join(others))
         if self._converts_a_split_sum(n):
             # float(a ± b) with a and b known at different levels (kv - q in ALiBi and relative biases):
             # float(a) ± float(b), each converted where it is known, one float add per element instead of an
@@ -166,13 +196,14 @@ class Emitter:
             for side in (a, b):
                 self.emit(side, self._tile_lines)
             return RENDER[n.src[0].op](node(n.src[0].op, n.dtype, a, b), [self.expr(a), self.expr(b)])
+        aligned = self._tile_aligned_division(n)
+        if aligned is not None:
+            return aligned
         if self._divides_int_by_hoisted(n):
-            # a // d or a % d with d known outside the loop (a canvas width, a chunk size): its magic
-            # multiplier once where d is known, one multiply-high per element instead of a division sequence
-            a, d = (self.expr(side) for side in n.src)
-            m, shift = self._magic(n.src[1])
-            helper = "_floordiv_magic" if n.op is Op.FLOORDIV else "_mod_magic"
-            return f"{helper}({a}, {d}, {m}, {shift})"
+            return self._magic_division(n, self.expr(n.src[0]))
+        rescaled = self._rescaled_score(n)
+        if rescaled is not None:
+            return rescaled
         if self._divides_by_hoisted(n):
             # x / c with c known outside the loop (a softcap, a temperature): one reciprocal where c is
             # computed, one multiply per element instead of a division (within an ulp of the quotient).
@@ -196,6 +227,45 @@ class Emitter:
             return False
         return self.level_of(n) is Level.TILE and self.level_of(n.src[1]) is not Level.TILE
 
+    def _magic_division(self, n: Node, numerator: str) -> str:
+        # a // d or a % d with d known outside the loop (a canvas width, a chunk size): its magic multiplier
+        # once where d is known, one multiply-high per element instead of a division sequence
+        m, shift = self._magic(n.src[1])
+        helper = "_floordiv_magic" if n.op is Op.FLOORDIV else "_mod_magic"
+        return f"{helper}({numerator}, {self.expr(n.src[1])}, {m}, {shift})"
+
+    def _tile_aligned_division(self, n: Node) -> str | None:
+        """`idx // d` or `idx % d` of the tile index by a positive divisor that is a multiple of the tile length
+        L: a tile [s, s + L) with s a multiple of L never crosses a multiple of d, so the quotient is the tile's
+        (s // d, one scalar per tile) and the remainder s % d + (idx - s), one add per column instead of a
+        division (a 2-D canvas whose rows span whole tiles: the row is the tile's, the column an offset). For a
+        parameter d the kernel has both forms and the launch picks one (ALIGNED_FLAG); for a constant, Triton
+        picks at compile time. None where `n` is no such division."""
+        if self.tile_index is None or n.op not in (Op.FLOORDIV, Op.MOD) or n.dtype is not DType.int32:
+            return None
+        index, divisor = n.src
+        if index.op is not Op.VAR or index.arg != self.tile_index.var:
+            return None
+        if divisor.op is Op.PARAM and divisor.dtype is DType.int32:
+            condition = ALIGNED_FLAG
+            general = self._magic_division(n, self.expr(index))
+            magic = ", ".join(self._magic(divisor))
+            aligned_quotient = f"_floordiv_magic({self.tile_index.start}, {self.expr(divisor)}, {magic})"
+            self.tile_divisors.add(divisor.arg)
+        elif divisor.op is Op.CONST and isinstance(divisor.arg, int) and divisor.arg > 0:
+            condition = f"{divisor.arg} % {self.tile_index.block} == 0"
+            general = RENDER[n.op](n, [self.expr(index), self.expr(divisor)])
+            aligned_quotient = f"({self.tile_index.start} // {divisor.arg})"  # both non-negative: truncation floors
+        else:
+            return None
+        self.aligned_forms += 1
+        if n.op is Op.FLOORDIV:
+            self.tile_uniform.add(n)
+        start, d = self.tile_index.start, self.expr(divisor)
+        aligned = aligned_quotient if n.op is Op.FLOORDIV else (
+            f"({start} - {aligned_quotient} * {d} + ({self.expr(index)} - {start}))")
+        return f"({aligned} if {condition} else {general})"
+
     def _magic(self, divisor: Node) -> tuple[str, str]:
         """The names of `_div_magic(divisor)`, computed once at the divisor's level and read by tile lines."""
         if divisor not in self.magic:
@@ -208,8 +278,9 @@ class Emitter:
                 self.tile_reads.add(divisor)
         return self.magic[divisor]
 
-    def _interval_test(self, interval: Interval) -> str:
-        """`(x - base) as uint32 < width`, the width converted to uint32 once where it is computed."""
+    def _interval_test(self, interval: Interval, within: str = "") -> str:
+        """`(x - base) as uint32 < width`, the width converted to uint32 once where it is computed; with
+        `within`, the width where that holds and 0 elsewhere."""
         width = interval.width
         if width not in self.widths:
             name = self.widths[width] = f"{self.prefix}width{len(self.widths)}"
@@ -217,7 +288,28 @@ class Emitter:
         offset = self.expr(interval.x)
         if interval.base is not const(0, DType.int32):
             offset = f"{offset} - {self.expr(interval.base)}"
-        return f"(tl.cast({offset}, tl.uint32) < {self.widths[width]})"
+        bound = self.widths[width]
+        if within:
+            bound = f"tl.where({within}, {bound}, tl.cast(0, tl.uint32))"
+        return f"(tl.cast({offset}, tl.uint32) < {bound})"
+
+    def _rescaled_score(self, n: Node) -> str | None:
+        """`score * k` or `score / c` with k, c known outside the loop (a softcap's `score / cap`, a temperature):
+        the unscaled q.k times one hoisted factor, sm_scale * k or sm_scale / c, one multiply per element instead
+        of two (within an ulp; a zero or infinite c gives the same infinities and NaNs)."""
+        if self.unscaled is None or n.op not in (Op.MUL, Op.TRUEDIV) or not n.dtype.is_float:
+            return None
+        score_side, other = n.src
+        if n.op is Op.MUL and other.op is Op.SCORE:
+            score_side, other = other, score_side
+        if score_side.op is not Op.SCORE or other.op is Op.SCORE or self.level_of(other) is Level.TILE:
+            return None
+        if (n.op, other) not in self.factors:
+            self.emit(other, [])  # hoisted: lands in self.lines, never in the tile's lines
+            name = self.factors[n.op, other] = f"{self.prefix}factor{len(self.factors)}"
+            operator = "*" if n.op is Op.MUL else "/"
+            self.lines[self.level_of(other)].append(f"{name} = sm_scale {operator} {self.expr(other)}")
+        return f"{self.unscaled} * {self.factors[n.op, other]}"
 
     def _divides_by_hoisted(self, n: Node) -> bool:
         if n.op is not Op.TRUEDIV or not n.dtype.is_float or n.src[1].op is Op.CONST:
@@ -363,10 +455,11 @@ def mask_lines(emitter: Emitter, root: Node | None) -> list[str]:
 
 
 def hoisted_names(emitter: Emitter) -> list[str]:
-    """The hoisted values tile-level lines read, in emission order, then the divisors' magic numbers and the
-    intervals' widths: the tile function's extra parameters."""
+    """The hoisted values tile-level lines read, in emission order, then the divisors' magic numbers, the
+    intervals' widths and the score's rescaling factors: the tile function's extra parameters."""
     named = sorted((emitter.names[n] for n in emitter.tile_reads), key=lambda name: int(name[len(emitter.prefix):]))
-    return named + [name for pair in emitter.magic.values() for name in pair] + list(emitter.widths.values())
+    return (named + [name for pair in emitter.magic.values() for name in pair] + list(emitter.widths.values())
+            + list(emitter.factors.values()))
 
 
 # The attention kernels' own float scalars. A float64 kernel gets each as its 64 bits in an int64

@@ -161,6 +161,12 @@ def attnc_launches(attn: Any, shape: Shape, *, backward: bool, config: KernelCon
     `untuned(kind)` gives the configs not given (`tuning.untuned_configs`: what an untuned launch picks)."""
     bindings = attn._bind(values)
     cpu = torch.device("cpu")
+
+    def aligned(default: KernelConfig, side: str, slots: tuple[int, ...]) -> KernelConfig:
+        # as `Launcher.config` narrows an untuned launch's tile (`launch.aligned_block`)
+        block = launch.aligned_block(getattr(default, side), bindings.params, slots)
+        return dataclasses.replace(default, **{side: block})
+
     # the block map `attn(q, k, v)` builds itself (None for closed-form masks), and the benchmark's
     plans = {"": attn._data_plan(bindings, shape.shapes(), cpu),
              "_block_mask": attn.block_mask(None, None, shape.seq_len, shape.seq_len, device=cpu, **(values or {}))}
@@ -168,12 +174,15 @@ def attnc_launches(attn: Any, shape: Shape, *, backward: bool, config: KernelCon
               "has_mask": attn.program.mask is not None, "interpret": False}
     if untuned is None and (config is None or (backward and backward_configs is None)):
         raise ValueError("attnc_launches: give the configs, or untuned(kind) to choose the ones not given")
-    config = config or untuned("forward")
+    config = config or aligned(untuned("forward"), "block_n", attn.source.tile_divisors)
     launches = _forward_launches(attn, plans, shape, config, common)
     if attn.program.mask is not None and not sparsity.analysable(attn.program.mask):
         launches["block_map"] = _builder(attn)
     if backward:
-        configs = backward_configs or launch_backward.BackwardConfigs(untuned("backward_dkdv"), untuned("backward_dq"))
+        source = attn.backward_source
+        configs = backward_configs or launch_backward.BackwardConfigs(
+            aligned(untuned("backward_dkdv"), "block_m", source.dkdv_tile_divisors),
+            aligned(untuned("backward_dq"), "block_n", source.dq_tile_divisors))
         launches |= _backward_launches(attn, plans, shape, configs, common)
     return launches
 
@@ -184,7 +193,8 @@ def _forward_launches(attn: Any, plans: Mapping[str, Any], shape: Shape, config:
     launches = {}
     for suffix, plan in plans.items():
         recorder = Recorder()
-        launch.launch_forward(recorder, *shape.inputs(), block_mask=plan, config=config, **common)
+        launch.launch_forward(recorder, *shape.inputs(), block_mask=plan, config=config,
+                              tile_divisors=attn.source.tile_divisors, **common)
         launches["forward" + suffix] = _recorded("forward" + suffix, "forward", path, attn.source.kernel_name,
                                                  recorder, _block_size(plan))
     return launches
@@ -200,7 +210,9 @@ def _backward_launches(attn: Any, plans: Mapping[str, Any], shape: Shape, config
         dkdv, dq = Recorder(), Recorder()
         launch_backward.launch_backward(dkdv, dq, *shape.inputs(), out, lse, torch.empty_like(out), None,
                                         block_mask=plan, grad_slots=slots, grad_wanted=[False] * len(slots),
-                                        configs=configs, **common)
+                                        configs=configs, tile_divisors=(attn.backward_source.dkdv_tile_divisors,
+                                                                        attn.backward_source.dq_tile_divisors),
+                                        **common)
         for kind, kernel, recorder in (("backward_dkdv", DKDV_KERNEL, dkdv), ("backward_dq", DQ_KERNEL, dq)):
             launches[kind + suffix] = _recorded(kind + suffix, kind, path, kernel, recorder, _block_size(plan))
     return launches

@@ -111,8 +111,28 @@ def check_captures(tensors: Sequence[torch.Tensor], device: torch.device) -> Non
             raise ValueError(f"attnc: captured tensor #{slot} is empty; a mod cannot read from it")
 
 
+def tile_divisors_aligned(params: Sequence[int | float], slots: Sequence[int], block: int) -> bool:
+    """Whether every parameter in `slots` (those dividing a kernel's tile index) is a positive multiple of its
+    tile length `block`: then the kernel divides each tile's first index instead of every index in it
+    (`attnc.codegen.skeleton.TileIndex`)."""
+    return bool(slots) and all(float(params[s]).is_integer() and params[s] > 0 and int(params[s]) % block == 0
+                               for s in slots)
+
+
+def aligned_block(block: int, params: Sequence[int | float], slots: Sequence[int]) -> int:
+    """The tile length for a kernel whose tile index is divided by the parameters in `slots`: `block`, or half of
+    it (at least 64) where that makes the divisions tile-aligned and `block` does not. A 2-D canvas 64 tokens
+    wide then gets 64-key tiles, each inside one canvas row: the tile's row is one scalar and its columns an
+    offset, instead of a division per column, which costs more than the narrower tile."""
+    half = block // 2
+    if half >= 64 and not tile_divisors_aligned(params, slots, block) and tile_divisors_aligned(params, slots, half):
+        return half
+    return block
+
+
 def constexprs(shapes: Shapes, config: KernelConfig, dtype: torch.dtype, *, block_sizes: tuple[int, int] | None,
-               has_full: bool, has_mask: bool, interpret: bool, scale: float | None = None) -> dict[str, Any]:
+               has_full: bool, has_mask: bool, interpret: bool, scale: float | None = None,
+               aligned: bool = False) -> dict[str, Any]:
     q_block, kv_block = block_sizes or (config.block_m, config.block_n)
     sm_scale = default_scale(shapes) if scale is None else scale
     return {
@@ -134,6 +154,7 @@ def constexprs(shapes: Shapes, config: KernelConfig, dtype: torch.dtype, *, bloc
         # Single-instruction transcendentals where their error is below the inputs' own precision; the
         # interpreter cannot run inline PTX.
         "FAST_MATH": not interpret and dtype in (torch.float16, torch.bfloat16),
+        "TILE_DIVISORS_ALIGNED": aligned,
     }
 
 
@@ -240,7 +261,7 @@ def capture_args(tensors: Sequence[torch.Tensor], params: Sequence[int | float])
 def launch_forward(kernel: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
                    shapes: Shapes, scale: float | None, tensors: Sequence[torch.Tensor],
                    params: Sequence[int | float], block_mask: Any, config: KernelConfig, has_mask: bool,
-                   interpret: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                   interpret: bool, tile_divisors: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     out = empty_in_order_of(query, (shapes.B, shapes.Hq, shapes.Q_LEN, shapes.Dv))
     lse = row_statistics_buffer(shapes, query.device, compute_dtype(query.dtype))[0]
     if shapes.Q_LEN == 0:
@@ -255,7 +276,8 @@ def launch_forward(kernel: Any, query: torch.Tensor, key: torch.Tensor, value: t
     _run(kernel, grid, config, query, key, value, out, lse, bm_args, scalar_argument(float(sm_scale), query.dtype),
          shapes, capture_args(tensors, [scalar_argument(p, query.dtype) for p in params]),
          constexprs(shapes, config, query.dtype, block_sizes=block_sizes, has_full=has_full,
-                    has_mask=has_mask, interpret=interpret, scale=sm_scale))
+                    has_mask=has_mask, interpret=interpret, scale=sm_scale,
+                    aligned=tile_divisors_aligned(params, tile_divisors, config.block_n)))
     return out, lse
 
 

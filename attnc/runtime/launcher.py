@@ -13,6 +13,8 @@ paths) and tuning (`attnc.runtime.tuner`), so the checks, the block map and the 
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -54,14 +56,27 @@ class Launcher:
         self.runnable(query, bindings)
         return self.planner.data_plan(bindings, shapes, query.device) if block_mask is None else block_mask
 
-    def config(self, kind: str, shapes: launch.Shapes, query: torch.Tensor) -> KernelConfig:
-        """The config a launch of `kind` ("forward", "backward_dkdv", "backward_dq") uses on these inputs."""
+    def config(self, kind: str, shapes: launch.Shapes, query: torch.Tensor,
+               params: Sequence[int | float] = ()) -> KernelConfig:
+        """The config a launch of `kind` ("forward", "backward_dkdv", "backward_dq") uses on these inputs: the
+        tuned or default one, its tile narrowed where that aligns the tile index's divisions
+        (`launch.aligned_block`)."""
         source = self.kernels.forward_source.source if kind == "forward" else self.kernels.backward_source.source
-        return tuning.launch_config(kind, shapes, source, query.dtype, query.device, attn=self.variant)
+        config = tuning.launch_config(kind, shapes, source, query.dtype, query.device, attn=self.variant)
+        if kind == "forward":
+            block_n = launch.aligned_block(config.block_n, params, self.kernels.forward_source.tile_divisors)
+            return dataclasses.replace(config, block_n=block_n)
+        backward = self.kernels.backward_source
+        if kind == "backward_dkdv":
+            return dataclasses.replace(config, block_m=launch.aligned_block(config.block_m, params,
+                                                                            backward.dkdv_tile_divisors))
+        return dataclasses.replace(config, block_n=launch.aligned_block(config.block_n, params,
+                                                                        backward.dq_tile_divisors))
 
-    def backward_configs(self, shapes: launch.Shapes, query: torch.Tensor) -> launch_backward.BackwardConfigs:
-        return launch_backward.BackwardConfigs(self.config("backward_dkdv", shapes, query),
-                                               self.config("backward_dq", shapes, query))
+    def backward_configs(self, shapes: launch.Shapes, query: torch.Tensor,
+                         params: Sequence[int | float] = ()) -> launch_backward.BackwardConfigs:
+        return launch_backward.BackwardConfigs(self.config("backward_dkdv", shapes, query, params),
+                                               self.config("backward_dq", shapes, query, params))
 
     def plan(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None, bindings: Any,
              block_mask: Any, shapes: launch.Shapes, kernel_options: KernelOptions,
@@ -70,7 +85,7 @@ class Launcher:
         may walk must carry its query-side lists; that is checked here, before the forward runs."""
         given = block_mask
         block_mask = self.prepare(query, bindings, shapes, block_mask)
-        config = kernel_options.forward_config(self.config("forward", shapes, query))
+        config = kernel_options.forward_config(self.config("forward", shapes, query, bindings.params))
         if given is not None and needs_grad(query, key, value, *bindings.tensors):
             launch.check_block_mask(block_mask, shapes, query.device)
             check_transposed_lists(block_mask)
@@ -85,7 +100,7 @@ class Launcher:
             slots = self.kernels.backward_source.grad_slots
             # with `deterministic`, captured gradients come from the ordered pass below, not the kernels' atomics
             by_kernel = [wanted[slot] and not deterministic for slot in slots]
-            configs = _with_options(self.backward_configs(shapes, q), kernel_options)
+            configs = _with_options(self.backward_configs(shapes, q, bindings.params), kernel_options)
             dq, dk, dv, grads = self.backward(q, k, v, out, lse, dout, dlse, tensors, bindings.params,
                                               shapes=shapes, scale=scale, block_mask=block_mask, configs=configs,
                                               grad_wanted=by_kernel)
@@ -109,7 +124,7 @@ class Launcher:
         return launch.launch_forward(
             self.kernels.forward(), q, k, v, shapes=shapes, scale=scale, tensors=tensors, params=params,
             block_mask=block_mask, config=config, has_mask=self.program.mask is not None,
-            interpret=q.device.type != "cuda")
+            interpret=q.device.type != "cuda", tile_divisors=self.kernels.forward_source.tile_divisors)
 
     def backward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                  dout: torch.Tensor, dlse: torch.Tensor | None, tensors: Any, params: Any, *, shapes: launch.Shapes,
@@ -118,11 +133,12 @@ class Launcher:
         """(dq, dk, dv, {slot: gradient}) from the dK/dV and dQ kernels; `grad_wanted` per gradient slot of
         the backward source."""
         dkdv, dq_kernel = self.kernels.backward(params)
+        source = self.kernels.backward_source_for(params)
         return launch_backward.launch_backward(
             dkdv, dq_kernel, q, k, v, out, lse, dout, dlse, shapes=shapes, scale=scale, tensors=tensors,
             params=params, grad_slots=self.kernels.backward_source.grad_slots, grad_wanted=grad_wanted,
             block_mask=block_mask, configs=configs, has_mask=self.program.mask is not None,
-            interpret=q.device.type != "cuda")
+            interpret=q.device.type != "cuda", tile_divisors=(source.dkdv_tile_divisors, source.dq_tile_divisors))
 
     def decode(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None,
                bindings: Any, shapes: launch.Shapes, *, num_splits: int,

@@ -36,6 +36,8 @@
 #   tile_test_*     `may_true` / `may_false` for the tile box [q_lo, q_hi] x [kv_lo, kv_hi]
 #   q_ranges        closed-form query ranges of a key tile, looping over their tiles (dK/dV kernel)
 #   kv_ranges       closed-form key ranges of a query tile, looping over their tiles (dQ kernel)
+# TILE_DIVISORS_ALIGNED (constexpr, set per launch): every parameter dividing the tile index is a positive
+# multiple of the tile length, so each tile divides its first index once (attnc.codegen.skeleton.TileIndex).
 import triton
 import triton.language as tl
 
@@ -61,7 +63,8 @@ def _dkdv_tile(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, apply_mask, CHECK_Q: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    FAST_MATH: tl.constexpr, COMPUTE: tl.constexpr,
+    FAST_MATH: tl.constexpr, TILE_DIVISORS_ALIGNED: tl.constexpr,
+    COMPUTE: tl.constexpr,
 ):
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
@@ -151,7 +154,8 @@ def _dkdv_visit(
     # HOLE: tile_test_params_kv
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, Q_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, COMPUTE: tl.constexpr,
+    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, TILE_DIVISORS_ALIGNED: tl.constexpr,
+    COMPUTE: tl.constexpr,
     TILE_KIND: tl.constexpr,
 ):
     if TILE_KIND == OFF_BAND:  # inside the full range, before Q_LEN: nothing to test or mask
@@ -162,7 +166,7 @@ def _dkdv_visit(
             # HOLE: capture_pass
             # HOLE: hoisted_pass_kv
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, False, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH, COMPUTE,
+            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
         )
     elif TILE_KIND == ON_BAND:  # beside the full range: masked, untested, so the loop has no branch
         dk, dv = _dkdv_tile(
@@ -172,7 +176,7 @@ def _dkdv_visit(
             # HOLE: capture_pass
             # HOLE: hoisted_pass_kv
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, True, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH, COMPUTE,
+            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
         )
     else:
         q_lo = start_m
@@ -186,7 +190,7 @@ def _dkdv_visit(
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass_kv
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, may_false, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
             )
     return dk, dv
 
@@ -214,7 +218,7 @@ def attnc_backward_dkdv(
     USE_BLOCK_MASK: tl.constexpr, HAS_FULL_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
     Q_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    FAST_MATH: tl.constexpr,
+    FAST_MATH: tl.constexpr, TILE_DIVISORS_ALIGNED: tl.constexpr,
 ):
     # One program: BLOCK_N keys of one (batch, kv head), summed over the query heads that share them.
     # The dtype of the arithmetic, as in the forward: float64 for float64 inputs, float32 otherwise
@@ -290,7 +294,7 @@ def attnc_backward_dkdv(
                         # HOLE: capture_pass
                         # HOLE: hoisted_pass_kv
                         HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                        SCALE_POSITIVE, FAST_MATH, COMPUTE,
+                        SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
                     )
             n_partial = tl.load(Q_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_col * stride_nn)
             partial_list = Q_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_col * stride_in
@@ -304,7 +308,7 @@ def attnc_backward_dkdv(
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass_kv
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, HAS_MASK, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                    SCALE_POSITIVE, FAST_MATH, COMPUTE,
+                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
                 )
         elif HAS_MASK:
             kv_lo = start_n
@@ -323,7 +327,7 @@ def attnc_backward_dkdv(
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass_kv
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, False, UPCAST, DOT_PRECISION, USE_TMA,
-                    SCALE_POSITIVE, FAST_MATH, COMPUTE,
+                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
                 )
             if not Q_EVEN:
                 dk, dv = _dkdv_tile(
@@ -334,7 +338,7 @@ def attnc_backward_dkdv(
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass_kv
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, True, UPCAST, DOT_PRECISION, USE_TMA,
-                    SCALE_POSITIVE, FAST_MATH, COMPUTE,
+                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
                 )
     dk = dk * sm_scale
     tl.store(DK + off_b.to(tl.int64) * stride_dkb + off_hkv.to(tl.int64) * stride_dkh
@@ -356,7 +360,8 @@ def _dq_tile(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, apply_mask, CHECK_KV: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    FAST_MATH: tl.constexpr, COMPUTE: tl.constexpr,
+    FAST_MATH: tl.constexpr, TILE_DIVISORS_ALIGNED: tl.constexpr,
+    COMPUTE: tl.constexpr,
 ):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
@@ -428,7 +433,8 @@ def _dq_visit(
     # HOLE: tile_test_params_q
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, COMPUTE: tl.constexpr,
+    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, TILE_DIVISORS_ALIGNED: tl.constexpr,
+    COMPUTE: tl.constexpr,
     TILE_KIND: tl.constexpr,
 ):
     if TILE_KIND == OFF_BAND:  # inside the full range, before KV_LEN: nothing to test or mask
@@ -440,7 +446,7 @@ def _dq_visit(
             # HOLE: grad_pass
             # HOLE: hoisted_pass_q
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, False, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH, COMPUTE,
+            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
         )
     elif TILE_KIND == ON_BAND:  # beside the full range: masked, untested, so the loop has no branch
         dq = _dq_tile(
@@ -451,7 +457,7 @@ def _dq_visit(
             # HOLE: grad_pass
             # HOLE: hoisted_pass_q
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, True, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH, COMPUTE,
+            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
         )
     else:
         kv_lo = start_n
@@ -466,7 +472,7 @@ def _dq_visit(
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
             )
     return dq
 
@@ -494,7 +500,7 @@ def attnc_backward_dq(
     USE_BLOCK_MASK: tl.constexpr, HAS_FULL_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
     KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    FAST_MATH: tl.constexpr,
+    FAST_MATH: tl.constexpr, TILE_DIVISORS_ALIGNED: tl.constexpr,
 ):
     # One program: BLOCK_M query rows of one (batch, query head), over the key tiles they attend to.
     COMPUTE: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
@@ -570,7 +576,7 @@ def attnc_backward_dq(
                     # HOLE: grad_pass
                     # HOLE: hoisted_pass_q
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                    SCALE_POSITIVE, FAST_MATH, COMPUTE,
+                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
                 )
         n_partial = tl.load(KV_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_row * stride_nm)
         partial_list = KV_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_row * stride_im
@@ -585,7 +591,7 @@ def attnc_backward_dq(
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
             )
     elif HAS_MASK:
         q_lo = start_m * BLOCK_M
@@ -603,7 +609,7 @@ def attnc_backward_dq(
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, False, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
             )
         if not KV_EVEN:
             dq = _dq_tile(
@@ -614,7 +620,7 @@ def attnc_backward_dq(
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
             )
     dq = dq * (sm_scale * inv_l)[:, None]
     tl.store(DQ + off_b.to(tl.int64) * stride_dqb + off_h.to(tl.int64) * stride_dqh

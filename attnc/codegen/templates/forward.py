@@ -34,6 +34,8 @@
 # Hopper options (constexprs): USE_TMA loads K and V through tensor descriptors (TMA; the launcher sets it
 # only for unit last strides and 16-byte aligned rows); WARP_SPECIALIZE splits the loops without branches
 # (no mask, off-band) into producer and consumer warps.
+# TILE_DIVISORS_ALIGNED (constexpr, set per launch): every parameter dividing the tile index is a positive
+# multiple of the tile length, so each tile divides its first index once (attnc.codegen.skeleton.TileIndex).
 import triton
 import triton.language as tl
 
@@ -59,7 +61,8 @@ def _attend_tile(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, apply_mask, tile_live, CHECK_KV: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
-    SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, COMPUTE: tl.constexpr,
+    SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, TILE_DIVISORS_ALIGNED: tl.constexpr,
+    COMPUTE: tl.constexpr,
 ):
     # apply_mask and tile_live are literals (compile-time branches) on the loops that know their tiles'
     # class, and the tile test's verdicts (branches uniform across the program) on the tested path, where an
@@ -123,7 +126,8 @@ def _visit_tile(
     # HOLE: tile_test_params
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, COMPUTE: tl.constexpr,
+    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, TILE_DIVISORS_ALIGNED: tl.constexpr,
+    COMPUTE: tl.constexpr,
     TILE_KIND: tl.constexpr,
 ):
     if TILE_KIND == OFF_BAND:
@@ -135,7 +139,7 @@ def _visit_tile(
             # HOLE: capture_pass
             # HOLE: hoisted_pass
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, False, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH, COMPUTE,
+            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
         )
     elif TILE_KIND == ON_BAND:
         # beside the full range: masked without a test, so that the loop has no branch and is pipelined
@@ -146,7 +150,7 @@ def _visit_tile(
             # HOLE: capture_pass
             # HOLE: hoisted_pass
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, True, True, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH, COMPUTE,
+            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
         )
     else:
         # Classify the tile from the mask's structure: empty tiles cost their loads and this scalar test, full
@@ -163,7 +167,7 @@ def _visit_tile(
             # HOLE: capture_pass
             # HOLE: hoisted_pass
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, may_true, not KV_EVEN, UPCAST, DOT_PRECISION,
-            USE_TMA, SCALE_POSITIVE, FAST_MATH, COMPUTE,
+            USE_TMA, SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
         )
     return acc, l_i, m_i
 
@@ -189,7 +193,7 @@ def attnc_forward(
     USE_BLOCK_MASK: tl.constexpr, HAS_FULL_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
     KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    FAST_MATH: tl.constexpr,
+    FAST_MATH: tl.constexpr, TILE_DIVISORS_ALIGNED: tl.constexpr,
 ):
     # Three ways to find the key tiles: a BlockMask's lists (USE_BLOCK_MASK), the mask's own closed-form
     # ranges and tile test (HAS_MASK), or every tile (no mask).
@@ -269,7 +273,7 @@ def attnc_forward(
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, not KV_EVEN, UPCAST, DOT_PRECISION,
-                    USE_TMA, SCALE_POSITIVE, FAST_MATH, COMPUTE,
+                    USE_TMA, SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
                 )
         n_partial = tl.load(KV_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_row * stride_nm)
         partial_list = KV_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_row * stride_im
@@ -283,7 +287,7 @@ def attnc_forward(
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, True, not KV_EVEN, UPCAST, DOT_PRECISION,
-                USE_TMA, SCALE_POSITIVE, FAST_MATH, COMPUTE,
+                USE_TMA, SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
             )
     elif HAS_MASK:
         q_lo = start_m * BLOCK_M
@@ -301,7 +305,7 @@ def attnc_forward(
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, False, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
             )
         if not KV_EVEN:
             acc, l_i, m_i = _attend_tile(
@@ -311,7 +315,7 @@ def attnc_forward(
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, True, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
             )
 
     # Rows with no allowed key: l = 0, so the output is 0 and the lse is -inf (never NaN).
