@@ -163,3 +163,24 @@ def test_warp_specializes_reads_the_compile() -> None:
         expected = False
     assert tuning.warp_specializes(attn, "forward", config, arch="sm_90", dtype=torch.bfloat16, D=64,
                                    Dv=64) is expected
+
+
+def test_each_loop_gets_its_own_spill_free_default(monkeypatch) -> None:
+    """A launch's untuned config need only be spill-free in the loop it runs: here the BlockMask loop spills at
+    the first rung (as a softcap's dK/dV does at 64 query rows) and the closed-form loops do not."""
+    attn = attnc.compile(attnc.variants.causal(), attnc.variants.softcap(20))
+    ladder = autotune.default_ladder("backward_dkdv", "sm_90", 128, 128)
+    compiled: list[KernelConfig] = []
+
+    def reports(attn_, kind, config, arch, dtype, D, Dv):
+        compiled.append(config)
+        spills = 96 if config == ladder[0] else 0
+        return [{"spills": 0, "shared_memory": 1024}, {"spills": spills, "shared_memory": 1024}]
+
+    monkeypatch.setattr(tuning, "_both_loops", reports)
+    monkeypatch.setattr(tuning, "_SPILL_FREE", {})
+    monkeypatch.setattr(tuning, "_LOOP_REPORTS", {})
+    pick = {mask: tuning.spill_free_default(attn, "backward_dkdv", arch="sm_90", dtype=torch.bfloat16, D=128,
+                                            Dv=128, block_mask=mask) for mask in (False, True, None)}
+    assert pick == {False: ladder[0], True: ladder[1], None: ladder[1]}
+    assert len(compiled) == 2  # each rung compiled once, whichever loops asked

@@ -151,14 +151,15 @@ def _recorded(name: str, kind: str, path: Path, kernel: str, recorder: Recorder,
 def attnc_launches(attn: Any, shape: Shape, *, backward: bool, config: KernelConfig | None = None,
                    backward_configs: launch_backward.BackwardConfigs | None = None,
                    values: Mapping[str, Any] | None = None,
-                   untuned: Callable[[str], KernelConfig] | None = None) -> dict[str, Launch]:
+                   untuned: Callable[..., KernelConfig] | None = None) -> dict[str, Launch]:
     """The kernels a GPU call of `attn` launches at `shape` with the untuned default configs (or those
     given): "forward" as `attn(q, k, v)` runs it (closed-form tile loops; attnc's own block map for masks
     that read data), "forward_block_mask" as `flex_attention(..., block_mask=create_block_mask(mask_mod,
     None, None, S, S))` runs it (the benchmark's path), and with `backward` the dK/dV and dQ kernels of both
     (gradients of q, k, v only, as the benchmark asks). A mask whose blocks only pair-by-pair evaluation can
     classify also gets its block-map builder ("block_map"; compiled from its signature, unspecialised).
-    `untuned(kind)` gives the configs not given (`tuning.untuned_configs`: what an untuned launch picks)."""
+    `untuned(kind, block_mask=...)` gives the configs not given, per loop (`tuning.untuned_configs`: what an
+    untuned launch picks for the loop it runs)."""
     bindings = attn._bind(values)
     cpu = torch.device("cpu")
 
@@ -174,33 +175,39 @@ def attnc_launches(attn: Any, shape: Shape, *, backward: bool, config: KernelCon
               "has_mask": attn.program.mask is not None, "interpret": False}
     if untuned is None and (config is None or (backward and backward_configs is None)):
         raise ValueError("attnc_launches: give the configs, or untuned(kind) to choose the ones not given")
-    config = config or aligned(untuned("forward"), "block_n", attn.source.tile_divisors)
-    launches = _forward_launches(attn, plans, shape, config, common)
+    # each loop its own untuned config, as a launch picks it for the loop it runs (`Launcher.config`)
+    configs = {suffix: config or aligned(untuned("forward", block_mask=plan is not None), "block_n",
+                                         attn.source.tile_divisors) for suffix, plan in plans.items()}
+    launches = _forward_launches(attn, plans, shape, configs, common)
     if attn.program.mask is not None and not sparsity.analysable(attn.program.mask):
         launches["block_map"] = _builder(attn)
     if backward:
         source = attn.backward_source
-        configs = backward_configs or launch_backward.BackwardConfigs(
-            aligned(untuned("backward_dkdv"), "block_m", source.dkdv_tile_divisors),
-            aligned(untuned("backward_dq"), "block_n", source.dq_tile_divisors))
-        launches |= _backward_launches(attn, plans, shape, configs, common)
+        pairs = {suffix: backward_configs or launch_backward.BackwardConfigs(
+                     aligned(untuned("backward_dkdv", block_mask=plan is not None), "block_m",
+                             source.dkdv_tile_divisors),
+                     aligned(untuned("backward_dq", block_mask=plan is not None), "block_n",
+                             source.dq_tile_divisors))
+                 for suffix, plan in plans.items()}
+        launches |= _backward_launches(attn, plans, shape, pairs, common)
     return launches
 
 
-def _forward_launches(attn: Any, plans: Mapping[str, Any], shape: Shape, config: KernelConfig,
+def _forward_launches(attn: Any, plans: Mapping[str, Any], shape: Shape, configs: Mapping[str, KernelConfig],
                       common: Mapping[str, Any]) -> dict[str, Launch]:
     path = kernel_files.kernel_cache().ensure_file(attn.source.source)
     launches = {}
     for suffix, plan in plans.items():
         recorder = Recorder()
-        launch.launch_forward(recorder, *shape.inputs(), block_mask=plan, config=config,
+        launch.launch_forward(recorder, *shape.inputs(), block_mask=plan, config=configs[suffix],
                               tile_divisors=attn.source.tile_divisors, **common)
         launches["forward" + suffix] = _recorded("forward" + suffix, "forward", path, attn.source.kernel_name,
                                                  recorder, _block_size(plan))
     return launches
 
 
-def _backward_launches(attn: Any, plans: Mapping[str, Any], shape: Shape, configs: launch_backward.BackwardConfigs,
+def _backward_launches(attn: Any, plans: Mapping[str, Any], shape: Shape,
+                       configs: Mapping[str, launch_backward.BackwardConfigs],
                        common: Mapping[str, Any]) -> dict[str, Launch]:
     path = kernel_files.kernel_cache().ensure_file(attn.backward_source.source)
     out, lse = shape.outputs()
@@ -210,7 +217,8 @@ def _backward_launches(attn: Any, plans: Mapping[str, Any], shape: Shape, config
         dkdv, dq = Recorder(), Recorder()
         launch_backward.launch_backward(dkdv, dq, *shape.inputs(), out, lse, torch.empty_like(out), None,
                                         block_mask=plan, grad_slots=slots, grad_wanted=[False] * len(slots),
-                                        configs=configs, tile_divisors=(attn.backward_source.dkdv_tile_divisors,
+                                        configs=configs[suffix],
+                                        tile_divisors=(attn.backward_source.dkdv_tile_divisors,
                                                                         attn.backward_source.dq_tile_divisors),
                                         **common)
         for kind, kernel, recorder in (("backward_dkdv", DKDV_KERNEL, dkdv), ("backward_dq", DQ_KERNEL, dq)):

@@ -56,13 +56,14 @@ class Launcher:
         self.runnable(query, bindings)
         return self.planner.data_plan(bindings, shapes, query.device) if block_mask is None else block_mask
 
-    def config(self, kind: str, shapes: launch.Shapes, query: torch.Tensor,
-               params: Sequence[int | float] = ()) -> KernelConfig:
-        """The config a launch of `kind` ("forward", "backward_dkdv", "backward_dq") uses on these inputs: the
-        tuned or default one, its tile narrowed where that aligns the tile index's divisions
-        (`launch.aligned_block`)."""
+    def config(self, kind: str, shapes: launch.Shapes, query: torch.Tensor, params: Sequence[int | float] = (),
+               block_mask: bool | None = None) -> KernelConfig:
+        """The config a launch of `kind` ("forward", "backward_dkdv", "backward_dq") uses on these inputs, in the
+        loop it runs (`block_mask`: a BlockMask's, or the closed-form one; None: either): the tuned or default
+        one, its tile narrowed where that aligns the tile index's divisions (`launch.aligned_block`)."""
         source = self.kernels.forward_source.source if kind == "forward" else self.kernels.backward_source.source
-        config = tuning.launch_config(kind, shapes, source, query.dtype, query.device, attn=self.variant)
+        config = tuning.launch_config(kind, shapes, source, query.dtype, query.device, attn=self.variant,
+                                      block_mask=block_mask)
         if kind == "forward":
             block_n = launch.aligned_block(config.block_n, params, self.kernels.forward_source.tile_divisors)
             return dataclasses.replace(config, block_n=block_n)
@@ -73,10 +74,10 @@ class Launcher:
         return dataclasses.replace(config, block_n=launch.aligned_block(config.block_n, params,
                                                                         backward.dq_tile_divisors))
 
-    def backward_configs(self, shapes: launch.Shapes, query: torch.Tensor,
-                         params: Sequence[int | float] = ()) -> launch_backward.BackwardConfigs:
-        return launch_backward.BackwardConfigs(self.config("backward_dkdv", shapes, query, params),
-                                               self.config("backward_dq", shapes, query, params))
+    def backward_configs(self, shapes: launch.Shapes, query: torch.Tensor, params: Sequence[int | float] = (),
+                         block_mask: bool | None = None) -> launch_backward.BackwardConfigs:
+        return launch_backward.BackwardConfigs(self.config("backward_dkdv", shapes, query, params, block_mask),
+                                               self.config("backward_dq", shapes, query, params, block_mask))
 
     def plan(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None, bindings: Any,
              block_mask: Any, shapes: launch.Shapes, kernel_options: KernelOptions,
@@ -85,7 +86,8 @@ class Launcher:
         may walk must carry its query-side lists; that is checked here, before the forward runs."""
         given = block_mask
         block_mask = self.prepare(query, bindings, shapes, block_mask)
-        config = kernel_options.forward_config(self.config("forward", shapes, query, bindings.params))
+        config = kernel_options.forward_config(self.config("forward", shapes, query, bindings.params,
+                                                           block_mask is not None))
         if given is not None and needs_grad(query, key, value, *bindings.tensors):
             launch.check_block_mask(block_mask, shapes, query.device)
             check_transposed_lists(block_mask)
@@ -100,7 +102,8 @@ class Launcher:
             slots = self.kernels.backward_source.grad_slots
             # with `deterministic`, captured gradients come from the ordered pass below, not the kernels' atomics
             by_kernel = [wanted[slot] and not deterministic for slot in slots]
-            configs = _with_options(self.backward_configs(shapes, q, bindings.params), kernel_options)
+            configs = _with_options(self.backward_configs(shapes, q, bindings.params, block_mask is not None),
+                                    kernel_options)
             dq, dk, dv, grads = self.backward(q, k, v, out, lse, dout, dlse, tensors, bindings.params,
                                               shapes=shapes, scale=scale, block_mask=block_mask, configs=configs,
                                               grad_wanted=by_kernel)

@@ -44,7 +44,7 @@ def identity(device: torch.device) -> tuple[str, str]:
 
 
 def launch_config(kind: str, shapes: Shapes, source: str, dtype: torch.dtype, device: torch.device,
-                  attn: Any = None) -> KernelConfig:
+                  attn: Any = None, block_mask: bool | None = None) -> KernelConfig:
     """The config a launch of `kind` uses (see the module docstring): the tuned one, else the first rung of the
     architecture's default ladder that compiles without spills for `attn`'s kernel (`spill_free_default`;
     the first rung when no `attn` is given)."""
@@ -57,36 +57,51 @@ def launch_config(kind: str, shapes: Shapes, source: str, dtype: torch.dtype, de
         return tuned
     if attn is None:
         return autotune.default_for(kind, arch, shapes.D, shapes.Dv, dtype.itemsize)
-    return spill_free_default(attn, kind, arch=arch, dtype=dtype, D=shapes.D, Dv=shapes.Dv)
+    return spill_free_default(attn, kind, arch=arch, dtype=dtype, D=shapes.D, Dv=shapes.Dv, block_mask=block_mask)
 
 
 _SPILL_FREE: dict[tuple[Any, ...], KernelConfig] = {}
 
 
-def spill_free_default(attn: Any, kind: str, *, arch: str, dtype: torch.dtype, D: int, Dv: int) -> KernelConfig:
+def spill_free_default(attn: Any, kind: str, *, arch: str, dtype: torch.dtype, D: int, Dv: int,
+                       block_mask: bool | None = None) -> KernelConfig:
     """The first config of the default ladder for `dtype` (`autotune.default_ladder`) whose kernel, compiled
     ahead of time in the loop the variant runs (`aot_report`), fits `arch`'s shared memory and spills nothing:
     a mod that gathers per score element needs more registers than the largest tiles leave, and float64 tiles
     need four times a bfloat16's shared memory. Remembered per kernel source, kind, arch, dtype and head dims
     for the life of the process. Raises ValueError where even the smallest rung needs more shared memory than
-    `arch` has (a launch would fail)."""
+    `arch` has (a launch would fail). `block_mask`: for the loop a launch runs, a BlockMask's (True) or the
+    closed-form tile loops (False); None: a config spill-free in both (a mod's derivative can make the BlockMask
+    loop spill at tiles the other holds)."""
     ladder = autotune.default_ladder(kind, arch, D, Dv, dtype.itemsize)
     source = attn.source.source if kind == "forward" else attn.backward_source.source
-    key = (content_hash(source), kind, arch, dtype, D, Dv)
+    key = (content_hash(source), kind, arch, dtype, D, Dv, block_mask)
     if key not in _SPILL_FREE:
         try:
-            _SPILL_FREE[key] = _first_fitting_spill_free(attn, kind, ladder, arch=arch, dtype=dtype, D=D, Dv=Dv)
+            _SPILL_FREE[key] = _first_fitting_spill_free(attn, kind, ladder, arch=arch, dtype=dtype, D=D, Dv=Dv,
+                                                         loops=_LOOPS[block_mask])
         except CacheError:  # no kernel file to compile ahead of time (the cache directory cannot be written)
             _SPILL_FREE[key] = ladder[0]
     return _SPILL_FREE[key]
 
 
+# which of `_both_loops`' reports a launch's loop needs: the closed-form loops', the BlockMask loop's, or both
+_LOOPS = {False: (0,), True: (1,), None: (0, 1)}
+_LOOP_REPORTS: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+
+
 def _first_fitting_spill_free(attn: Any, kind: str, ladder: Sequence[KernelConfig], *, arch: str,
-                              dtype: torch.dtype, D: int, Dv: int) -> KernelConfig:
-    """`autotune.first_spill_free` over the compile reports of both of the kernel's loops (each rung compiled
-    once); a ValueError where the rung it settles on, then the smallest, needs more shared memory than `arch`
-    has."""
-    reports = functools.cache(lambda config: _both_loops(attn, kind, config, arch, dtype, D, Dv))
+                              dtype: torch.dtype, D: int, Dv: int, loops: Sequence[int] = (0, 1)) -> KernelConfig:
+    """`autotune.first_spill_free` over the compile reports of the kernel's `loops` (each rung compiled once per
+    process); a ValueError where the rung it settles on, then the smallest, needs more shared memory than
+    `arch` has."""
+    source = attn.source.source if kind == "forward" else attn.backward_source.source
+
+    def reports(config: KernelConfig) -> list[dict[str, Any]]:
+        key = (content_hash(source), kind, arch, dtype, D, Dv, config)
+        if key not in _LOOP_REPORTS:
+            _LOOP_REPORTS[key] = _both_loops(attn, kind, config, arch, dtype, D, Dv)
+        return [_LOOP_REPORTS[key][i] for i in loops]
 
     def worst(config: KernelConfig, resource: str) -> int:
         return max(info[resource] for info in reports(config))
@@ -102,8 +117,9 @@ def _first_fitting_spill_free(attn: Any, kind: str, ladder: Sequence[KernelConfi
     return chosen
 
 
-def untuned_configs(attn: Any, *, arch: str, dtype: torch.dtype, D: int, Dv: int) -> Callable[[str], KernelConfig]:
-    """`kind -> config` an untuned launch of `attn` on `arch` picks (`spill_free_default`)."""
+def untuned_configs(attn: Any, *, arch: str, dtype: torch.dtype, D: int,
+                    Dv: int) -> Callable[..., KernelConfig]:
+    """`(kind, block_mask=None) -> config` an untuned launch of `attn` on `arch` picks (`spill_free_default`)."""
     return functools.partial(spill_free_default, attn, arch=arch, dtype=dtype, D=D, Dv=Dv)
 
 

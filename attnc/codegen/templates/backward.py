@@ -130,15 +130,14 @@ def _dkdv_tile(
         pt = tl.exp2(score * qk_scale - m2[None, :])
     else:
         pt = tl.exp2(score - m2[None, :])
+    if HAS_SCORE_MOD and not AFFINE_BIAS:  # an affine bias has dz/dscore = 1
+        # p * dz/dscore before the dP matmul: one tensor lives across it instead of p and dz/dscore. Where p is 0
+        # the pair contributes nothing, even where dz/dscore is not finite (a masked pair): dp - delta is finite
+        pt_dscore = pt * dscore if DSCORE_FINITE else tl.where(pt == 0.0, 0.0, pt * dscore)
     dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PRECISION)
     dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-    if HAS_SCORE_MOD and not AFFINE_BIAS and not DSCORE_FINITE:  # an affine bias has dz/dscore = 1
-        # where p is 0 the pair contributes nothing, even where dz/dscore is not finite (a masked pair)
-        dst = tl.where(pt == 0.0, 0.0, pt * (dpt - delta[None, :]) * dscore)
-    elif HAS_SCORE_MOD and not AFFINE_BIAS:  # dz/dscore finite everywhere: 0 where p is
-        dst = pt * (dpt - delta[None, :]) * dscore
-    else:
-        dst = pt * (dpt - delta[None, :])
+    weight = pt_dscore if HAS_SCORE_MOD and not AFFINE_BIAS else pt  # p, times dz/dscore where a mod has one
+    dst = weight * (dpt - delta[None, :])
     dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PRECISION)
     return dk, dv
 
@@ -408,12 +407,13 @@ def _dq_tile(
         p = tl.exp2(score * qk_scale - m2[:, None])
     else:
         p = tl.exp2(score - m2[:, None])
+    if HAS_SCORE_MOD and not AFFINE_BIAS:
+        # p * dz/dscore before the dP matmul, as in the dK/dV kernel; dp - delta is finite, so dz is 0 where p is
+        p_dscore = p * dscore if DSCORE_FINITE else tl.where(p == 0.0, 0.0, p * dscore)
     dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
     if HAS_SCORE_MOD and not AFFINE_BIAS:
-        # dp - delta is finite, so dz is 0 where p is; where p is 0 the pair contributes nothing, even where
-        # dz/dscore is not finite (a masked pair), unless dz/dscore is finite everywhere
-        dz = p * (dp - delta[:, None])
-        ds = dz * dscore if DSCORE_FINITE else tl.where(p == 0.0, 0.0, dz * dscore)
+        dz = p * (dp - delta[:, None])  # for the captured tensors' gradients; unused (and not computed) otherwise
+        ds = p_dscore * (dp - delta[:, None])
     else:  # no mod, or an affine bias (dz/dscore = 1)
         ds = p * (dp - delta[:, None])
         dz = ds
