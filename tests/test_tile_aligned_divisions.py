@@ -1,6 +1,7 @@
-"""Divisions of the tile index by a positive multiple of the tile length (`attnc.codegen.skeleton.TileIndex`):
-the kernels carry both forms, the launch picks the tile-aligned one only where it holds, and either way the
-result is the reference interpreter's (forward and backward, odd lengths, GQA, rows with no allowed key)."""
+"""Divisions of the tile index by a divisor known outside the loop (`attnc.codegen.skeleton.TileIndex`): the
+kernels carry three forms (a positive multiple of the tile length, any positive divisor, anything), the launch
+picks the cheapest that holds for the parameter's value, and every form gives the reference interpreter's
+result (forward and backward, odd lengths, GQA, rows with no allowed key)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 import attnc
 from attnc import variants
+from attnc.codegen.skeleton import DIVISORS_ANY, DIVISORS_POSITIVE, DIVISORS_TILED
 from attnc.runtime import launch, launch_backward
 
 TOL = dict(atol=2e-5, rtol=2e-5)
@@ -20,10 +22,10 @@ def inputs(length: int, seed: int = 0) -> list[torch.Tensor]:
     return [torch.randn(s, generator=g).requires_grad_(True) for s in shapes]
 
 
-def aligned_flags(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Every TILE_DIVISORS_ALIGNED decision the launches of the test make, in order."""
-    seen: list[bool] = []
-    original = launch.tile_divisors_aligned
+def divisor_modes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every TILE_DIVISORS value the launches of the test pass to kernels with such divisions, in order."""
+    seen: list[int] = []
+    original = launch.tile_divisors
 
     def spy(params, slots, block):
         result = original(params, slots, block)
@@ -31,8 +33,8 @@ def aligned_flags(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
             seen.append(result)
         return result
 
-    monkeypatch.setattr(launch, "tile_divisors_aligned", spy)
-    monkeypatch.setattr(launch_backward, "tile_divisors_aligned", spy)
+    monkeypatch.setattr(launch, "tile_divisors", spy)
+    monkeypatch.setattr(launch_backward, "tile_divisors", spy)
     return seen
 
 
@@ -68,17 +70,19 @@ def test_the_kernels_name_the_parameters_dividing_their_tile_index():
     assert attn.source.tile_divisors == (0,)
     assert attn.backward_source.dq_tile_divisors == (0,)
     assert attn.backward_source.dkdv_tile_divisors == (0,)
-    assert "if TILE_DIVISORS_ALIGNED else" in attn.source.source
+    assert "if TILE_DIVISORS == 2 else" in attn.source.source and "if TILE_DIVISORS == 1 else" in attn.source.source
     plain = attnc.compile(variants.causal())
     assert plain.source.tile_divisors == () and plain.backward_source.dq_tile_divisors == ()
 
 
-@pytest.mark.parametrize(("chunk", "aligned"), [(64, True), (128, True), (48, False), (-64, False)])
-def test_chunk_lengths_aligned_or_not_match_the_reference(chunk, aligned, monkeypatch):
-    # the interpreter's tiles are 64 long: 64 and 128 take the tile-aligned form, 48 and -64 the general one
-    flags = aligned_flags(monkeypatch)
+@pytest.mark.parametrize(("chunk", "mode"), [(64, DIVISORS_TILED), (128, DIVISORS_TILED), (48, DIVISORS_POSITIVE),
+                                           (-64, DIVISORS_ANY)])
+def test_chunk_lengths_of_every_kind_match_the_reference(chunk, mode, monkeypatch):
+    # the interpreter's tiles are 64 long: 64 and 128 take the tile-aligned form, 48 the positive one, -64 (floor
+    # division by a negative chunk, as Python and PyTorch define it) the general one
+    modes = divisor_modes(monkeypatch)
     assert_matches_reference(chunked(chunk), 150)
-    assert flags and all(flag is aligned for flag in flags)
+    assert modes and all(m == mode for m in modes)
 
 
 def test_a_constant_divisor_picks_its_form_at_compile_time():
@@ -95,20 +99,22 @@ def test_a_constant_divisor_picks_its_form_at_compile_time():
         assert_matches_reference(attn, 133)
 
 
-def test_a_two_dimensional_neighborhood_on_a_canvas_64_wide(monkeypatch):
-    flags = aligned_flags(monkeypatch)
-    assert_matches_reference(attnc.compile(variants.natten((3, 64), 3)), 192)
-    assert flags and all(flags)
+@pytest.mark.parametrize(("canvas", "mode"), [((3, 64), DIVISORS_TILED), ((4, 40), DIVISORS_POSITIVE)])
+def test_a_two_dimensional_neighborhood(canvas, mode, monkeypatch):
+    modes = divisor_modes(monkeypatch)
+    assert_matches_reference(attnc.compile(variants.natten(canvas, 3)), canvas[0] * canvas[1])
+    assert modes and all(m == mode for m in modes)
 
 
-def test_a_parameter_divides_aligned_only_as_a_positive_multiple_of_the_tile():
-    assert launch.tile_divisors_aligned([64, 7], [0], 64)
-    assert launch.tile_divisors_aligned([256.0], [0], 128)
-    assert not launch.tile_divisors_aligned([64, 96], [0, 1], 64)
-    assert not launch.tile_divisors_aligned([-64], [0], 64)
-    assert not launch.tile_divisors_aligned([0], [0], 64)
-    assert not launch.tile_divisors_aligned([64.5], [0], 64)
-    assert not launch.tile_divisors_aligned([64], [], 64)  # no division: no aligned form in the kernel
+def test_the_launch_names_what_the_dividing_parameters_are():
+    assert launch.tile_divisors([64, 7], [0], 64) == DIVISORS_TILED
+    assert launch.tile_divisors([256.0], [0], 128) == DIVISORS_TILED
+    assert launch.tile_divisors([64, 96], [0, 1], 64) == DIVISORS_POSITIVE
+    assert launch.tile_divisors([56], [0], 64) == DIVISORS_POSITIVE
+    assert launch.tile_divisors([-64], [0], 64) == DIVISORS_ANY
+    assert launch.tile_divisors([64, 0], [0, 1], 64) == DIVISORS_ANY
+    assert launch.tile_divisors([64.5], [0], 64) == DIVISORS_ANY
+    assert launch.tile_divisors([64], [], 64) == DIVISORS_ANY  # no division: nothing to choose
 
 
 def test_the_tile_narrows_to_half_where_that_aligns_it():

@@ -172,14 +172,14 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
                 "q_origin, bias_cols, bias_a,",
                 *(f"{name}," for name in captures + grad_call + hoisted_q + test_q.params),
                 "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
-                "SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,"]
+                "SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,"]
     dkdv_visit = ["dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,",
                   "stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,",
                   "start_m, b_idx, h_idx, kv_idx, kv_lo, kv_hi, sm_scale, qk_scale, Q_LEN,",
                   "kv_origin, bias_rows, bias_b, bias_at_origin,",
                   *(f"{name}," for name in captures + hoisted_kv + test_kv.params),
                   "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
-                  "SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,"]
+                  "SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,"]
     unspecialized = unspecialized_args(param_args)
     common = common_holes(captures, unspecialized)
     common["constants"].append(f"HAS_SCORE_MOD = tl.constexpr({program.score is not None})")

@@ -55,7 +55,7 @@ def _visit_args(captures: list[str], hoisted: list[str], test_params: list[str])
             "q_origin, bias_cols, bias_kv, bias_at_q0,",
             *(f"{name}," for name in captures + hoisted + test_params),
             "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
-            "SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,"]
+            "SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,"]
 
 
 def generate_forward(program: Program, tile_test: TileTest | None = None,

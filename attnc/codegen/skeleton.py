@@ -91,9 +91,11 @@ class TileIndex:
     block: str
 
 
-# The constexpr a launch sets when every parameter dividing the tile index is positive and a multiple of the
-# tile's length (`attnc.runtime.launch.tile_divisors_aligned`).
-ALIGNED_FLAG = "TILE_DIVISORS_ALIGNED"
+# The constexpr a launch sets to what the parameters dividing the tile index are (`attnc.runtime.launch.
+# tile_divisors`): DIVISORS_TILED, every one a positive multiple of the tile's length; DIVISORS_POSITIVE, every one
+# positive; else DIVISORS_ANY.
+DIVISORS_FLAG = "TILE_DIVISORS"
+DIVISORS_ANY, DIVISORS_POSITIVE, DIVISORS_TILED = 0, 1, 2
 
 
 class Emitter:
@@ -235,36 +237,42 @@ class Emitter:
         return f"{helper}({numerator}, {self.expr(n.src[1])}, {m}, {shift})"
 
     def _tile_aligned_division(self, n: Node) -> str | None:
-        """`idx // d` or `idx % d` of the tile index by a positive divisor that is a multiple of the tile length
-        L: a tile [s, s + L) with s a multiple of L never crosses a multiple of d, so the quotient is the tile's
-        (s // d, one scalar per tile) and the remainder s % d + (idx - s), one add per column instead of a
-        division (a 2-D canvas whose rows span whole tiles: the row is the tile's, the column an offset). For a
-        parameter d the kernel has both forms and the launch picks one (ALIGNED_FLAG); for a constant, Triton
-        picks at compile time. None where `n` is no such division."""
+        """`idx // d` or `idx % d` of the tile index (never negative) by a divisor known outside the loop, in the
+        cheapest form that is exact for the divisor's value. A positive multiple of the tile length L: a tile
+        [s, s + L) with s a multiple of L never crosses a multiple of d, so the quotient is the tile's (s // d,
+        one scalar per tile) and the remainder s % d + (idx - s), one add per column (a 2-D canvas whose rows
+        span whole tiles: the row is the tile's, the column an offset). Any positive d: the magic multiply-high
+        without the sign fixes (a canvas 56 wide). For a parameter the kernel has all three forms and the launch
+        picks one (DIVISORS_FLAG); for a constant, Triton picks at compile time. None where `n` is no such
+        division."""
         if self.tile_index is None or n.op not in (Op.FLOORDIV, Op.MOD) or n.dtype is not DType.int32:
             return None
         index, divisor = n.src
         if index.op is not Op.VAR or index.arg != self.tile_index.var:
             return None
+        start, idx, d = self.tile_index.start, self.expr(index), self.expr(divisor)
         if divisor.op is Op.PARAM and divisor.dtype is DType.int32:
-            condition = ALIGNED_FLAG
-            general = self._magic_division(n, self.expr(index))
-            magic = ", ".join(self._magic(divisor))
-            aligned_quotient = f"_floordiv_magic({self.tile_index.start}, {self.expr(divisor)}, {magic})"
+            m, shift = self._magic(divisor)
+            tile_quotient = f"_floordiv_magic({start}, {d}, {m}, {shift})"
+            quotient = f"_floordiv_magic_nonneg({idx}, {m}, {shift})"
+            tiled, positive = f"{DIVISORS_FLAG} == {DIVISORS_TILED}", f"{DIVISORS_FLAG} == {DIVISORS_POSITIVE}"
             self.tile_divisors.add(divisor.arg)
         elif divisor.op is Op.CONST and isinstance(divisor.arg, int) and divisor.arg > 0:
-            condition = f"{divisor.arg} % {self.tile_index.block} == 0"
-            general = RENDER[n.op](n, [self.expr(index), self.expr(divisor)])
-            aligned_quotient = f"({self.tile_index.start} // {divisor.arg})"  # both non-negative: truncation floors
+            tile_quotient = f"({start} // {d})"  # both non-negative: truncation floors
+            quotient = f"tl.cast(tl.cast({idx}, tl.uint32) // {d}, tl.int32)"
+            tiled, positive = f"{d} % {self.tile_index.block} == 0", None
         else:
             return None
         self.aligned_forms += 1
         if n.op is Op.FLOORDIV:
             self.tile_uniform.add(n)
-        start, d = self.tile_index.start, self.expr(divisor)
-        aligned = aligned_quotient if n.op is Op.FLOORDIV else (
-            f"({start} - {aligned_quotient} * {d} + ({self.expr(index)} - {start}))")
-        return f"({aligned} if {condition} else {general})"
+            forms = tile_quotient, quotient
+        else:
+            forms = f"({start} - {tile_quotient} * {d} + ({idx} - {start}))", f"({idx} - {quotient} * {d})"
+        if positive is None:
+            return f"({forms[0]} if {tiled} else {forms[1]})"
+        general = self._magic_division(n, idx)
+        return f"({forms[0]} if {tiled} else ({forms[1]} if {positive} else {general}))"
 
     def _magic(self, divisor: Node) -> tuple[str, str]:
         """The names of `_div_magic(divisor)`, computed once at the divisor's level and read by tile lines."""

@@ -200,7 +200,7 @@ def _forward_launches(attn: Any, plans: Mapping[str, Any], shape: Shape, configs
     for suffix, plan in plans.items():
         recorder = Recorder()
         launch.launch_forward(recorder, *shape.inputs(), block_mask=plan, config=configs[suffix],
-                              tile_divisors=attn.source.tile_divisors, **common)
+                              divisor_slots=attn.source.tile_divisors, **common)
         launches["forward" + suffix] = _recorded("forward" + suffix, "forward", path, attn.source.kernel_name,
                                                  recorder, _block_size(plan))
     return launches
@@ -218,7 +218,7 @@ def _backward_launches(attn: Any, plans: Mapping[str, Any], shape: Shape,
         launch_backward.launch_backward(dkdv, dq, *shape.inputs(), out, lse, torch.empty_like(out), None,
                                         block_mask=plan, grad_slots=slots, grad_wanted=[False] * len(slots),
                                         configs=configs[suffix],
-                                        tile_divisors=(attn.backward_source.dkdv_tile_divisors,
+                                        divisor_slots=(attn.backward_source.dkdv_tile_divisors,
                                                                         attn.backward_source.dq_tile_divisors),
                                         **common)
         for kind, kernel, recorder in (("backward_dkdv", DKDV_KERNEL, dkdv), ("backward_dq", DQ_KERNEL, dq)):

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import triton
 
+from attnc.codegen.skeleton import DIVISORS_ANY, DIVISORS_POSITIVE, DIVISORS_TILED
 from attnc.runtime.block_mask import block_size_pair
 from attnc.runtime.config import KernelConfig, next_power_of_two
 
@@ -111,12 +112,15 @@ def check_captures(tensors: Sequence[torch.Tensor], device: torch.device) -> Non
             raise ValueError(f"attnc: captured tensor #{slot} is empty; a mod cannot read from it")
 
 
-def tile_divisors_aligned(params: Sequence[int | float], slots: Sequence[int], block: int) -> bool:
-    """Whether every parameter in `slots` (those dividing a kernel's tile index) is a positive multiple of its
-    tile length `block`: then the kernel divides each tile's first index instead of every index in it
-    (`attnc.codegen.skeleton.TileIndex`)."""
-    return bool(slots) and all(float(params[s]).is_integer() and params[s] > 0 and int(params[s]) % block == 0
-                               for s in slots)
+def tile_divisors(params: Sequence[int | float], slots: Sequence[int], block: int) -> int:
+    """What the parameters in `slots` (those dividing a kernel's tile index) are, for the kernel's TILE_DIVISORS
+    constexpr (`attnc.codegen.skeleton.TileIndex`): DIVISORS_TILED where every one is a positive multiple of the
+    tile length `block` (each tile divides its first index once), DIVISORS_POSITIVE where every one is positive
+    (a division without sign fixes), else DIVISORS_ANY (as are kernels without such divisions)."""
+    values = [params[s] for s in slots]
+    if not values or not all(float(v).is_integer() and v > 0 for v in values):
+        return DIVISORS_ANY
+    return DIVISORS_TILED if all(int(v) % block == 0 for v in values) else DIVISORS_POSITIVE
 
 
 def aligned_block(block: int, params: Sequence[int | float], slots: Sequence[int]) -> int:
@@ -125,14 +129,14 @@ def aligned_block(block: int, params: Sequence[int | float], slots: Sequence[int
     wide then gets 64-key tiles, each inside one canvas row: the tile's row is one scalar and its columns an
     offset, instead of a division per column, which costs more than the narrower tile."""
     half = block // 2
-    if half >= 64 and not tile_divisors_aligned(params, slots, block) and tile_divisors_aligned(params, slots, half):
+    if half >= 64 and DIVISORS_TILED == tile_divisors(params, slots, half) != tile_divisors(params, slots, block):
         return half
     return block
 
 
 def constexprs(shapes: Shapes, config: KernelConfig, dtype: torch.dtype, *, block_sizes: tuple[int, int] | None,
                has_full: bool, has_mask: bool, interpret: bool, scale: float | None = None,
-               aligned: bool = False) -> dict[str, Any]:
+               divisors: int = DIVISORS_ANY) -> dict[str, Any]:
     q_block, kv_block = block_sizes or (config.block_m, config.block_n)
     sm_scale = default_scale(shapes) if scale is None else scale
     return {
@@ -154,7 +158,7 @@ def constexprs(shapes: Shapes, config: KernelConfig, dtype: torch.dtype, *, bloc
         # Single-instruction transcendentals where their error is below the inputs' own precision; the
         # interpreter cannot run inline PTX.
         "FAST_MATH": not interpret and dtype in (torch.float16, torch.bfloat16),
-        "TILE_DIVISORS_ALIGNED": aligned,
+        "TILE_DIVISORS": divisors,
     }
 
 
@@ -261,7 +265,7 @@ def capture_args(tensors: Sequence[torch.Tensor], params: Sequence[int | float])
 def launch_forward(kernel: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
                    shapes: Shapes, scale: float | None, tensors: Sequence[torch.Tensor],
                    params: Sequence[int | float], block_mask: Any, config: KernelConfig, has_mask: bool,
-                   interpret: bool, tile_divisors: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+                   interpret: bool, divisor_slots: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     out = empty_in_order_of(query, (shapes.B, shapes.Hq, shapes.Q_LEN, shapes.Dv))
     lse = row_statistics_buffer(shapes, query.device, compute_dtype(query.dtype))[0]
     if shapes.Q_LEN == 0:
@@ -277,7 +281,7 @@ def launch_forward(kernel: Any, query: torch.Tensor, key: torch.Tensor, value: t
          shapes, capture_args(tensors, [scalar_argument(p, query.dtype) for p in params]),
          constexprs(shapes, config, query.dtype, block_sizes=block_sizes, has_full=has_full,
                     has_mask=has_mask, interpret=interpret, scale=sm_scale,
-                    aligned=tile_divisors_aligned(params, tile_divisors, config.block_n)))
+                    divisors=tile_divisors(params, divisor_slots, config.block_n)))
     return out, lse
 
 

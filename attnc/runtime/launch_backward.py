@@ -25,7 +25,7 @@ from attnc.runtime.launch import (
     constexprs,
     row_statistics,
     scalar_argument,
-    tile_divisors_aligned,
+    tile_divisors,
     with_tma_if_ready,
 )
 
@@ -105,10 +105,10 @@ def launch_backward(dkdv_kernel: Any, dq_kernel: Any, query: torch.Tensor, key: 
                     shapes: Shapes, scale: float | None, tensors: Sequence[torch.Tensor],
                     params: Sequence[int | float], grad_slots: Sequence[int], grad_wanted: Sequence[bool],
                     block_mask: Any, configs: BackwardConfigs, has_mask: bool, interpret: bool,
-                    tile_divisors: tuple[Sequence[int], Sequence[int]] = ((), ()),
+                    divisor_slots: tuple[Sequence[int], Sequence[int]] = ((), ()),
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
     """(dq, dk, dv, {slot: gradient in the compute dtype}) for the captured tensors with grad_wanted;
-    `tile_divisors`: the dK/dV and the dQ kernel's (`BackwardSource`)."""
+    `divisor_slots`: the parameters dividing the dK/dV and the dQ kernel's tile index (`BackwardSource`)."""
     dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
     stats = row_statistics(lse, compute_dtype(query.dtype))
     delta = delta_rows(out, dout, dlse)
@@ -130,14 +130,14 @@ def launch_backward(dkdv_kernel: Any, dq_kernel: Any, query: torch.Tensor, key: 
     common = [*query.stride(), *key.stride(), *value.stride(), *dout.stride(), *stats.stride()[1:],
               stats.stride(0)]
 
-    def consts(config: KernelConfig, has_full: bool, aligned: bool) -> dict[str, Any]:
+    def consts(config: KernelConfig, has_full: bool, divisors: int) -> dict[str, Any]:
         c = constexprs(shapes, config, query.dtype, block_sizes=block_sizes, has_full=has_full, has_mask=has_mask,
-                       interpret=interpret, scale=sm_scale, aligned=aligned)
+                       interpret=interpret, scale=sm_scale, divisors=divisors)
         c["Q_EVEN"] = shapes.Q_LEN % c["SPARSE_Q_BLOCK"] == 0  # as KV_EVEN: every query tile inside
         return c
 
     q_side, has_full_q = block_mask_args(block_mask, shapes, lse, side="q")
-    c = consts(configs.dkdv, has_full_q, tile_divisors_aligned(params, tile_divisors[0], configs.dkdv.block_m))
+    c = consts(configs.dkdv, has_full_q, tile_divisors(params, divisor_slots[0], configs.dkdv.block_m))
     c.pop("KV_EVEN")
     key_common = [*query.stride(), *key.stride(), *value.stride(), *key_dout.stride(), *key_stats.stride()[1:],
                   key_stats.stride(0)]
@@ -147,7 +147,7 @@ def launch_backward(dkdv_kernel: Any, dq_kernel: Any, query: torch.Tensor, key: 
         num_warps=configs.dkdv.num_warps, num_stages=configs.dkdv.num_stages)
 
     kv_side, has_full_kv = block_mask_args(block_mask, shapes, lse)
-    c = consts(configs.dq, has_full_kv, tile_divisors_aligned(params, tile_divisors[1], configs.dq.block_n))
+    c = consts(configs.dq, has_full_kv, tile_divisors(params, divisor_slots[1], configs.dq.block_n))
     c.pop("Q_EVEN")
     dq_kernel[(triton.cdiv(shapes.Q_LEN, configs.dq.block_m), shapes.B * shapes.Hq)](
         query, key, value, dout, stats, delta, dq, *common, *dq.stride(), *kv_side, scale_arg, shapes.Hq,

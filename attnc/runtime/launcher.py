@@ -127,7 +127,7 @@ class Launcher:
         return launch.launch_forward(
             self.kernels.forward(), q, k, v, shapes=shapes, scale=scale, tensors=tensors, params=params,
             block_mask=block_mask, config=config, has_mask=self.program.mask is not None,
-            interpret=q.device.type != "cuda", tile_divisors=self.kernels.forward_source.tile_divisors)
+            interpret=q.device.type != "cuda", divisor_slots=self.kernels.forward_source.tile_divisors)
 
     def backward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                  dout: torch.Tensor, dlse: torch.Tensor | None, tensors: Any, params: Any, *, shapes: launch.Shapes,
@@ -141,7 +141,8 @@ class Launcher:
             dkdv, dq_kernel, q, k, v, out, lse, dout, dlse, shapes=shapes, scale=scale, tensors=tensors,
             params=params, grad_slots=self.kernels.backward_source.grad_slots, grad_wanted=grad_wanted,
             block_mask=block_mask, configs=configs, has_mask=self.program.mask is not None,
-            interpret=q.device.type != "cuda", tile_divisors=(source.dkdv_tile_divisors, source.dq_tile_divisors))
+            interpret=q.device.type != "cuda",
+            divisor_slots=(source.dkdv_tile_divisors, source.dq_tile_divisors))
 
     def decode(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None,
                bindings: Any, shapes: launch.Shapes, *, num_splits: int,

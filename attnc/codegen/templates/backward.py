@@ -36,8 +36,9 @@
 #   tile_test_*     `may_true` / `may_false` for the tile box [q_lo, q_hi] x [kv_lo, kv_hi]
 #   q_ranges        closed-form query ranges of a key tile, looping over their tiles (dK/dV kernel)
 #   kv_ranges       closed-form key ranges of a query tile, looping over their tiles (dQ kernel)
-# TILE_DIVISORS_ALIGNED (constexpr, set per launch): every parameter dividing the tile index is a positive
-# multiple of the tile length, so each tile divides its first index once (attnc.codegen.skeleton.TileIndex).
+# TILE_DIVISORS (constexpr, set per launch): what the parameters dividing the tile index are (2: positive
+# multiples of the tile length, 1: positive, 0: anything), so that the divisions take their cheapest exact
+# form (attnc.codegen.skeleton.TileIndex).
 import triton
 import triton.language as tl
 
@@ -63,7 +64,7 @@ def _dkdv_tile(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, apply_mask, CHECK_Q: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    FAST_MATH: tl.constexpr, TILE_DIVISORS_ALIGNED: tl.constexpr,
+    FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -153,7 +154,7 @@ def _dkdv_visit(
     # HOLE: tile_test_params_kv
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, Q_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, TILE_DIVISORS_ALIGNED: tl.constexpr,
+    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr,
     COMPUTE: tl.constexpr,
     TILE_KIND: tl.constexpr,
 ):
@@ -165,7 +166,7 @@ def _dkdv_visit(
             # HOLE: capture_pass
             # HOLE: hoisted_pass_kv
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, False, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
         )
     elif TILE_KIND == ON_BAND:  # beside the full range: masked, untested, so the loop has no branch
         dk, dv = _dkdv_tile(
@@ -175,7 +176,7 @@ def _dkdv_visit(
             # HOLE: capture_pass
             # HOLE: hoisted_pass_kv
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, True, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
         )
     else:
         q_lo = start_m
@@ -189,7 +190,7 @@ def _dkdv_visit(
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass_kv
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, may_false, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
             )
     return dk, dv
 
@@ -217,7 +218,7 @@ def attnc_backward_dkdv(
     USE_BLOCK_MASK: tl.constexpr, HAS_FULL_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
     Q_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    FAST_MATH: tl.constexpr, TILE_DIVISORS_ALIGNED: tl.constexpr,
+    FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr,
 ):
     # One program: BLOCK_N keys of one (batch, kv head), summed over the query heads that share them.
     # The dtype of the arithmetic, as in the forward: float64 for float64 inputs, float32 otherwise
@@ -293,7 +294,7 @@ def attnc_backward_dkdv(
                         # HOLE: capture_pass
                         # HOLE: hoisted_pass_kv
                         HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                        SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+                        SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
                     )
             n_partial = tl.load(Q_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_col * stride_nn)
             partial_list = Q_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_col * stride_in
@@ -307,7 +308,7 @@ def attnc_backward_dkdv(
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass_kv
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, HAS_MASK, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
                 )
         elif HAS_MASK:
             kv_lo = start_n
@@ -326,7 +327,7 @@ def attnc_backward_dkdv(
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass_kv
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, False, UPCAST, DOT_PRECISION, USE_TMA,
-                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
                 )
             if not Q_EVEN:
                 dk, dv = _dkdv_tile(
@@ -337,7 +338,7 @@ def attnc_backward_dkdv(
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass_kv
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, True, UPCAST, DOT_PRECISION, USE_TMA,
-                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
                 )
     dk = dk * sm_scale
     tl.store(DK + off_b.to(tl.int64) * stride_dkb + off_hkv.to(tl.int64) * stride_dkh
@@ -359,7 +360,7 @@ def _dq_tile(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, apply_mask, CHECK_KV: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    FAST_MATH: tl.constexpr, TILE_DIVISORS_ALIGNED: tl.constexpr,
+    FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -433,7 +434,7 @@ def _dq_visit(
     # HOLE: tile_test_params_q
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, TILE_DIVISORS_ALIGNED: tl.constexpr,
+    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr,
     COMPUTE: tl.constexpr,
     TILE_KIND: tl.constexpr,
 ):
@@ -446,7 +447,7 @@ def _dq_visit(
             # HOLE: grad_pass
             # HOLE: hoisted_pass_q
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, False, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
         )
     elif TILE_KIND == ON_BAND:  # beside the full range: masked, untested, so the loop has no branch
         dq = _dq_tile(
@@ -457,7 +458,7 @@ def _dq_visit(
             # HOLE: grad_pass
             # HOLE: hoisted_pass_q
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, True, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
         )
     else:
         kv_lo = start_n
@@ -472,7 +473,7 @@ def _dq_visit(
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
             )
     return dq
 
@@ -500,7 +501,7 @@ def attnc_backward_dq(
     USE_BLOCK_MASK: tl.constexpr, HAS_FULL_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
     KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    FAST_MATH: tl.constexpr, TILE_DIVISORS_ALIGNED: tl.constexpr,
+    FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr,
 ):
     # One program: BLOCK_M query rows of one (batch, query head), over the key tiles they attend to.
     COMPUTE: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
@@ -576,7 +577,7 @@ def attnc_backward_dq(
                     # HOLE: grad_pass
                     # HOLE: hoisted_pass_q
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
                 )
         n_partial = tl.load(KV_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_row * stride_nm)
         partial_list = KV_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_row * stride_im
@@ -591,7 +592,7 @@ def attnc_backward_dq(
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
             )
     elif HAS_MASK:
         q_lo = start_m * BLOCK_M
@@ -609,7 +610,7 @@ def attnc_backward_dq(
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, False, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
             )
         if not KV_EVEN:
             dq = _dq_tile(
@@ -620,7 +621,7 @@ def attnc_backward_dq(
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
             )
     dq = dq * (sm_scale * inv_l)[:, None]
     tl.store(DQ + off_b.to(tl.int64) * stride_dqb + off_h.to(tl.int64) * stride_dqh

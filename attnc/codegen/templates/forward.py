@@ -34,8 +34,9 @@
 # Hopper options (constexprs): USE_TMA loads K and V through tensor descriptors (TMA; the launcher sets it
 # only for unit last strides and 16-byte aligned rows); WARP_SPECIALIZE splits the loops without branches
 # (no mask, off-band) into producer and consumer warps.
-# TILE_DIVISORS_ALIGNED (constexpr, set per launch): every parameter dividing the tile index is a positive
-# multiple of the tile length, so each tile divides its first index once (attnc.codegen.skeleton.TileIndex).
+# TILE_DIVISORS (constexpr, set per launch): what the parameters dividing the tile index are (2: positive
+# multiples of the tile length, 1: positive, 0: anything), so that the divisions take their cheapest exact
+# form (attnc.codegen.skeleton.TileIndex).
 import triton
 import triton.language as tl
 
@@ -61,7 +62,7 @@ def _attend_tile(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, apply_mask, tile_live, CHECK_KV: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
-    SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, TILE_DIVISORS_ALIGNED: tl.constexpr,
+    SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
     # apply_mask and tile_live are literals (compile-time branches) on the loops that know their tiles'
@@ -126,7 +127,7 @@ def _visit_tile(
     # HOLE: tile_test_params
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, TILE_DIVISORS_ALIGNED: tl.constexpr,
+    USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr,
     COMPUTE: tl.constexpr,
     TILE_KIND: tl.constexpr,
 ):
@@ -139,7 +140,7 @@ def _visit_tile(
             # HOLE: capture_pass
             # HOLE: hoisted_pass
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, False, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
         )
     elif TILE_KIND == ON_BAND:
         # beside the full range: masked without a test, so that the loop has no branch and is pipelined
@@ -150,7 +151,7 @@ def _visit_tile(
             # HOLE: capture_pass
             # HOLE: hoisted_pass
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, True, True, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
         )
     else:
         # Classify the tile from the mask's structure: empty tiles cost their loads and this scalar test, full
@@ -167,7 +168,7 @@ def _visit_tile(
             # HOLE: capture_pass
             # HOLE: hoisted_pass
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, may_true, not KV_EVEN, UPCAST, DOT_PRECISION,
-            USE_TMA, SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+            USE_TMA, SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
         )
     return acc, l_i, m_i
 
@@ -193,7 +194,7 @@ def attnc_forward(
     USE_BLOCK_MASK: tl.constexpr, HAS_FULL_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
     KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    FAST_MATH: tl.constexpr, TILE_DIVISORS_ALIGNED: tl.constexpr,
+    FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr,
 ):
     # Three ways to find the key tiles: a BlockMask's lists (USE_BLOCK_MASK), the mask's own closed-form
     # ranges and tile test (HAS_MASK), or every tile (no mask).
@@ -273,7 +274,7 @@ def attnc_forward(
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, not KV_EVEN, UPCAST, DOT_PRECISION,
-                    USE_TMA, SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+                    USE_TMA, SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
                 )
         n_partial = tl.load(KV_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_row * stride_nm)
         partial_list = KV_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_row * stride_im
@@ -287,7 +288,7 @@ def attnc_forward(
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, True, not KV_EVEN, UPCAST, DOT_PRECISION,
-                USE_TMA, SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+                USE_TMA, SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
             )
     elif HAS_MASK:
         q_lo = start_m * BLOCK_M
@@ -305,7 +306,7 @@ def attnc_forward(
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, False, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
             )
         if not KV_EVEN:
             acc, l_i, m_i = _attend_tile(
@@ -315,7 +316,7 @@ def attnc_forward(
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, True, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS_ALIGNED, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
             )
 
     # Rows with no allowed key: l = 0, so the output is 0 and the lse is -inf (never NaN).

@@ -180,6 +180,13 @@ def _floordiv_magic(a, d, m, shift):
 
 
 @triton.jit
+def _floordiv_magic_nonneg(a, m, shift):
+    # a // d for 0 <= a < 2^31 and d > 0: the magic's multiply-high, add and shift, without the sign fixes
+    u = tl.cast(a, tl.uint32)
+    return tl.cast((tl.umulhi(u, m) + u) >> shift, tl.int32)
+
+
+@triton.jit
 def _mod_magic(a, d, m, shift):
     # Python's a % d (the sign of d) from the floor quotient
     return a - _floordiv_magic(a, d, m, shift) * d
