@@ -22,6 +22,7 @@ from attnc.codegen.skeleton import (
     TEMPLATES,
     Emitter,
     Level,
+    ScoreLines,
     TileIndex,
     capture_arg_names,
     common_holes,
@@ -30,6 +31,7 @@ from attnc.codegen.skeleton import (
     key_major_level,
     mask_lines,
     range_loop_lines,
+    score_value_lines,
     split_tile_test,
     unspecialized_args,
 )
@@ -60,6 +62,7 @@ class BackwardSource:
     # the dK/dV kernel's (q, by BLOCK_M) and the dQ kernel's (kv, by BLOCK_N)
     dkdv_tile_divisors: tuple[int, ...] = ()
     dq_tile_divisors: tuple[int, ...] = ()
+    score_factor: int | None = None  # as `KernelSource.score_factor`, for both kernels
 
 
 def dscore_finite(program: Program, *, params_finite_nonzero: bool) -> bool:
@@ -84,19 +87,14 @@ def _grad_arg_names(program: Program, slots: tuple[int, ...]) -> tuple[list[str]
     return [*pointers, *(f"{flag}: tl.constexpr" for flag in flags)], [*pointers, *flags]
 
 
-def _score_lines(emitter: Emitter, program: Program) -> list[str]:
+def _score_lines(emitter: Emitter, program: Program) -> ScoreLines:
     """`dscore` and the modified `score` (broadcast to the tile even where the mod ignores an index)."""
     if program.score is None:
-        return []
+        return ScoreLines([], None)
     lines: list[str] = []
     dscore = emitter.emit(derivative(program.score, score()), lines)
-    aligned_before = emitter.aligned_forms
-    result = emitter.emit(program.score, lines)
-    if not {"q", "kv"} <= program.score.deps:
-        result = f"{result} + tl.zeros_like(raw_score)"
-    elif emitter.aligned_forms > aligned_before:  # one value per tile where it reads a tile-aligned division
-        result = f"tl.broadcast_to({result}, raw_score.shape)"
-    return [*lines, f"dscore = {dscore}", f"score = {result}"]
+    scored = score_value_lines(emitter, program.score, "raw_score", per_pair={"q", "kv"} <= program.score.deps)
+    return ScoreLines([*lines, f"dscore = {dscore}", *scored.lines], scored.factor_slot)
 
 
 def _address(emitter: Emitter, read: Node) -> str:
@@ -156,12 +154,12 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
     # scatter: their addresses need an index per pair
     dq_tiles = None if slots and program.score is not None else TileIndex("kv", "start_n", "BLOCK_N")
     by_query = Emitter(score_name="raw_score", tile_index=dq_tiles, unscaled="qk")
-    score_q = _score_lines(by_query, program) if bias is None else []
+    scored_q = _score_lines(by_query, program) if bias is None else ScoreLines([], None)
     mask_q = mask_lines(by_query, program.mask)
     grads = _grad_lines(by_query, program, slots)
     by_key = Emitter(level_of=key_major_level, score_name="raw_score",
                      tile_index=TileIndex("q", "start_m", "BLOCK_M"), unscaled="qkt")
-    score_kv = _score_lines(by_key, program) if bias is None else []
+    scored_kv = _score_lines(by_key, program) if bias is None else ScoreLines([], None)
     mask_kv = mask_lines(by_key, program.mask)
     hoisted_q, hoisted_kv = hoisted_names(by_query), hoisted_names(by_key)
     test_q, test_kv = split_tile_test(tile_test), split_tile_test(tile_test, key_major_level)
@@ -172,14 +170,14 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
                 "q_origin, bias_cols, bias_a,",
                 *(f"{name}," for name in captures + grad_call + hoisted_q + test_q.params),
                 "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
-                "SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,"]
+                "SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,"]
     dkdv_visit = ["dk, dv, k, v, Q_head, DO_head, LSE_head, DELTA_head, Q_desc, DO_desc,",
                   "stride_qm, stride_qd, stride_dom, stride_dod, stride_lm, stride_ls,",
                   "start_m, b_idx, h_idx, kv_idx, kv_lo, kv_hi, sm_scale, qk_scale, Q_LEN,",
                   "kv_origin, bias_rows, bias_b, bias_at_origin,",
                   *(f"{name}," for name in captures + hoisted_kv + test_kv.params),
                   "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
-                  "SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,"]
+                  "SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,"]
     unspecialized = unspecialized_args(param_args)
     common = common_holes(captures, unspecialized)
     common["constants"].append(f"HAS_SCORE_MOD = tl.constexpr({program.score is not None})")
@@ -200,9 +198,9 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
         "hoist_q": by_query.lines[Level.QUERY],
         "hoist_program_kv": by_key.lines[Level.PROGRAM],
         "hoist_kv": by_key.lines[Level.QUERY],
-        "score_mod_q": score_q,
+        "score_mod_q": scored_q.lines,
         "mask_mod_q": mask_q,
-        "score_mod_kv": score_kv,
+        "score_mod_kv": scored_kv.lines,
         "mask_mod_kv": mask_kv,
         "grad_accumulate": grads,
         "affine_bias_q": affine_bias_lines(bias),
@@ -220,4 +218,5 @@ def generate_backward(program: Program, tile_test: TileTest | None = None, kv_ra
     source = fill((TEMPLATES / "backward.py").read_text(), holes)
     grad_pointers = tuple(name for name in grad_call if not name.startswith("GRAD"))
     return BackwardSource(source, tuple(captures), grad_pointers, slots, tuple(unspecialized), assumes_params,
-                          tuple(sorted(by_key.tile_divisors)), tuple(sorted(by_query.tile_divisors)))
+                          tuple(sorted(by_key.tile_divisors)), tuple(sorted(by_query.tile_divisors)),
+                          scored_q.factor_slot)

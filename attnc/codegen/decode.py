@@ -28,7 +28,8 @@ DECODE_KERNEL_NAME = "attnc_decode"
 def generate_decode(program: Program) -> KernelSource:
     """The split-KV decode kernel for `program` (its key tiles come from per-(batch, kv head) lists)."""
     emitter = Emitter(unscaled="qk")
-    score = score_lines(emitter, program.score)
+    scored = score_lines(emitter, program.score)
+    score = scored.lines
     mask = mask_lines(emitter, program.mask)
     hoisted = hoisted_names(emitter)
     tensor_args, param_args = capture_arg_names(program)
@@ -48,7 +49,8 @@ def generate_decode(program: Program) -> KernelSource:
     placement = {
         "once per program row (b, h)": tuple(emitter.lines[Level.PROGRAM]),
         "once per program row (q)": tuple(emitter.lines[Level.QUERY]),
-        "per tile (kv, score)": tuple(score[:-1]),
+        "per tile (kv, score)": tuple(line for line in score if not line.startswith(("score =", "score_log2e ="))),
         "per partial tile only (mask)": tuple(mask[:-1]),
     }
-    return KernelSource(source, DECODE_KERNEL_NAME, tuple(captures), tuple(param_args), placement)
+    return KernelSource(source, DECODE_KERNEL_NAME, tuple(captures), tuple(param_args), placement,
+                        score_factor=scored.factor_slot)

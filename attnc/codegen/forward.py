@@ -15,6 +15,7 @@ from attnc.codegen.skeleton import (
     Emitter,
     KernelSource,
     Level,
+    ScoreLines,
     TileIndex,
     capture_arg_names,
     common_holes,
@@ -22,6 +23,7 @@ from attnc.codegen.skeleton import (
     hoisted_names,
     mask_lines,
     range_loop_lines,
+    score_value_lines,
     split_tile_test,
     unspecialized_args,
 )
@@ -34,19 +36,11 @@ if TYPE_CHECKING:
 KERNEL_NAME = "attnc_forward"
 
 
-def score_lines(emitter: Emitter, root: Node | None) -> list[str]:
+def score_lines(emitter: Emitter, root: Node | None) -> ScoreLines:
     if root is None:
-        return []
-    lines: list[str] = []
-    aligned_before = emitter.aligned_forms
-    result = emitter.emit(root, lines)
-    # A score mod that ignores the key index still yields one value per (q, kv) pair; so does one that reads
-    # it through tile-aligned divisions only (one value per tile in that form).
-    if "kv" not in root.deps:
-        return [*lines, f"score = {result} + tl.zeros_like(score)"]
-    if emitter.aligned_forms > aligned_before:
-        return [*lines, f"score = tl.broadcast_to({result}, score.shape)"]
-    return [*lines, f"score = {result}"]
+        return ScoreLines([], None)
+    # A score mod that ignores the key index still yields one value per (q, kv) pair.
+    return score_value_lines(emitter, root, "score", per_pair="kv" in root.deps)
 
 
 def _visit_args(captures: list[str], hoisted: list[str], test_params: list[str]) -> list[str]:
@@ -55,7 +49,7 @@ def _visit_args(captures: list[str], hoisted: list[str], test_params: list[str])
             "q_origin, bias_cols, bias_kv, bias_at_q0,",
             *(f"{name}," for name in captures + hoisted + test_params),
             "HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,",
-            "SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,"]
+            "SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,"]
 
 
 def generate_forward(program: Program, tile_test: TileTest | None = None,
@@ -67,7 +61,8 @@ def generate_forward(program: Program, tile_test: TileTest | None = None,
     on-band tiles (tested, masked) and off-band tiles (neither)."""
     emitter = Emitter(tile_index=TileIndex("kv", "start_n", "BLOCK_N"), unscaled="qk")
     bias = affine_bias(program.score)
-    score = score_lines(emitter, program.score) if bias is None else []
+    scored = score_lines(emitter, None if bias is not None else program.score)
+    score = scored.lines
     mask = mask_lines(emitter, program.mask)
     hoisted = hoisted_names(emitter)
     test = split_tile_test(tile_test)
@@ -97,8 +92,8 @@ def generate_forward(program: Program, tile_test: TileTest | None = None,
     placement = {
         "once per program (b, h)": tuple(emitter.lines[Level.PROGRAM]),
         "once per query tile (q)": tuple(emitter.lines[Level.QUERY]),
-        "per tile (kv, score)": tuple(score[:-1]),
+        "per tile (kv, score)": tuple(line for line in score if not line.startswith(("score =", "score_log2e ="))),
         "per partial tile only (mask)": tuple(mask[:-1]),
     }
     return KernelSource(source, KERNEL_NAME, tuple(captures), tuple(unspecialized), placement,
-                        tuple(sorted(emitter.tile_divisors)))
+                        tuple(sorted(emitter.tile_divisors)), scored.factor_slot)

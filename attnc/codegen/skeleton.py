@@ -62,9 +62,12 @@ class KernelSource:
     capture_args: tuple[str, ...]  # generated arguments, in signature order
     do_not_specialize: tuple[str, ...]
     placement: dict[str, tuple[str, ...]]  # level name -> the generated lines computed there
-    # parameter slots that divide the key index in tile-aligned divisions (`TileIndex`): the launch passes
-    # TILE_DIVISORS_ALIGNED when each is positive and a multiple of the key tile's length
+    # parameter slots that divide the key index in tile-aligned divisions (`TileIndex`): the launch tells the
+    # kernel what they are (TILE_DIVISORS)
     tile_divisors: tuple[int, ...] = ()
+    # the parameter slot of the score mod's last factor, where the launch tells whether it is positive
+    # (`score_value_lines`, SCORE_FACTOR_POSITIVE)
+    score_factor: int | None = None
 
     def describe_placement(self) -> str:
         return "\n".join(f"{level}:\n" + "\n".join(f"  {line}" for line in lines) if lines else f"{level}: -"
@@ -451,6 +454,58 @@ def _band_lines(full: tuple[Node | None, Node | None], values: Iterator[str], st
         "band_lo = tl.where(band_none, range_hi0 + 1, band_lo)",
         "band_end = tl.where(band_none, range_hi0 + 1, band_end)",
     ]
+
+
+# The constexpr a launch sets where the score mod's last factor is a parameter and its value is positive
+# (`attnc.runtime.launch.score_factor_positive`).
+FACTOR_FLAG = "SCORE_FACTOR_POSITIVE"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreLines:
+    """The lines computing a tile's `score` (and `score_log2e`, the base-2 factor its exponent takes), and the
+    parameter slot of a last factor the launch must find positive to move it into the exponent."""
+
+    lines: list[str]
+    factor_slot: int | None
+
+
+def score_value_lines(emitter: Emitter, root: Node, broadcast_like: str, per_pair: bool) -> ScoreLines:
+    """`score = root` for a score mod `root`, one value per pair of the tile (`per_pair`: the mod reads both
+    indices, else it is broadcast like `broadcast_like`). A last factor k > 0 (`x * cap` ending a softcap, a
+    temperature) leaves the per-pair multiply: the score is x, and k joins log2(e) in `score_log2e`, which the
+    exponent's multiply-add applies (the maximum of k x is k times that of x for k > 0, and -inf stays -inf).
+    A constant k is checked here; a parameter by the launch (FACTOR_FLAG), the kernel keeping both forms."""
+    lines: list[str] = []
+    factor = _positive_last_factor(root)
+    value = root if factor is None else factor[0]
+    aligned_before = emitter.aligned_forms
+    result = emitter.emit(value, lines)
+    if not per_pair:
+        result = f"{result} + tl.zeros_like({broadcast_like})"
+    elif emitter.aligned_forms > aligned_before:  # one value per tile where it reads a tile-aligned division
+        result = f"tl.broadcast_to({result}, {broadcast_like}.shape)"
+    if factor is None:
+        return ScoreLines([*lines, f"score = {result}"], None)
+    k = emitter.expr(factor[1])
+    if factor[1].op is Op.CONST:
+        return ScoreLines([*lines, f"score = {result}", f"score_log2e = tl.full([], LOG2E * {k}, {COMPUTE})"], None)
+    return ScoreLines([*lines, f"score = {result} if {FACTOR_FLAG} else {result} * {k}",
+                       f"score_log2e = LOG2E * {k} if {FACTOR_FLAG} else tl.full([], LOG2E, {COMPUTE})"],
+                      factor[1].arg)
+
+
+def _positive_last_factor(root: Node) -> tuple[Node, Node] | None:
+    """(x, k) for a score mod `x * k` (either order) with k a positive finite float constant or a float
+    parameter; None otherwise."""
+    if root.op is not Op.MUL or not root.dtype.is_float:
+        return None
+    for x, k in (root.src, root.src[::-1]):
+        if k.op is Op.CONST and type(k.arg) in (int, float) and 0 < k.arg < float("inf"):
+            return x, k
+        if k.op is Op.PARAM and k.dtype.is_float:
+            return x, k
+    return None
 
 
 def mask_lines(emitter: Emitter, root: Node | None) -> list[str]:

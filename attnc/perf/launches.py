@@ -200,7 +200,8 @@ def _forward_launches(attn: Any, plans: Mapping[str, Any], shape: Shape, configs
     for suffix, plan in plans.items():
         recorder = Recorder()
         launch.launch_forward(recorder, *shape.inputs(), block_mask=plan, config=configs[suffix],
-                              divisor_slots=attn.source.tile_divisors, **common)
+                              divisor_slots=attn.source.tile_divisors, factor_slot=attn.source.score_factor,
+                              **common)
         launches["forward" + suffix] = _recorded("forward" + suffix, "forward", path, attn.source.kernel_name,
                                                  recorder, _block_size(plan))
     return launches
@@ -220,6 +221,7 @@ def _backward_launches(attn: Any, plans: Mapping[str, Any], shape: Shape,
                                         configs=configs[suffix],
                                         divisor_slots=(attn.backward_source.dkdv_tile_divisors,
                                                                         attn.backward_source.dq_tile_divisors),
+                                        factor_slot=attn.backward_source.score_factor,
                                         **common)
         for kind, kernel, recorder in (("backward_dkdv", DKDV_KERNEL, dkdv), ("backward_dq", DQ_KERNEL, dq)):
             launches[kind + suffix] = _recorded(kind + suffix, kind, path, kernel, recorder, _block_size(plan))

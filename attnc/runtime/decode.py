@@ -37,6 +37,7 @@ from attnc.runtime.launch import (
     default_scale,
     empty_in_order_of,
     scalar_argument,
+    score_factor_positive,
 )
 
 BLOCK_N = 64
@@ -112,7 +113,7 @@ def rows_per_program(shapes: Shapes) -> int:
 
 
 def decode_constexprs(shapes: Shapes, dtype: torch.dtype, block_m: int, sm_scale: float, interpret: bool, *,
-                      has_lengths: bool, page_size: int | None) -> dict[str, Any]:
+                      has_lengths: bool, page_size: int | None, factor_positive: bool = False) -> dict[str, Any]:
     """The decode kernel's compile-time arguments (shared by the launch and the ahead-of-time compile);
     `page_size` None: contiguous keys."""
     return {
@@ -124,6 +125,7 @@ def decode_constexprs(shapes: Shapes, dtype: torch.dtype, block_m: int, sm_scale
         "DOT_PRECISION": "ieee" if dtype in (torch.float32, torch.float64) else "tf32",
         "SCALE_POSITIVE": sm_scale > 0,
         "FAST_MATH": not interpret and dtype in (torch.float16, torch.bfloat16),
+        "SCORE_FACTOR_POSITIVE": factor_positive,  # as the forward's (`launch.score_factor_positive`)
     }
 
 
@@ -141,9 +143,10 @@ def check_decode_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
 def launch_decode(kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lists: TileLists, *,
                   shapes: Shapes, scale: float | None, tensors: Sequence[torch.Tensor],
                   params: Sequence[int | float], num_splits: int, interpret: bool,
-                  layout: KeyLayout = KeyLayout()) -> tuple[torch.Tensor, torch.Tensor]:
+                  layout: KeyLayout = KeyLayout(), factor_slot: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [B, Hq, Q_LEN, Dv] in q's dtype, lse [B, Hq, Q_LEN] in the compute dtype) for `q [B, Hq, Q_LEN, D]`,
-    `k, v [B, Hkv, KV_LEN, D]` (or page pools, `layout`): every split's partial result, then their exact merge."""
+    `k, v [B, Hkv, KV_LEN, D]` (or page pools, `layout`): every split's partial result, then their exact merge.
+    `factor_slot`: the score mod's last factor (`KernelSource.score_factor`)."""
     rows = shapes.gqa_group * shapes.Q_LEN
     block_m = rows_per_program(shapes)
     row_blocks = triton.cdiv(rows, block_m)
@@ -167,7 +170,8 @@ def launch_decode(kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
             scalar_argument(float(sm_scale), q.dtype), shapes.Hkv, shapes.gqa_group, shapes.Q_LEN, shapes.KV_LEN,
             *capture_args(tensors, [scalar_argument(p, q.dtype) for p in params]),
             **decode_constexprs(shapes, q.dtype, block_m, sm_scale, interpret, has_lengths=layout.lengths is not None,
-                                page_size=k.shape[2] if paged else None),
+                                page_size=k.shape[2] if paged else None,
+                                factor_positive=score_factor_positive(params, factor_slot)),
             num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )
     out = empty_in_order_of(q, (shapes.B, shapes.Hq, shapes.Q_LEN, shapes.Dv))

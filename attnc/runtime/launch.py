@@ -123,6 +123,12 @@ def tile_divisors(params: Sequence[int | float], slots: Sequence[int], block: in
     return DIVISORS_TILED if all(int(v) % block == 0 for v in values) else DIVISORS_POSITIVE
 
 
+def score_factor_positive(params: Sequence[int | float], slot: int | None) -> bool:
+    """Whether the parameter in `slot`, the score mod's last factor (`attnc.codegen.skeleton.score_value_lines`),
+    is positive, so that the kernel applies it in the exponent's multiply-add instead of once per score."""
+    return slot is not None and params[slot] > 0
+
+
 def aligned_block(block: int, params: Sequence[int | float], slots: Sequence[int]) -> int:
     """The tile length for a kernel whose tile index is divided by the parameters in `slots`: `block`, or half of
     it (at least 64) where that makes the divisions tile-aligned and `block` does not. A 2-D canvas 64 tokens
@@ -136,7 +142,7 @@ def aligned_block(block: int, params: Sequence[int | float], slots: Sequence[int
 
 def constexprs(shapes: Shapes, config: KernelConfig, dtype: torch.dtype, *, block_sizes: tuple[int, int] | None,
                has_full: bool, has_mask: bool, interpret: bool, scale: float | None = None,
-               divisors: int = DIVISORS_ANY) -> dict[str, Any]:
+               divisors: int = DIVISORS_ANY, factor_positive: bool = False) -> dict[str, Any]:
     q_block, kv_block = block_sizes or (config.block_m, config.block_n)
     sm_scale = default_scale(shapes) if scale is None else scale
     return {
@@ -159,6 +165,8 @@ def constexprs(shapes: Shapes, config: KernelConfig, dtype: torch.dtype, *, bloc
         # interpreter cannot run inline PTX.
         "FAST_MATH": not interpret and dtype in (torch.float16, torch.bfloat16),
         "TILE_DIVISORS": divisors,
+        # the score mod's last factor, a parameter, is positive: the exponent applies it (`score_factor_positive`)
+        "SCORE_FACTOR_POSITIVE": factor_positive,
     }
 
 
@@ -265,7 +273,8 @@ def capture_args(tensors: Sequence[torch.Tensor], params: Sequence[int | float])
 def launch_forward(kernel: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
                    shapes: Shapes, scale: float | None, tensors: Sequence[torch.Tensor],
                    params: Sequence[int | float], block_mask: Any, config: KernelConfig, has_mask: bool,
-                   interpret: bool, divisor_slots: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+                   interpret: bool, divisor_slots: Sequence[int] = (),
+                   factor_slot: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     out = empty_in_order_of(query, (shapes.B, shapes.Hq, shapes.Q_LEN, shapes.Dv))
     lse = row_statistics_buffer(shapes, query.device, compute_dtype(query.dtype))[0]
     if shapes.Q_LEN == 0:
@@ -281,7 +290,8 @@ def launch_forward(kernel: Any, query: torch.Tensor, key: torch.Tensor, value: t
          shapes, capture_args(tensors, [scalar_argument(p, query.dtype) for p in params]),
          constexprs(shapes, config, query.dtype, block_sizes=block_sizes, has_full=has_full,
                     has_mask=has_mask, interpret=interpret, scale=sm_scale,
-                    divisors=tile_divisors(params, divisor_slots, config.block_n)))
+                    divisors=tile_divisors(params, divisor_slots, config.block_n),
+                    factor_positive=score_factor_positive(params, factor_slot)))
     return out, lse
 
 

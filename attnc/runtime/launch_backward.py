@@ -25,6 +25,7 @@ from attnc.runtime.launch import (
     constexprs,
     row_statistics,
     scalar_argument,
+    score_factor_positive,
     tile_divisors,
     with_tma_if_ready,
 )
@@ -105,10 +106,11 @@ def launch_backward(dkdv_kernel: Any, dq_kernel: Any, query: torch.Tensor, key: 
                     shapes: Shapes, scale: float | None, tensors: Sequence[torch.Tensor],
                     params: Sequence[int | float], grad_slots: Sequence[int], grad_wanted: Sequence[bool],
                     block_mask: Any, configs: BackwardConfigs, has_mask: bool, interpret: bool,
-                    divisor_slots: tuple[Sequence[int], Sequence[int]] = ((), ()),
+                    divisor_slots: tuple[Sequence[int], Sequence[int]] = ((), ()), factor_slot: int | None = None,
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
     """(dq, dk, dv, {slot: gradient in the compute dtype}) for the captured tensors with grad_wanted;
-    `divisor_slots`: the parameters dividing the dK/dV and the dQ kernel's tile index (`BackwardSource`)."""
+    `divisor_slots`: the parameters dividing the dK/dV and the dQ kernel's tile index, `factor_slot` the score
+    mod's last factor (`BackwardSource`)."""
     dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
     stats = row_statistics(lse, compute_dtype(query.dtype))
     delta = delta_rows(out, dout, dlse)
@@ -132,7 +134,8 @@ def launch_backward(dkdv_kernel: Any, dq_kernel: Any, query: torch.Tensor, key: 
 
     def consts(config: KernelConfig, has_full: bool, divisors: int) -> dict[str, Any]:
         c = constexprs(shapes, config, query.dtype, block_sizes=block_sizes, has_full=has_full, has_mask=has_mask,
-                       interpret=interpret, scale=sm_scale, divisors=divisors)
+                       interpret=interpret, scale=sm_scale, divisors=divisors,
+                       factor_positive=score_factor_positive(params, factor_slot))
         c["Q_EVEN"] = shapes.Q_LEN % c["SPARSE_Q_BLOCK"] == 0  # as KV_EVEN: every query tile inside
         return c
 

@@ -127,7 +127,8 @@ class Launcher:
         return launch.launch_forward(
             self.kernels.forward(), q, k, v, shapes=shapes, scale=scale, tensors=tensors, params=params,
             block_mask=block_mask, config=config, has_mask=self.program.mask is not None,
-            interpret=q.device.type != "cuda", divisor_slots=self.kernels.forward_source.tile_divisors)
+            interpret=q.device.type != "cuda", divisor_slots=self.kernels.forward_source.tile_divisors,
+            factor_slot=self.kernels.forward_source.score_factor)
 
     def backward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                  dout: torch.Tensor, dlse: torch.Tensor | None, tensors: Any, params: Any, *, shapes: launch.Shapes,
@@ -142,7 +143,7 @@ class Launcher:
             params=params, grad_slots=self.kernels.backward_source.grad_slots, grad_wanted=grad_wanted,
             block_mask=block_mask, configs=configs, has_mask=self.program.mask is not None,
             interpret=q.device.type != "cuda",
-            divisor_slots=(source.dkdv_tile_divisors, source.dq_tile_divisors))
+            divisor_slots=(source.dkdv_tile_divisors, source.dq_tile_divisors), factor_slot=source.score_factor)
 
     def decode(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None,
                bindings: Any, shapes: launch.Shapes, *, num_splits: int,
@@ -152,7 +153,8 @@ class Launcher:
         lists = decode.tile_lists(self.program, bindings.tensors, bindings.params, shapes, query.device)
         return decode.launch_decode(self.kernels.decode(), query, key, value, lists, shapes=shapes, scale=scale,
                                     tensors=bindings.tensors, params=bindings.params, num_splits=num_splits,
-                                    interpret=query.device.type != "cuda", layout=layout)
+                                    interpret=query.device.type != "cuda", layout=layout,
+                                    factor_slot=self.kernels.decode_source.score_factor)
 
 
 def check_transposed_lists(block_mask: Any) -> None:

@@ -64,7 +64,7 @@ def _dkdv_tile(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, apply_mask, CHECK_Q: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr,
+    FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr, SCORE_FACTOR_POSITIVE: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -112,6 +112,9 @@ def _dkdv_tile(
         raw_score = qkt * sm_scale
         score = raw_score
         dscore = 1.0
+        # the score mod may move a positive last factor into this (attnc.codegen.skeleton.score_value_lines);
+        # in the compute dtype, exactly: a float constant would reach _online_softmax in float32
+        score_log2e = tl.full([], LOG2E, COMPUTE)
         # HOLE: score_mod_kv
     else:
         score = qkt if SCALE_POSITIVE else qkt * qk_scale
@@ -126,7 +129,7 @@ def _dkdv_tile(
     if AFFINE_BIAS:
         pt = tl.exp2(score - (m2 - (bias_b * (offs_m - kv_origin).to(COMPUTE) + bias_at_origin))[None, :])
     elif HAS_SCORE_MOD:
-        pt = tl.exp2(score * LOG2E - m2[None, :])
+        pt = tl.exp2(score * score_log2e - m2[None, :])
     elif SCALE_POSITIVE:  # the scale and log2(e) ride on the multiply-add that subtracts the maximum
         pt = tl.exp2(score * qk_scale - m2[None, :])
     else:
@@ -155,6 +158,7 @@ def _dkdv_visit(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, Q_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr,
+    SCORE_FACTOR_POSITIVE: tl.constexpr,
     COMPUTE: tl.constexpr,
     TILE_KIND: tl.constexpr,
 ):
@@ -166,7 +170,7 @@ def _dkdv_visit(
             # HOLE: capture_pass
             # HOLE: hoisted_pass_kv
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, False, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
         )
     elif TILE_KIND == ON_BAND:  # beside the full range: masked, untested, so the loop has no branch
         dk, dv = _dkdv_tile(
@@ -176,7 +180,7 @@ def _dkdv_visit(
             # HOLE: capture_pass
             # HOLE: hoisted_pass_kv
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, True, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
         )
     else:
         q_lo = start_m
@@ -190,7 +194,7 @@ def _dkdv_visit(
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass_kv
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, may_false, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
             )
     return dk, dv
 
@@ -218,7 +222,7 @@ def attnc_backward_dkdv(
     USE_BLOCK_MASK: tl.constexpr, HAS_FULL_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
     Q_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr,
+    FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr, SCORE_FACTOR_POSITIVE: tl.constexpr,
 ):
     # One program: BLOCK_N keys of one (batch, kv head), summed over the query heads that share them.
     # The dtype of the arithmetic, as in the forward: float64 for float64 inputs, float32 otherwise
@@ -294,7 +298,7 @@ def attnc_backward_dkdv(
                         # HOLE: capture_pass
                         # HOLE: hoisted_pass_kv
                         HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                        SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+                        SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
                     )
             n_partial = tl.load(Q_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_col * stride_nn)
             partial_list = Q_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_col * stride_in
@@ -308,7 +312,7 @@ def attnc_backward_dkdv(
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass_kv
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, HAS_MASK, not Q_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
                 )
         elif HAS_MASK:
             kv_lo = start_n
@@ -327,7 +331,7 @@ def attnc_backward_dkdv(
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass_kv
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, False, UPCAST, DOT_PRECISION, USE_TMA,
-                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
                 )
             if not Q_EVEN:
                 dk, dv = _dkdv_tile(
@@ -338,7 +342,7 @@ def attnc_backward_dkdv(
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass_kv
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_M, False, True, UPCAST, DOT_PRECISION, USE_TMA,
-                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
                 )
     dk = dk * sm_scale
     tl.store(DK + off_b.to(tl.int64) * stride_dkb + off_hkv.to(tl.int64) * stride_dkh
@@ -360,7 +364,7 @@ def _dq_tile(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, apply_mask, CHECK_KV: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr,
+    FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr, SCORE_FACTOR_POSITIVE: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -390,6 +394,9 @@ def _dq_tile(
         raw_score = qk * sm_scale
         score = raw_score
         dscore = 1.0
+        # the score mod may move a positive last factor into this (attnc.codegen.skeleton.score_value_lines);
+        # in the compute dtype, exactly: a float constant would reach _online_softmax in float32
+        score_log2e = tl.full([], LOG2E, COMPUTE)
         # HOLE: score_mod_q
     else:
         score = qk if SCALE_POSITIVE else qk * qk_scale
@@ -403,7 +410,7 @@ def _dq_tile(
     if AFFINE_BIAS:
         p = tl.exp2(score - (m2 - bias_a * (start_n - q_origin).to(COMPUTE))[:, None])
     elif HAS_SCORE_MOD:
-        p = tl.exp2(score * LOG2E - m2[:, None])
+        p = tl.exp2(score * score_log2e - m2[:, None])
     elif SCALE_POSITIVE:  # the scale and log2(e) ride on the multiply-add that subtracts the maximum
         p = tl.exp2(score * qk_scale - m2[:, None])
     else:
@@ -435,6 +442,7 @@ def _dq_visit(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr,
+    SCORE_FACTOR_POSITIVE: tl.constexpr,
     COMPUTE: tl.constexpr,
     TILE_KIND: tl.constexpr,
 ):
@@ -447,7 +455,7 @@ def _dq_visit(
             # HOLE: grad_pass
             # HOLE: hoisted_pass_q
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, False, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
         )
     elif TILE_KIND == ON_BAND:  # beside the full range: masked, untested, so the loop has no branch
         dq = _dq_tile(
@@ -458,7 +466,7 @@ def _dq_visit(
             # HOLE: grad_pass
             # HOLE: hoisted_pass_q
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, True, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
         )
     else:
         kv_lo = start_n
@@ -473,7 +481,7 @@ def _dq_visit(
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
             )
     return dq
 
@@ -501,7 +509,7 @@ def attnc_backward_dq(
     USE_BLOCK_MASK: tl.constexpr, HAS_FULL_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
     KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr,
+    FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr, SCORE_FACTOR_POSITIVE: tl.constexpr,
 ):
     # One program: BLOCK_M query rows of one (batch, query head), over the key tiles they attend to.
     COMPUTE: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
@@ -577,7 +585,7 @@ def attnc_backward_dq(
                     # HOLE: grad_pass
                     # HOLE: hoisted_pass_q
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+                    SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
                 )
         n_partial = tl.load(KV_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_row * stride_nm)
         partial_list = KV_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_row * stride_im
@@ -592,7 +600,7 @@ def attnc_backward_dq(
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
             )
     elif HAS_MASK:
         q_lo = start_m * BLOCK_M
@@ -610,7 +618,7 @@ def attnc_backward_dq(
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, False, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
             )
         if not KV_EVEN:
             dq = _dq_tile(
@@ -621,7 +629,7 @@ def attnc_backward_dq(
                 # HOLE: grad_pass
                 # HOLE: hoisted_pass_q
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
             )
     dq = dq * (sm_scale * inv_l)[:, None]
     tl.store(DQ + off_b.to(tl.int64) * stride_dqb + off_h.to(tl.int64) * stride_dqh

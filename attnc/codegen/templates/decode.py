@@ -44,7 +44,7 @@ def _attend_tile(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, CHECK_KV: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
     NUM_PAGES, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    FAST_MATH: tl.constexpr, COMPUTE: tl.constexpr,
+    FAST_MATH: tl.constexpr, SCORE_FACTOR_POSITIVE: tl.constexpr, COMPUTE: tl.constexpr,
 ):
     # KV_LEN: this sequence's valid length, so keys past it are never loaded (a cache may hold anything there)
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -74,6 +74,9 @@ def _attend_tile(
     # Online softmax in base 2, as in the forward kernel.
     if HAS_SCORE_MOD:
         score = qk * sm_scale
+        # the score mod may move a positive last factor into this (attnc.codegen.skeleton.score_value_lines);
+        # in the compute dtype, exactly: a float constant would reach _online_softmax in float32
+        score_log2e = tl.full([], LOG2E, COMPUTE)
         # HOLE: score_mod
     elif SCALE_POSITIVE:  # the scale is applied with the maximum below
         score = qk
@@ -84,7 +87,8 @@ def _attend_tile(
         score = tl.where(mask, score, float("-inf"))
     if CHECK_KV:
         score = tl.where(kv_in[None, :], score, float("-inf"))
-    return _online_softmax(acc, l_i, m_i, score, v, qk_scale, 0.0, False, HAS_SCORE_MOD, SCALE_POSITIVE,
+    softmax_scale = score_log2e if HAS_SCORE_MOD else qk_scale
+    return _online_softmax(acc, l_i, m_i, score, v, softmax_scale, 0.0, False, HAS_SCORE_MOD, SCALE_POSITIVE,
                            DOT_PRECISION)
 
 
@@ -105,6 +109,7 @@ def attnc_decode(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, HAS_SEQ_LENS: tl.constexpr,
     PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr,
+    SCORE_FACTOR_POSITIVE: tl.constexpr,
 ):
     COMPUTE: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
     sm_scale = _float_argument(sm_scale, COMPUTE)
@@ -164,7 +169,7 @@ def attnc_decode(
             # HOLE: capture_pass
             # HOLE: hoisted_pass
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_SEQ_LENS or not KV_EVEN, PAGED, PAGE_SIZE, NUM_PAGES,
-            UPCAST, DOT_PRECISION, SCALE_POSITIVE, FAST_MATH, COMPUTE,
+            UPCAST, DOT_PRECISION, SCALE_POSITIVE, FAST_MATH, SCORE_FACTOR_POSITIVE, COMPUTE,
         )
 
     # Rows with no allowed key in this split: l = 0, output 0 and lse -inf (the combine gives them no weight).

@@ -63,6 +63,7 @@ def _attend_tile(
     BLOCK_N: tl.constexpr, apply_mask, tile_live, CHECK_KV: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
     SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr,
+    SCORE_FACTOR_POSITIVE: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
     # apply_mask and tile_live are literals (compile-time branches) on the loops that know their tiles'
@@ -104,6 +105,9 @@ def _attend_tile(
             tile_bias = bias_kv * (start_n - q_origin).to(COMPUTE) + bias_at_q0
         elif HAS_SCORE_MOD:
             score = qk * sm_scale
+            # the score mod may move a positive last factor into this (attnc.codegen.skeleton.score_value_lines);
+            # in the compute dtype, exactly: a float constant would reach _online_softmax in float32
+            score_log2e = tl.full([], LOG2E, COMPUTE)
             # HOLE: score_mod
         else:
             score = qk if SCALE_POSITIVE else qk * qk_scale
@@ -112,8 +116,9 @@ def _attend_tile(
             score = tl.where(mask, score, float("-inf"))
         if CHECK_KV:
             score = tl.where(kv_in[None, :], score, float("-inf"))
-        acc, l_i, m_i = _online_softmax(acc, l_i, m_i, score, v, qk_scale, tile_bias, AFFINE_BIAS, HAS_SCORE_MOD,
-                                        SCALE_POSITIVE, DOT_PRECISION)
+        softmax_scale = score_log2e if HAS_SCORE_MOD and not AFFINE_BIAS else qk_scale
+        acc, l_i, m_i = _online_softmax(acc, l_i, m_i, score, v, softmax_scale, tile_bias, AFFINE_BIAS,
+                                        HAS_SCORE_MOD, SCALE_POSITIVE, DOT_PRECISION)
     return acc, l_i, m_i
 
 
@@ -128,6 +133,7 @@ def _visit_tile(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, SCALE_POSITIVE: tl.constexpr, FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr,
+    SCORE_FACTOR_POSITIVE: tl.constexpr,
     COMPUTE: tl.constexpr,
     TILE_KIND: tl.constexpr,
 ):
@@ -140,7 +146,7 @@ def _visit_tile(
             # HOLE: capture_pass
             # HOLE: hoisted_pass
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, False, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
         )
     elif TILE_KIND == ON_BAND:
         # beside the full range: masked without a test, so that the loop has no branch and is pipelined
@@ -151,7 +157,7 @@ def _visit_tile(
             # HOLE: capture_pass
             # HOLE: hoisted_pass
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, True, True, not KV_EVEN, UPCAST, DOT_PRECISION, USE_TMA,
-            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+            SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
         )
     else:
         # Classify the tile from the mask's structure: empty tiles cost their loads and this scalar test, full
@@ -168,7 +174,7 @@ def _visit_tile(
             # HOLE: capture_pass
             # HOLE: hoisted_pass
             HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, may_false, may_true, not KV_EVEN, UPCAST, DOT_PRECISION,
-            USE_TMA, SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+            USE_TMA, SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
         )
     return acc, l_i, m_i
 
@@ -194,7 +200,7 @@ def attnc_forward(
     USE_BLOCK_MASK: tl.constexpr, HAS_FULL_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
     KV_EVEN: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
-    FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr,
+    FAST_MATH: tl.constexpr, TILE_DIVISORS: tl.constexpr, SCORE_FACTOR_POSITIVE: tl.constexpr,
 ):
     # Three ways to find the key tiles: a BlockMask's lists (USE_BLOCK_MASK), the mask's own closed-form
     # ranges and tile test (HAS_MASK), or every tile (no mask).
@@ -274,7 +280,7 @@ def attnc_forward(
                     # HOLE: capture_pass
                     # HOLE: hoisted_pass
                     HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, not KV_EVEN, UPCAST, DOT_PRECISION,
-                    USE_TMA, SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+                    USE_TMA, SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
                 )
         n_partial = tl.load(KV_NUM_BLOCKS + off_b * stride_nb + off_h * stride_nh + sparse_row * stride_nm)
         partial_list = KV_INDICES + off_b * stride_ib + off_h * stride_ih + sparse_row * stride_im
@@ -288,7 +294,7 @@ def attnc_forward(
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, HAS_MASK, True, not KV_EVEN, UPCAST, DOT_PRECISION,
-                USE_TMA, SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+                USE_TMA, SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
             )
     elif HAS_MASK:
         q_lo = start_m * BLOCK_M
@@ -306,7 +312,7 @@ def attnc_forward(
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, False, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
             )
         if not KV_EVEN:
             acc, l_i, m_i = _attend_tile(
@@ -316,7 +322,7 @@ def attnc_forward(
                 # HOLE: capture_pass
                 # HOLE: hoisted_pass
                 HEAD_D, HEAD_DV, D_PAD, DV_PAD, BLOCK_N, False, True, True, UPCAST, DOT_PRECISION, USE_TMA,
-                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, COMPUTE,
+                SCALE_POSITIVE, FAST_MATH, TILE_DIVISORS, SCORE_FACTOR_POSITIVE, COMPUTE,
             )
 
     # Rows with no allowed key: l = 0, so the output is 0 and the lse is -inf (never NaN).

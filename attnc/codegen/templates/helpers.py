@@ -26,16 +26,13 @@ def _online_softmax(acc, l_i, m_i, score, v, qk_scale, tile_bias, AFFINE_BIAS: t
     # One key tile of the online softmax in base 2: the running maximum m_i and the exponents are logits times
     # log2(e), and whatever scale the score still lacks reaches it in the multiply-add that subtracts the
     # maximum. `score`: with an affine bias, scaled and biased per column (`tile_bias`, the tile's own term,
-    # joins the maximum); with a score mod, the modified score; else q.k, scaled unless SCALE_POSITIVE.
+    # joins the maximum); with a score mod, the modified score but for a positive last factor, which `qk_scale`
+    # carries with log2(e) (`score_log2e` in the tile functions); else q.k, scaled unless SCALE_POSITIVE.
     if AFFINE_BIAS:
         m_new = tl.maximum(m_i, tl.max(score, 1) + tile_bias)
         m_safe = _finite_max(m_new)
         p = tl.exp2(score - (m_safe - tile_bias)[:, None])
-    elif HAS_SCORE_MOD:
-        m_new = tl.maximum(m_i, tl.max(score, 1) * LOG2E)
-        m_safe = _finite_max(m_new)
-        p = tl.exp2(score * LOG2E - m_safe[:, None])
-    elif SCALE_POSITIVE:  # the scaled maximum is the maximum of the scaled scores
+    elif HAS_SCORE_MOD or SCALE_POSITIVE:  # the scaled maximum is the maximum of the scaled scores
         m_new = tl.maximum(m_i, tl.max(score, 1) * qk_scale)
         m_safe = _finite_max(m_new)
         p = tl.exp2(score * qk_scale - m_safe[:, None])
